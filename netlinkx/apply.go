@@ -1,0 +1,149 @@
+package netlinkx
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/peers"
+)
+
+// Observe reads what the kernel has: every peer of the device and meshd's
+// tagged routes through the link.
+func (l *Link) Observe() (peers.Observed, error) {
+	var obs peers.Observed
+	dev, err := l.wg.Device(l.opts.Name)
+	if err != nil {
+		return obs, fmt.Errorf("read WireGuard device %s: %w", l.opts.Name, err)
+	}
+	for _, p := range dev.Peers {
+		kp := peers.KernelPeer{PublicKey: p.PublicKey, Keepalive: p.PersistentKeepaliveInterval}
+		if p.Endpoint != nil {
+			ap := p.Endpoint.AddrPort()
+			kp.Endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		for _, a := range p.AllowedIPs {
+			if pfx, ok := prefixOf(a); ok {
+				kp.AllowedIPs = append(kp.AllowedIPs, pfx)
+			}
+		}
+		obs.Peers = append(obs.Peers, kp)
+	}
+	idx, err := l.linkIndex()
+	if err != nil {
+		return obs, err
+	}
+	obs.Routes, err = l.routes(idx)
+	return obs, err
+}
+
+// routes lists meshd's tagged IPv6 routes through link idx in the main
+// table. Routes of other protocols, even to mesh prefixes, are not listed.
+func (l *Link) routes(idx int) ([]netip.Prefix, error) {
+	filter := &netlink.Route{LinkIndex: idx, Protocol: RouteProtocol}
+	var rs []netlink.Route
+	var err error
+	// A dump interrupted by a concurrent change may be inconsistent; ask again.
+	for range 5 {
+		rs, err = netlink.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list routes of %s: %w", l.opts.Name, err)
+	}
+	out := make([]netip.Prefix, 0, len(rs))
+	for _, r := range rs {
+		if r.Dst == nil {
+			continue
+		}
+		if p, ok := prefixOf(*r.Dst); ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// Apply writes a plan: peers first, then new routes, then stale routes go,
+// then removed peers, so that a changed peer is never without a path. It
+// keeps going after a failed step and returns every failure.
+func (l *Link) Apply(plan peers.Plan) error {
+	var errs []error
+	if len(plan.Upsert) > 0 {
+		cfgs := make([]wgtypes.PeerConfig, 0, len(plan.Upsert))
+		for _, p := range plan.Upsert {
+			ka := p.Keepalive
+			cfgs = append(cfgs, wgtypes.PeerConfig{
+				PublicKey:                   p.PublicKey,
+				Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
+				PersistentKeepaliveInterval: &ka,
+				ReplaceAllowedIPs:           true,
+				AllowedIPs:                  []net.IPNet{*ipNet(p.Prefix)},
+			})
+		}
+		if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
+			errs = append(errs, fmt.Errorf("configure %d peers on %s: %w", len(cfgs), l.opts.Name, err))
+		} else {
+			for _, p := range plan.Upsert {
+				l.opts.Logger.Info("configured peer", "node", p.Node, "public_key", p.PublicKey, "endpoint", p.Endpoint, "prefix", p.Prefix)
+			}
+		}
+	}
+	idx, err := l.linkIndex()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, r := range plan.AddRoutes {
+		route := &netlink.Route{LinkIndex: idx, Dst: ipNet(r), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
+		err := l.count(netlink.RouteAdd(route))
+		switch {
+		case errors.Is(err, unix.EEXIST):
+			errs = append(errs, fmt.Errorf("add route %s: a route meshd did not install is in the way: %w", r, err))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("add route %s: %w", r, err))
+		default:
+			l.opts.Logger.Info("added route", "prefix", r, "interface", l.opts.Name)
+		}
+	}
+	for _, r := range plan.DelRoutes {
+		if err := l.delRoute(idx, r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(plan.Remove) > 0 {
+		cfgs := make([]wgtypes.PeerConfig, 0, len(plan.Remove))
+		for _, k := range plan.Remove {
+			cfgs = append(cfgs, wgtypes.PeerConfig{PublicKey: k, Remove: true})
+		}
+		if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
+			errs = append(errs, fmt.Errorf("remove %d peers from %s: %w", len(cfgs), l.opts.Name, err))
+		} else {
+			for _, k := range plan.Remove {
+				l.opts.Logger.Info("removed peer", "public_key", k, "interface", l.opts.Name)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// delRoute deletes one of meshd's routes. The protocol is part of the
+// request, so the kernel refuses to delete a foreign route of the same
+// destination.
+func (l *Link) delRoute(idx int, p netip.Prefix) error {
+	route := &netlink.Route{LinkIndex: idx, Dst: ipNet(p), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
+	err := l.count(netlink.RouteDel(route))
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete route %s: %w", p, err)
+	}
+	l.opts.Logger.Info("deleted route", "prefix", p, "interface", l.opts.Name)
+	return nil
+}

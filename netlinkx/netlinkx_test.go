@@ -1,0 +1,316 @@
+package netlinkx_test
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/netlinkx"
+	"meshd.dev/meshd/peers"
+)
+
+func TestMain(m *testing.M) { testlab.Main(m) }
+
+var netipOpts = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}, netip.AddrPort{})
+
+func mustKey(t *testing.T) wgtypes.Key {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func openLink(t *testing.T, name string) (*netlinkx.Link, wgtypes.Key) {
+	t.Helper()
+	key := mustKey(t)
+	l, err := netlinkx.Open(netlinkx.Options{
+		Name:           name,
+		MTU:            1400,
+		ListenPort:     51821,
+		PrivateKey:     key,
+		Address:        netip.MustParseAddr("fdaa:0:1::1"),
+		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), ""),
+		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.Remove()
+		l.Close()
+	})
+	return l, key
+}
+
+func TestDetectMode(t *testing.T) {
+	tun := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "t0"}, Mode: netlink.TUNTAP_MODE_TUN}
+	tests := []struct {
+		name    string
+		link    netlink.Link
+		uapi    bool
+		want    netlinkx.Mode
+		wantErr error
+	}{
+		{"kernel wireguard", &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: "w0"}}, false, netlinkx.ModeKernel, nil},
+		{"tun with a WireGuard process", tun, true, netlinkx.ModeUserspace, nil},
+		{"tun without one", tun, false, "", errors.New("stale")},
+		{"dummy", &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "d0"}}, true, "", netlinkx.ErrNotWireGuard},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := netlinkx.DetectMode(tt.link, tt.uapi)
+			if got != tt.want {
+				t.Errorf("mode = %q, want %q", got, tt.want)
+			}
+			switch {
+			case tt.wantErr == nil && err != nil:
+				t.Errorf("unexpected error %v", err)
+			case tt.wantErr != nil && err == nil:
+				t.Errorf("no error, want one")
+			case errors.Is(tt.wantErr, netlinkx.ErrNotWireGuard) && !errors.Is(err, netlinkx.ErrNotWireGuard):
+				t.Errorf("error %v, want ErrNotWireGuard", err)
+			}
+		})
+	}
+}
+
+// TestEnsureUserspace runs the fallback this machine needs: no wireguard
+// kernel module, so Ensure starts a userspace device. Where the module
+// exists the link must be a kernel one instead.
+func TestEnsureUserspace(t *testing.T) {
+	testlab.RequireRoot(t)
+	l, key := openLink(t, "wgt0")
+	if err := l.Ensure(); err != nil {
+		t.Fatalf("Ensure: %v", err)
+	}
+	_, modErr := os.Stat("/sys/module/wireguard")
+	wantMode := netlinkx.ModeUserspace
+	if modErr == nil {
+		wantMode = netlinkx.ModeKernel
+	}
+	if l.Mode() != wantMode {
+		t.Fatalf("mode = %q, want %q", l.Mode(), wantMode)
+	}
+	link, err := netlink.LinkByName("wgt0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if link.Attrs().MTU != 1400 {
+		t.Errorf("MTU = %d, want 1400", link.Attrs().MTU)
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		t.Error("link is not up")
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range addrs {
+		if a.IP.IsLinkLocalUnicast() {
+			continue // the kernel's own, on tun devices
+		}
+		got = append(got, a.IPNet.String())
+	}
+	if diff := cmp.Diff([]string{"fdaa:0:1::1/128"}, got, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+		t.Errorf("addresses (-want +got):\n%s", diff)
+	}
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	dev, err := wg.Device("wgt0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.PrivateKey != key || dev.ListenPort != 51821 {
+		t.Errorf("device key/port = %s/%d, want the configured ones", dev.PublicKey, dev.ListenPort)
+	}
+
+	// A second Ensure, and an Ensure by a fresh Link as after a restart,
+	// adopt the device and write nothing.
+	before := l.Writes()
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.Writes() - before; n != 0 {
+		t.Errorf("second Ensure made %d writes, want 0", n)
+	}
+	l2, err := netlinkx.Open(netlinkx.Options{Name: "wgt0", MTU: 1400, ListenPort: 51821, PrivateKey: key,
+		Address: netip.MustParseAddr("fdaa:0:1::1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if err := l2.Ensure(); err != nil {
+		t.Fatalf("Ensure after restart: %v", err)
+	}
+	if l2.Writes() != 0 || l2.Mode() != wantMode {
+		t.Errorf("adopting Ensure: %d writes, mode %q; want 0 writes, mode %q", l2.Writes(), l2.Mode(), wantMode)
+	}
+	after, err := netlink.LinkByName("wgt0")
+	if err != nil || after.Attrs().Index != link.Attrs().Index {
+		t.Errorf("link was recreated (index %d -> %v, err %v)", link.Attrs().Index, after, err)
+	}
+}
+
+func TestApplyObserveIncremental(t *testing.T) {
+	testlab.RequireRoot(t)
+	l, _ := openLink(t, "wgt1")
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	p := func(n byte) peers.Peer {
+		return peers.Peer{
+			Node:      "h" + string('0'+n),
+			PublicKey: mustKey(t).PublicKey(),
+			Endpoint:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, n}), 51820),
+			Prefix:    netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 0, 0, n}), 48),
+		}
+	}
+	a, b, c := p(2), p(3), p(4)
+
+	// A foreign route to a mesh prefix, on another link, that meshd must
+	// never list or delete.
+	dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "foreign0"}, PeerName: "foreign1"}
+	if err := netlink.LinkAdd(dummy); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.LinkDel(dummy)
+	netlink.LinkSetUp(dummy)
+	foreign := &netlink.Route{LinkIndex: dummy.Attrs().Index, Dst: &net.IPNet{IP: net.ParseIP("fdaa:0:9::"), Mask: net.CIDRMask(48, 128)}, Protocol: 4}
+	if err := netlink.RouteAdd(foreign); err != nil {
+		t.Fatal(err)
+	}
+
+	reconcile := func(desired []peers.Peer) (peers.Plan, uint64) {
+		t.Helper()
+		obs, err := l.Observe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan := peers.Diff(desired, obs, peers.Removal{Now: time.Now()})
+		before := l.Writes()
+		if err := l.Apply(plan); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+		return plan, l.Writes() - before
+	}
+	if _, n := reconcile([]peers.Peer{a, b}); n != 3 {
+		t.Errorf("first apply made %d writes, want 3 (one peer configuration, two routes)", n)
+	}
+	obs, err := l.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := peers.Observed{
+		Peers: []peers.KernelPeer{
+			{PublicKey: a.PublicKey, Endpoint: a.Endpoint, AllowedIPs: []netip.Prefix{a.Prefix}},
+			{PublicKey: b.PublicKey, Endpoint: b.Endpoint, AllowedIPs: []netip.Prefix{b.Prefix}},
+		},
+		Routes: []netip.Prefix{a.Prefix, b.Prefix},
+	}
+	sortPeers := cmpopts.SortSlices(func(x, y peers.KernelPeer) bool { return x.Endpoint.Compare(y.Endpoint) < 0 })
+	sortPrefixes := cmpopts.SortSlices(func(x, y netip.Prefix) bool { return x.Compare(y) < 0 })
+	if diff := cmp.Diff(want, obs, netipOpts, sortPeers, sortPrefixes); diff != "" {
+		t.Errorf("Observe after apply (-want +got):\n%s", diff)
+	}
+
+	// Nothing changed: the plan is empty and nothing is written.
+	if plan, n := reconcile([]peers.Peer{a, b}); !plan.Empty() || n != 0 {
+		t.Errorf("no-op reconcile: plan %+v, %d writes; want empty and 0", plan, n)
+	}
+
+	// One peer changes its endpoint, one is added, one removed: only those
+	// are written.
+	b.Endpoint = netip.MustParseAddrPort("198.18.1.3:51820")
+	plan, n := reconcile([]peers.Peer{b, c})
+	if len(plan.Upsert) != 2 || len(plan.Remove) != 1 || n != 4 {
+		t.Errorf("incremental apply: plan %+v, %d writes; want 2 upserts, 1 removal, 4 writes", plan, n)
+	}
+	obs, err = l.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = peers.Observed{
+		Peers: []peers.KernelPeer{
+			{PublicKey: b.PublicKey, Endpoint: b.Endpoint, AllowedIPs: []netip.Prefix{b.Prefix}},
+			{PublicKey: c.PublicKey, Endpoint: c.Endpoint, AllowedIPs: []netip.Prefix{c.Prefix}},
+		},
+		Routes: []netip.Prefix{b.Prefix, c.Prefix},
+	}
+	if diff := cmp.Diff(want, obs, netipOpts, sortPeers, sortPrefixes); diff != "" {
+		t.Errorf("Observe after incremental apply (-want +got):\n%s", diff)
+	}
+
+	// Removing the link takes meshd's routes but not the foreign one.
+	if err := l.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName("wgt1"); err == nil {
+		t.Error("link still exists after Remove")
+	}
+	rs, err := netlink.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{LinkIndex: dummy.Attrs().Index}, netlink.RT_FILTER_OIF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, r := range rs {
+		if r.Dst != nil && r.Dst.String() == "fdaa:0:9::/48" {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("foreign route to fdaa:0:9::/48 is gone")
+	}
+}
+
+// TestRemoveEndsUserspaceProcess checks that deleting the link, which is
+// what meshd leave does, also ends the detached device process.
+func TestRemoveEndsUserspaceProcess(t *testing.T) {
+	testlab.RequireRoot(t)
+	l, _ := openLink(t, "wgt2")
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if l.Mode() == netlinkx.ModeKernel {
+		if err := l.Remove(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := netlink.LinkByName("wgt2"); err == nil {
+			t.Fatal("kernel link still exists after Remove")
+		}
+		return
+	}
+	sock := "/var/run/wireguard/wgt2.sock"
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("UAPI socket: %v", err)
+	}
+	if err := l.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(sock); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("UAPI socket still there 5s after the link was deleted: the device process did not end")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,330 @@
+package peers
+
+import (
+	"cmp"
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Meta keys of a node's service instance (DESIGN.md "Data model").
+const (
+	MetaVersion   = "v"
+	MetaNode      = "node"
+	MetaPublicKey = "public_key"
+	MetaEndpoint  = "endpoint"
+	MetaPrefix    = "prefix"
+	MetaKeepalive = "keepalive"
+
+	// SchemaVersion is the only Meta schema this meshd understands.
+	SchemaVersion = "1"
+
+	// MaxMetaValue and MaxMetaKeys are Consul's own limits; an entry beyond
+	// them did not come from a well-behaved meshd.
+	MaxMetaValue = 512
+	MaxMetaKeys  = 64
+)
+
+// Health of an entry, as the catalog reports its checks (worst wins).
+const (
+	HealthPassing  = "passing"
+	HealthWarning  = "warning"
+	HealthCritical = "critical"
+)
+
+// Entry is one instance of the meshd service as read from the catalog,
+// before any validation.
+type Entry struct {
+	ServiceID   string
+	Meta        map[string]string
+	Tags        []string
+	CreateIndex uint64
+	Health      string
+}
+
+// Peer is a validated node entry: what the kernel needs to reach that node.
+type Peer struct {
+	Node        string
+	PublicKey   wgtypes.Key
+	Endpoint    netip.AddrPort
+	Prefix      netip.Prefix
+	Keepalive   time.Duration
+	Tags        []string
+	Health      string
+	CreateIndex uint64
+}
+
+// Rules bound what an entry may claim.
+type Rules struct {
+	// Supernet contains every node prefix.
+	Supernet netip.Prefix
+	// MinBits and MaxBits bound a node prefix's length. Zero values mean
+	// Supernet.Bits()+1 and 120.
+	MinBits, MaxBits int
+}
+
+func (r Rules) bounds() (lo, hi int) {
+	lo, hi = r.MinBits, r.MaxBits
+	if lo == 0 {
+		lo = r.Supernet.Bits() + 1
+	}
+	if hi == 0 {
+		hi = 120
+	}
+	return lo, hi
+}
+
+// ValidatePrefix checks a node prefix against the rules.
+func (r Rules) ValidatePrefix(p netip.Prefix) error {
+	lo, hi := r.bounds()
+	switch {
+	case !p.Addr().Is6() || p.Addr().Is4In6():
+		return fmt.Errorf("prefix %s is not IPv6", p)
+	case p.Masked() != p:
+		return fmt.Errorf("prefix %s has host bits set (want %s)", p, p.Masked())
+	case !r.Supernet.Contains(p.Addr()) || p.Bits() < r.Supernet.Bits():
+		return fmt.Errorf("prefix %s is outside the mesh supernet %s", p, r.Supernet)
+	case p.Bits() < lo || p.Bits() > hi:
+		return fmt.Errorf("prefix %s has length /%d, want /%d to /%d", p, p.Bits(), lo, hi)
+	}
+	return nil
+}
+
+// ParseEntry validates a catalog entry. The error is the rejection reason,
+// one line meant for status output; it quotes no value longer than needed.
+func ParseEntry(e Entry, r Rules) (Peer, error) {
+	if len(e.Meta) > MaxMetaKeys {
+		return Peer{}, fmt.Errorf("meta has %d keys, more than %d", len(e.Meta), MaxMetaKeys)
+	}
+	for k, v := range e.Meta {
+		if len(v) > MaxMetaValue {
+			return Peer{}, fmt.Errorf("meta %s is %d characters, more than %d", clip(k), len(v), MaxMetaValue)
+		}
+	}
+	if v := e.Meta[MetaVersion]; v != SchemaVersion {
+		return Peer{}, fmt.Errorf("meta v is %q, want %q", clip(v), SchemaVersion)
+	}
+	p := Peer{Tags: e.Tags, Health: e.Health, CreateIndex: e.CreateIndex}
+	p.Node = e.Meta[MetaNode]
+	if !IsDNSLabel(p.Node) {
+		return Peer{}, fmt.Errorf("node %q is not a DNS label", clip(p.Node))
+	}
+	var err error
+	if p.PublicKey, err = ParsePublicKey(e.Meta[MetaPublicKey]); err != nil {
+		return Peer{}, err
+	}
+	if p.Endpoint, err = ParseEndpoint(e.Meta[MetaEndpoint]); err != nil {
+		return Peer{}, err
+	}
+	pfx, err := netip.ParsePrefix(e.Meta[MetaPrefix])
+	if err != nil {
+		return Peer{}, fmt.Errorf("prefix %q is not an IPv6 CIDR", clip(e.Meta[MetaPrefix]))
+	}
+	if err := r.ValidatePrefix(pfx); err != nil {
+		return Peer{}, err
+	}
+	p.Prefix = pfx
+	if s, ok := e.Meta[MetaKeepalive]; ok && s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 || n > 65535 {
+			return Peer{}, fmt.Errorf("keepalive %q is not a number of seconds from 0 to 65535", clip(s))
+		}
+		p.Keepalive = time.Duration(n) * time.Second
+	}
+	return p, nil
+}
+
+// ParsePublicKey decodes a base64 WireGuard key of exactly 32 bytes.
+func ParsePublicKey(s string) (wgtypes.Key, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || len(b) != wgtypes.KeyLen {
+		return wgtypes.Key{}, fmt.Errorf("public_key %q is not a base64 32-byte key", clip(s))
+	}
+	k, _ := wgtypes.NewKey(b)
+	if k == (wgtypes.Key{}) {
+		return wgtypes.Key{}, fmt.Errorf("public_key is all zeros")
+	}
+	return k, nil
+}
+
+// ParseEndpoint parses an underlay endpoint "ip:port" ("[ip6]:port" for
+// IPv6). Host names are refused: a peer's endpoint must not depend on DNS
+// answering when the mesh is being repaired.
+func ParseEndpoint(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() || ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q is not ip:port", clip(s))
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// IsDNSLabel reports whether s is a lower-case RFC 1123 label.
+func IsDNSLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// clip keeps hostile values from flooding status output.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}
+
+// Self is this host's own identity.
+type Self struct {
+	Node      string
+	PublicKey wgtypes.Key
+	Prefix    netip.Prefix
+}
+
+// Rejection is an entry that does not become a peer, and why.
+type Rejection struct {
+	ServiceID string
+	Node      string
+	Reason    string
+}
+
+// Desire computes the desired peers from a catalog snapshot. It returns the
+// accepted peers sorted by node name and the rejected entries sorted by
+// service ID. This host's own entry is neither.
+//
+// Conflicts go to the older registration: entries are taken in CreateIndex
+// order and an entry whose node name, key or prefix collides with one
+// already accepted is rejected.
+func Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
+	type parsed struct {
+		e   Entry
+		p   Peer
+		err error
+	}
+	ps := make([]parsed, 0, len(entries))
+	for _, e := range entries {
+		p, err := ParseEntry(e, r)
+		ps = append(ps, parsed{e, p, err})
+	}
+	slices.SortFunc(ps, func(a, b parsed) int {
+		return cmp.Or(cmp.Compare(a.e.CreateIndex, b.e.CreateIndex), strings.Compare(a.e.ServiceID, b.e.ServiceID))
+	})
+
+	var (
+		out     []Peer
+		rej     []Rejection
+		byNode  = map[string]string{}
+		byKey   = map[wgtypes.Key]string{}
+		lenSeen = map[int]bool{}
+	)
+	for _, x := range ps {
+		if x.err == nil {
+			lenSeen[x.p.Prefix.Bits()] = true
+		}
+	}
+	lens := make([]int, 0, len(lenSeen))
+	for l := range lenSeen {
+		lens = append(lens, l)
+	}
+	slices.Sort(lens)
+	claimed := newPrefixSet(lens)
+	reject := func(x parsed, reason string) {
+		rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason})
+	}
+	for _, x := range ps {
+		if x.err == nil && x.p.Node == self.Node {
+			continue
+		}
+		if x.err != nil {
+			if x.e.Meta[MetaNode] == self.Node {
+				continue
+			}
+			reject(x, x.err.Error())
+			continue
+		}
+		p := x.p
+		switch {
+		case byNode[p.Node] != "":
+			reject(x, fmt.Sprintf("node %s is already registered by %s", p.Node, byNode[p.Node]))
+			continue
+		case p.PublicKey == self.PublicKey:
+			reject(x, "public_key is this host's own key")
+			continue
+		case byKey[p.PublicKey] != "":
+			reject(x, fmt.Sprintf("public_key is already used by node %s", byKey[p.PublicKey]))
+			continue
+		case self.Prefix.IsValid() && self.Prefix.Overlaps(p.Prefix):
+			reject(x, fmt.Sprintf("prefix %s overlaps this host's prefix %s", p.Prefix, self.Prefix))
+			continue
+		}
+		if c, ok := claimed.overlap(p.Prefix); ok {
+			reject(x, fmt.Sprintf("prefix %s overlaps %s of node %s", p.Prefix, c.Prefix, c.Node))
+			continue
+		}
+		byNode[p.Node] = x.e.ServiceID
+		byKey[p.PublicKey] = p.Node
+		claimed.add(p)
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
+	slices.SortFunc(rej, func(a, b Rejection) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+	return out, rej
+}
+
+// prefixSet finds overlaps among claimed prefixes in time proportional to
+// the number of distinct prefix lengths in use (in a real fleet, one),
+// instead of scanning every claimed prefix: a snapshot of 10,000 nodes must
+// not cost 10^8 comparisons.
+type prefixSet struct {
+	lens  []int                 // distinct lengths of all candidates
+	exact map[netip.Prefix]Peer // claimed prefixes
+	under map[netip.Prefix]Peer // claimed prefix's ancestors, at every length in lens
+}
+
+func newPrefixSet(lens []int) *prefixSet {
+	return &prefixSet{lens: lens, exact: map[netip.Prefix]Peer{}, under: map[netip.Prefix]Peer{}}
+}
+
+// overlap returns a claimed peer whose prefix overlaps p: p's ancestor or p
+// itself is claimed, or p is an ancestor of a claimed prefix.
+func (s *prefixSet) overlap(p netip.Prefix) (Peer, bool) {
+	if c, ok := s.under[p]; ok {
+		return c, true
+	}
+	for _, l := range s.lens {
+		if l > p.Bits() {
+			break
+		}
+		if c, ok := s.exact[netip.PrefixFrom(p.Addr(), l).Masked()]; ok {
+			return c, true
+		}
+	}
+	return Peer{}, false
+}
+
+func (s *prefixSet) add(c Peer) {
+	s.exact[c.Prefix] = c
+	for _, l := range s.lens {
+		if l >= c.Prefix.Bits() {
+			break
+		}
+		a := netip.PrefixFrom(c.Prefix.Addr(), l).Masked()
+		if _, ok := s.under[a]; !ok {
+			s.under[a] = c
+		}
+	}
+	s.under[c.Prefix] = c
+}

@@ -1,0 +1,51 @@
+package peers
+
+import (
+	"strings"
+	"testing"
+)
+
+// FuzzDesire feeds hostile catalog entries through validation and conflict
+// resolution: it must never panic, never accept an entry that fails its own
+// validation, and never accept two peers with the same key or overlapping
+// prefixes.
+func FuzzDesire(f *testing.F) {
+	good := entry(2).Meta
+	f.Add(good[MetaNode], good[MetaPublicKey], good[MetaEndpoint], good[MetaPrefix], "", "fdaa:0:2:1::/64", uint64(3))
+	f.Add("h3", "AAAA", "[::1]:1", "fdaa::/16", "25", "fdaa:0:1::/48", uint64(0))
+	f.Add("", "", "", "", "-1", "", uint64(1))
+	f.Add(strings.Repeat("a", 64), good[MetaPublicKey], "1.2.3.4:99999", "::ffff:1.2.3.4/128", "x", "10.0.0.0/8", uint64(7))
+	f.Fuzz(func(t *testing.T, node, key, endpoint, prefix, keepalive, prefix2 string, idx uint64) {
+		a := Entry{ServiceID: "a", CreateIndex: idx, Meta: map[string]string{
+			MetaVersion: "1", MetaNode: node, MetaPublicKey: key, MetaEndpoint: endpoint,
+			MetaPrefix: prefix, MetaKeepalive: keepalive,
+		}}
+		b := entry(2, meta(MetaPrefix, prefix2))
+		c := entry(3, meta(MetaPublicKey, key))
+		got, rej := Desire([]Entry{a, b, c}, self, rules)
+		if len(got)+len(rej) > 3 {
+			t.Fatalf("%d peers and %d rejections from 3 entries", len(got), len(rej))
+		}
+		for i, p := range got {
+			if err := rules.ValidatePrefix(p.Prefix); err != nil {
+				t.Errorf("accepted peer %s with invalid prefix: %v", p.Node, err)
+			}
+			if p.Node == self.Node || p.Prefix.Overlaps(self.Prefix) || p.PublicKey == self.PublicKey {
+				t.Errorf("accepted peer %+v collides with self", p)
+			}
+			for _, q := range got[i+1:] {
+				if p.PublicKey == q.PublicKey || p.Prefix.Overlaps(q.Prefix) || p.Node == q.Node {
+					t.Errorf("accepted conflicting peers %+v and %+v", p, q)
+				}
+			}
+		}
+		for _, r := range rej {
+			if r.Reason == "" || strings.Contains(r.Reason, "\n") {
+				t.Errorf("rejection reason %q is not one line", r.Reason)
+			}
+			if len(r.Reason) > 300 {
+				t.Errorf("rejection reason is %d characters long", len(r.Reason))
+			}
+		}
+	})
+}

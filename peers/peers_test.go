@@ -1,0 +1,365 @@
+package peers
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// mustKey returns a distinct, valid public key for each seed.
+func mustKey(seed byte) wgtypes.Key {
+	var k wgtypes.Key
+	for i := range k {
+		k[i] = seed
+	}
+	return k
+}
+
+// netipOpts lets cmp compare netip values, which have unexported fields.
+var netipOpts = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}, netip.AddrPort{})
+
+var rules = Rules{Supernet: netip.MustParsePrefix("fdaa::/16")}
+
+// entry builds a well-formed catalog entry for node n (1..250).
+func entry(n int, mod ...func(*Entry)) Entry {
+	e := Entry{
+		ServiceID:   fmt.Sprintf("meshd-h%d", n),
+		CreateIndex: uint64(10 + n),
+		Health:      HealthPassing,
+		Meta: map[string]string{
+			MetaVersion:   "1",
+			MetaNode:      fmt.Sprintf("h%d", n),
+			MetaPublicKey: mustKey(byte(n)).String(),
+			MetaEndpoint:  fmt.Sprintf("198.18.0.%d:51820", n),
+			MetaPrefix:    fmt.Sprintf("fdaa:0:%x::/48", n),
+		},
+	}
+	for _, m := range mod {
+		m(&e)
+	}
+	return e
+}
+
+func peer(n int) Peer {
+	return Peer{
+		Node:        fmt.Sprintf("h%d", n),
+		PublicKey:   mustKey(byte(n)),
+		Endpoint:    netip.MustParseAddrPort(fmt.Sprintf("198.18.0.%d:51820", n)),
+		Prefix:      netip.MustParsePrefix(fmt.Sprintf("fdaa:0:%x::/48", n)),
+		Health:      HealthPassing,
+		CreateIndex: uint64(10 + n),
+	}
+}
+
+func kernelPeer(n int) KernelPeer {
+	p := peer(n)
+	return KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}}
+}
+
+func meta(k, v string) func(*Entry) { return func(e *Entry) { e.Meta[k] = v } }
+
+var self = Self{Node: "h1", PublicKey: mustKey(1), Prefix: netip.MustParsePrefix("fdaa:0:1::/48")}
+
+func TestDesire(t *testing.T) {
+	tests := []struct {
+		name    string
+		entries []Entry
+		want    []Peer
+		reasons map[string]string // service ID -> substring of the reason
+	}{
+		{
+			name:    "own entry is not a peer",
+			entries: []Entry{entry(1), entry(2), entry(3)},
+			want:    []Peer{peer(2), peer(3)},
+		},
+		{
+			name: "keepalive and tags",
+			entries: []Entry{entry(2, meta(MetaKeepalive, "25"), func(e *Entry) {
+				e.Tags = []string{"gateway"}
+			})},
+			want: []Peer{func() Peer { p := peer(2); p.Keepalive = 25 * time.Second; p.Tags = []string{"gateway"}; return p }()},
+		},
+		{
+			name: "invalid fields are rejected, the rest applies",
+			entries: []Entry{
+				entry(2),
+				entry(3, meta(MetaPublicKey, "AAAA")),
+				entry(4, meta(MetaPrefix, "10.0.0.0/8")),
+				entry(5, meta(MetaPrefix, "fdbb:0:5::/48")),
+				entry(6, meta(MetaEndpoint, "example.com:51820")),
+				entry(7, meta(MetaNode, "Not_A_Label")),
+				entry(8, meta(MetaVersion, "2")),
+				entry(9, meta(MetaPrefix, "fdaa:0:9::1/48")),
+				entry(10, meta(MetaPrefix, "fd00::/12")),
+				entry(11, meta(MetaKeepalive, "-1")),
+				entry(12, meta("junk", strings.Repeat("x", 513))),
+				entry(13, meta(MetaEndpoint, "198.18.0.13:0")),
+				entry(14, meta(MetaPrefix, "fdaa:0:e::/124")),
+			},
+			want: []Peer{peer(2)},
+			reasons: map[string]string{
+				"meshd-h3":  "public_key",
+				"meshd-h4":  "not IPv6",
+				"meshd-h5":  "outside the mesh supernet",
+				"meshd-h6":  "endpoint",
+				"meshd-h7":  "not a DNS label",
+				"meshd-h8":  "meta v",
+				"meshd-h9":  "host bits",
+				"meshd-h10": "outside the mesh supernet",
+				"meshd-h11": "keepalive",
+				"meshd-h12": "more than 512",
+				"meshd-h13": "endpoint",
+				"meshd-h14": "length /124",
+			},
+		},
+		{
+			name: "duplicate key: older registration wins",
+			entries: []Entry{
+				entry(3, meta(MetaPublicKey, mustKey(2).String()), func(e *Entry) { e.CreateIndex = 99 }),
+				entry(2),
+			},
+			want:    []Peer{peer(2)},
+			reasons: map[string]string{"meshd-h3": "already used by node h2"},
+		},
+		{
+			name: "overlapping prefix: older registration wins, either nesting",
+			entries: []Entry{
+				entry(2),
+				entry(3, meta(MetaPrefix, "fdaa:0:2:1::/64")),
+				entry(4, meta(MetaPrefix, "fdaa:0:2::/47"), func(e *Entry) { e.CreateIndex = 100 }),
+				entry(5, meta(MetaPrefix, "fdaa:0:2::/48")),
+			},
+			want: []Peer{peer(2)},
+			reasons: map[string]string{
+				"meshd-h3": "overlaps fdaa:0:2::/48 of node h2",
+				"meshd-h4": "overlaps fdaa:0:2::/48 of node h2",
+				"meshd-h5": "overlaps fdaa:0:2::/48 of node h2",
+			},
+		},
+		{
+			name: "younger wide prefix loses to older narrow one",
+			entries: []Entry{
+				entry(4, meta(MetaPrefix, "fdaa:0:2::/47"), func(e *Entry) { e.CreateIndex = 1 }),
+				entry(2),
+			},
+			want: []Peer{func() Peer {
+				p := peer(4)
+				p.Prefix = netip.MustParsePrefix("fdaa:0:2::/47")
+				p.CreateIndex = 1
+				return p
+			}()},
+			reasons: map[string]string{"meshd-h2": "overlaps fdaa:0:2::/47 of node h4"},
+		},
+		{
+			name: "prefix overlapping ours is always rejected, even when older",
+			entries: []Entry{
+				entry(2, meta(MetaPrefix, "fdaa:0:1:5::/64"), func(e *Entry) { e.CreateIndex = 1 }),
+				entry(3),
+			},
+			want:    []Peer{peer(3)},
+			reasons: map[string]string{"meshd-h2": "overlaps this host's prefix"},
+		},
+		{
+			name:    "another node claiming our key",
+			entries: []Entry{entry(2, meta(MetaPublicKey, mustKey(1).String()))},
+			reasons: map[string]string{"meshd-h2": "this host's own key"},
+		},
+		{
+			name: "same node registered twice",
+			entries: []Entry{
+				entry(2),
+				entry(3, meta(MetaNode, "h2"), func(e *Entry) { e.CreateIndex = 50 }),
+			},
+			want:    []Peer{peer(2)},
+			reasons: map[string]string{"meshd-h3": "node h2 is already registered by meshd-h2"},
+		},
+		{
+			name:    "our own broken entry is neither peer nor rejection",
+			entries: []Entry{entry(1, meta(MetaPublicKey, "x"))},
+		},
+		{name: "empty catalog"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, rej := Desire(tt.entries, self, rules)
+			if diff := cmp.Diff(tt.want, got, netipOpts); diff != "" {
+				t.Errorf("Desire peers (-want +got):\n%s", diff)
+			}
+			gotReasons := map[string]string{}
+			for _, r := range rej {
+				gotReasons[r.ServiceID] = r.Reason
+			}
+			if len(gotReasons) != len(tt.reasons) {
+				t.Errorf("rejections = %v, want %d of them (%v)", gotReasons, len(tt.reasons), tt.reasons)
+			}
+			for id, sub := range tt.reasons {
+				if !strings.Contains(gotReasons[id], sub) {
+					t.Errorf("rejection of %s = %q, want it to contain %q", id, gotReasons[id], sub)
+				}
+			}
+		})
+	}
+}
+
+func TestDesireIsDeterministic(t *testing.T) {
+	a := []Entry{entry(2), entry(3), entry(4, meta(MetaPrefix, "fdaa:0:3::/48"))}
+	b := []Entry{a[2], a[0], a[1]}
+	pa, ra := Desire(a, self, rules)
+	pb, rb := Desire(b, self, rules)
+	if diff := cmp.Diff(pa, pb, netipOpts); diff != "" {
+		t.Errorf("peers depend on entry order (-a +b):\n%s", diff)
+	}
+	if diff := cmp.Diff(ra, rb); diff != "" {
+		t.Errorf("rejections depend on entry order (-a +b):\n%s", diff)
+	}
+}
+
+func TestDiff(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	grace := time.Minute
+	moved := peer(3)
+	moved.Endpoint = netip.MustParseAddrPort("198.18.1.3:51820")
+	rotated := peer(3)
+	rotated.PublicKey = mustKey(33)
+	renumbered := peer(3)
+	renumbered.Prefix = netip.MustParsePrefix("fdaa:0:33::/48")
+	keepalive := peer(3)
+	keepalive.Keepalive = 25 * time.Second
+	p2, p3 := peer(2), peer(3)
+	routes := func(ns ...int) []netip.Prefix {
+		var out []netip.Prefix
+		for _, n := range ns {
+			out = append(out, peer(n).Prefix)
+		}
+		return out
+	}
+
+	tests := []struct {
+		name     string
+		desired  []Peer
+		obs      Observed
+		lastSeen map[wgtypes.Key]time.Time
+		want     Plan
+	}{
+		{
+			name:    "converged: nothing to do",
+			desired: []Peer{p2, p3},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			want:    Plan{},
+		},
+		{
+			name:    "empty kernel: add everything",
+			desired: []Peer{p2, p3},
+			want:    Plan{Upsert: []Peer{p2, p3}, AddRoutes: routes(2, 3)},
+		},
+		{
+			name:    "endpoint change rewrites that peer only",
+			desired: []Peer{p2, moved},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			want:    Plan{Upsert: []Peer{moved}},
+		},
+		{
+			name:    "keepalive change rewrites that peer",
+			desired: []Peer{p2, keepalive},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			want:    Plan{Upsert: []Peer{keepalive}},
+		},
+		{
+			name:     "key rotation: new key added, old one removed at once",
+			desired:  []Peer{p2, rotated},
+			obs:      Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			lastSeen: map[wgtypes.Key]time.Time{p3.PublicKey: t0},
+			want:     Plan{Upsert: []Peer{rotated}, Remove: []wgtypes.Key{p3.PublicKey}},
+		},
+		{
+			name:    "prefix change: route added before the old one goes",
+			desired: []Peer{p2, renumbered},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			want: Plan{
+				Upsert:    []Peer{renumbered},
+				AddRoutes: []netip.Prefix{renumbered.Prefix},
+				DelRoutes: routes(3),
+			},
+		},
+		{
+			name:     "gone within grace: held with its route",
+			desired:  []Peer{p2},
+			obs:      Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			lastSeen: map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-30 * time.Second)},
+			want:     Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(30 * time.Second)}}},
+		},
+		{
+			name:     "gone past grace: peer and route removed",
+			desired:  []Peer{p2},
+			obs:      Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			lastSeen: map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-time.Minute)},
+			want:     Plan{Remove: []wgtypes.Key{p3.PublicKey}, DelRoutes: routes(3)},
+		},
+		{
+			name:    "unknown kernel peer gets the full grace",
+			desired: []Peer{p2},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			want:    Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(grace)}}},
+		},
+		{
+			name:    "kernel peer without allowed IPs goes at once",
+			desired: []Peer{p2},
+			obs: Observed{
+				Peers:  []KernelPeer{kernelPeer(2), {PublicKey: p3.PublicKey}},
+				Routes: routes(2),
+			},
+			want: Plan{Remove: []wgtypes.Key{p3.PublicKey}},
+		},
+		{
+			name:    "stale tagged route without a peer is removed, missing one added",
+			desired: []Peer{p2},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2)}, Routes: routes(9)},
+			want:    Plan{AddRoutes: routes(2), DelRoutes: routes(9)},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Diff(tt.desired, tt.obs, Removal{Grace: grace, LastSeen: tt.lastSeen, Now: t0})
+			if diff := cmp.Diff(tt.want, got, netipOpts); diff != "" {
+				t.Errorf("Diff (-want +got):\n%s", diff)
+			}
+			if got.Empty() != (len(tt.want.Upsert)+len(tt.want.Remove)+len(tt.want.AddRoutes)+len(tt.want.DelRoutes) == 0) {
+				t.Errorf("Empty() = %v for %+v", got.Empty(), got)
+			}
+		})
+	}
+}
+
+func TestTrack(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	t1 := t0.Add(time.Minute)
+	prev := map[wgtypes.Key]time.Time{mustKey(3): t0, mustKey(9): t0}
+	obs := Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3), kernelPeer(4)}}
+	got := Track(prev, []Peer{peer(2)}, obs, t1)
+	want := map[wgtypes.Key]time.Time{
+		mustKey(2): t1, // desired: seen now
+		mustKey(3): t0, // gone from the catalog: keeps its last sighting
+		mustKey(4): t1, // unknown kernel peer: grace starts now
+		// mustKey(9) is in neither and is forgotten.
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Track (-want +got):\n%s", diff)
+	}
+}
+
+func TestPlanNextDeadline(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := Plan{Held: []Held{{Until: t0.Add(2 * time.Second)}, {Until: t0.Add(time.Second)}}}
+	if got := p.NextDeadline(); !got.Equal(t0.Add(time.Second)) {
+		t.Errorf("NextDeadline = %v, want %v", got, t0.Add(time.Second))
+	}
+	if got := (Plan{}).NextDeadline(); !got.IsZero() {
+		t.Errorf("NextDeadline of an empty plan = %v, want zero", got)
+	}
+}

@@ -1,0 +1,179 @@
+package peers
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// KernelPeer is a peer as the WireGuard device reports it.
+type KernelPeer struct {
+	PublicKey  wgtypes.Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+	Keepalive  time.Duration
+}
+
+// Observed is what the kernel actually has: every peer on meshd's link and
+// the routes on it that carry meshd's protocol tag. Foreign routes are not
+// part of it, so no plan can ever touch them.
+type Observed struct {
+	Peers  []KernelPeer
+	Routes []netip.Prefix
+}
+
+// Removal is the state that decides when a peer absent from the catalog may
+// leave the kernel.
+type Removal struct {
+	// Grace is how long a peer must have been absent before it is removed.
+	Grace time.Duration
+	// LastSeen is when each key was last desired (or, for a kernel peer
+	// meshd has no memory of, first observed). See Track.
+	LastSeen map[wgtypes.Key]time.Time
+	// Now is the time of this computation.
+	Now time.Time
+}
+
+// Held is a kernel peer kept although no catalog entry asks for it.
+type Held struct {
+	PublicKey wgtypes.Key
+	// Until is when its removal grace ends.
+	Until time.Time
+}
+
+// Plan is what to write to the kernel, applied in this order: upsert peers,
+// add routes, delete routes, remove peers (add before delete).
+type Plan struct {
+	Upsert    []Peer
+	AddRoutes []netip.Prefix
+	DelRoutes []netip.Prefix
+	Remove    []wgtypes.Key
+	// Held peers stay for now; the earliest Until is when to look again.
+	Held []Held
+}
+
+// Empty reports whether the plan writes nothing.
+func (p Plan) Empty() bool {
+	return len(p.Upsert) == 0 && len(p.AddRoutes) == 0 && len(p.DelRoutes) == 0 && len(p.Remove) == 0
+}
+
+// NextDeadline is the earliest time a held peer's grace ends, or zero.
+func (p Plan) NextDeadline() time.Time {
+	var t time.Time
+	for _, h := range p.Held {
+		if t.IsZero() || h.Until.Before(t) {
+			t = h.Until
+		}
+	}
+	return t
+}
+
+// Diff computes the plan that takes the kernel from obs to desired.
+//
+// A desired peer is written only when the kernel lacks it or differs in
+// endpoint, allowed IPs or keepalive. A kernel peer that no entry asks for
+// is removed at once when a desired peer now owns its allowed IPs (the node
+// rotated its key or its prefix moved); otherwise it is held until its
+// grace ends, and its routes are kept with it.
+func Diff(desired []Peer, obs Observed, rm Removal) Plan {
+	var plan Plan
+	kernel := make(map[wgtypes.Key]KernelPeer, len(obs.Peers))
+	for _, kp := range obs.Peers {
+		kernel[kp.PublicKey] = kp
+	}
+	want := make(map[wgtypes.Key]bool, len(desired))
+	routes := make(map[netip.Prefix]bool, len(desired))
+	for _, p := range desired {
+		want[p.PublicKey] = true
+		routes[p.Prefix] = true
+		kp, ok := kernel[p.PublicKey]
+		if !ok || !sameConfig(p, kp) {
+			plan.Upsert = append(plan.Upsert, p)
+		}
+	}
+	owned := maps.Clone(routes)
+	for _, kp := range obs.Peers {
+		if want[kp.PublicKey] {
+			continue
+		}
+		// A peer without allowed IPs carries no traffic; one whose allowed
+		// IPs a desired peer now owns was replaced. Neither needs a grace.
+		replaced := len(kp.AllowedIPs) == 0
+		for _, a := range kp.AllowedIPs {
+			if owned[a.Masked()] {
+				replaced = true
+			}
+		}
+		since, seen := rm.LastSeen[kp.PublicKey]
+		if !seen {
+			since = rm.Now
+		}
+		until := since.Add(rm.Grace)
+		if replaced || !rm.Now.Before(until) {
+			plan.Remove = append(plan.Remove, kp.PublicKey)
+			continue
+		}
+		plan.Held = append(plan.Held, Held{PublicKey: kp.PublicKey, Until: until})
+		for _, a := range kp.AllowedIPs {
+			routes[a.Masked()] = true
+		}
+	}
+	have := make(map[netip.Prefix]bool, len(obs.Routes))
+	for _, r := range obs.Routes {
+		have[r] = true
+		if !routes[r] {
+			plan.DelRoutes = append(plan.DelRoutes, r)
+		}
+	}
+	for _, p := range desired {
+		if !have[p.Prefix] {
+			plan.AddRoutes = append(plan.AddRoutes, p.Prefix)
+		}
+	}
+	slices.SortFunc(plan.Remove, compareKeys)
+	slices.SortFunc(plan.Held, func(a, b Held) int { return compareKeys(a.PublicKey, b.PublicKey) })
+	slices.SortFunc(plan.DelRoutes, netip.Prefix.Compare)
+	slices.SortFunc(plan.AddRoutes, netip.Prefix.Compare)
+	return plan
+}
+
+func compareKeys(a, b wgtypes.Key) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return int(a[i]) - int(b[i])
+		}
+	}
+	return 0
+}
+
+func sameConfig(p Peer, kp KernelPeer) bool {
+	if kp.Endpoint != p.Endpoint || kp.Keepalive != p.Keepalive || len(kp.AllowedIPs) != 1 {
+		return false
+	}
+	return kp.AllowedIPs[0].Masked() == p.Prefix
+}
+
+// Track returns the LastSeen map for the next Diff: every desired key is
+// seen now; a kernel key meshd has no memory of starts its grace now (after
+// a restart, a peer the new catalog lacks gets the full grace, not none);
+// keys in neither are forgotten.
+func Track(lastSeen map[wgtypes.Key]time.Time, desired []Peer, obs Observed, now time.Time) map[wgtypes.Key]time.Time {
+	next := make(map[wgtypes.Key]time.Time, len(desired))
+	for _, p := range desired {
+		next[p.PublicKey] = now
+	}
+	for _, kp := range obs.Peers {
+		if _, ok := next[kp.PublicKey]; ok {
+			continue
+		}
+		if t, ok := lastSeen[kp.PublicKey]; ok {
+			next[kp.PublicKey] = t
+		} else {
+			next[kp.PublicKey] = now
+		}
+	}
+	return next
+}
