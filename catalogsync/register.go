@@ -1,0 +1,83 @@
+package catalogsync
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/peers"
+)
+
+// DefaultService is the Consul service every meshd registers.
+const DefaultService = "meshd"
+
+// Registration is this node's entry in the catalog.
+type Registration struct {
+	Service   string
+	Node      string
+	PublicKey wgtypes.Key
+	Endpoint  netip.AddrPort
+	Prefix    netip.Prefix
+	Keepalive time.Duration
+	Tags      []string
+}
+
+// ServiceID is unique per mesh node, so several meshd may share one agent.
+func ServiceID(node string) string { return "meshd-" + node }
+
+// ID is the registration's service ID.
+func (r Registration) ID() string { return ServiceID(r.Node) }
+
+// Meta is the registration's service metadata (DESIGN.md "Data model").
+func (r Registration) Meta() map[string]string {
+	m := map[string]string{
+		peers.MetaVersion:   peers.SchemaVersion,
+		peers.MetaNode:      r.Node,
+		peers.MetaPublicKey: r.PublicKey.String(),
+		peers.MetaEndpoint:  r.Endpoint.String(),
+		peers.MetaPrefix:    r.Prefix.String(),
+	}
+	if r.Keepalive > 0 {
+		m[peers.MetaKeepalive] = strconv.Itoa(int(r.Keepalive / time.Second))
+	}
+	return m
+}
+
+// Matches reports whether a catalog entry already says what r would
+// register, so that meshd re-registers only when something differs.
+func (r Registration) Matches(e peers.Entry) bool {
+	return e.ServiceID == r.ID() && maps.Equal(e.Meta, r.Meta()) && slices.Equal(e.Tags, r.Tags)
+}
+
+// Register puts r on the local agent, which keeps it in the catalog by
+// anti-entropy. It is idempotent.
+func Register(ctx context.Context, c *api.Client, r Registration) error {
+	reg := &api.AgentServiceRegistration{
+		ID:      r.ID(),
+		Name:    r.Service,
+		Tags:    r.Tags,
+		Meta:    r.Meta(),
+		Address: r.Endpoint.Addr().String(),
+		Port:    int(r.Endpoint.Port()),
+	}
+	if err := c.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		return fmt.Errorf("register %s with the local Consul agent: %w", r.ID(), err)
+	}
+	return nil
+}
+
+// Deregister removes node's instance through the local agent.
+func Deregister(ctx context.Context, c *api.Client, node string) error {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	if err := c.Agent().ServiceDeregisterOpts(ServiceID(node), q); err != nil {
+		return fmt.Errorf("deregister %s from the local Consul agent: %w", ServiceID(node), err)
+	}
+	return nil
+}

@@ -1,0 +1,183 @@
+package catalogsync
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.org/x/time/rate"
+
+	"meshd.dev/meshd/peers"
+)
+
+// Snapshot is one read of the meshd service.
+type Snapshot struct {
+	Index   uint64
+	Entries []peers.Entry
+}
+
+// State is what the watch knows about the catalog, for status output.
+type State struct {
+	Reachable bool
+	LastIndex uint64
+	// LastGoodRead is when a read last succeeded (zero before the first).
+	LastGoodRead time.Time
+	LastError    string
+	// Reads counts successful reads; Delivered counts the snapshots passed
+	// on (reads whose content changed).
+	Reads, Delivered uint64
+}
+
+// Watcher watches the instances of one service.
+type Watcher struct {
+	Client     *api.Client
+	Service    string
+	Datacenter string
+	Logger     *slog.Logger
+	// WaitTime bounds one blocking query (default 5m).
+	WaitTime time.Duration
+	// Limiter spaces wakes (default 10/s with a burst of 5).
+	Limiter *rate.Limiter
+	// MinBackoff and MaxBackoff bound the wait after an error (defaults
+	// 250ms and 30s).
+	MinBackoff, MaxBackoff time.Duration
+
+	mu    sync.Mutex
+	state State
+}
+
+// State returns the watch's current view of the catalog.
+func (w *Watcher) State() State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state
+}
+
+// NextIndex applies the index rules to a query's result: an index that
+// went backwards resets to 0 (the next read is a full, non-blocking one), and
+// an index of 0 becomes 1 so that the next query blocks.
+func NextIndex(prev, got uint64) uint64 {
+	switch {
+	case got < prev:
+		return 0
+	case got == 0:
+		return 1
+	}
+	return got
+}
+
+// Run watches until ctx is done, calling deliver with every snapshot whose
+// content differs from the last one delivered (the first always is).
+// deliver runs on Run's goroutine and must not block for long.
+func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
+	logger := w.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	waitTime := cmp.Or(w.WaitTime, 5*time.Minute)
+	limiter := w.Limiter
+	if limiter == nil {
+		limiter = rate.NewLimiter(rate.Every(100*time.Millisecond), 5)
+	}
+	minBackoff, maxBackoff := cmp.Or(w.MinBackoff, 250*time.Millisecond), cmp.Or(w.MaxBackoff, 30*time.Second)
+
+	var (
+		index     uint64
+		last      []peers.Entry
+		delivered bool
+		failures  int
+	)
+	for {
+		if err := limiter.Wait(ctx); err != nil {
+			return ctx.Err()
+		}
+		q := &api.QueryOptions{
+			AllowStale: true,
+			WaitIndex:  index,
+			WaitTime:   waitTime,
+			Datacenter: w.Datacenter,
+		}
+		entries, meta, err := w.Client.Health().Service(w.Service, "", false, q.WithContext(ctx))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			// The servers may come back with a lower index (restored or
+			// rebuilt); a blocking query on the old index would then
+			// stall for the whole WaitTime. Read afresh.
+			index = 0
+			failures++
+			d := backoff(failures, minBackoff, maxBackoff)
+			w.setState(func(s *State) { s.Reachable = false; s.LastError = err.Error() })
+			logger.Warn("catalog read failed", "service", w.Service, "err", err, "retry_in", d.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(d):
+			}
+			continue
+		}
+		failures = 0
+		index = NextIndex(index, meta.LastIndex)
+		snap := Snapshot{Index: meta.LastIndex, Entries: Convert(entries)}
+		changed := !delivered || !reflect.DeepEqual(last, snap.Entries)
+		w.setState(func(s *State) {
+			s.Reachable, s.LastIndex, s.LastGoodRead, s.LastError = true, meta.LastIndex, time.Now(), ""
+			s.Reads++
+			if changed {
+				s.Delivered++
+			}
+		})
+		if !changed {
+			logger.Debug("catalog woke without a change", "index", meta.LastIndex)
+			continue
+		}
+		last, delivered = snap.Entries, true
+		deliver(snap)
+	}
+}
+
+func (w *Watcher) setState(f func(*State)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f(&w.state)
+}
+
+// Convert turns health endpoint results into catalog entries, sorted by
+// service ID so that equal content compares equal.
+func Convert(in []*api.ServiceEntry) []peers.Entry {
+	out := make([]peers.Entry, 0, len(in))
+	for _, se := range in {
+		if se == nil || se.Service == nil {
+			continue
+		}
+		out = append(out, peers.Entry{
+			ServiceID:   se.Service.ID,
+			Meta:        se.Service.Meta,
+			Tags:        se.Service.Tags,
+			CreateIndex: se.Service.CreateIndex,
+			Health:      se.Checks.AggregatedStatus(),
+		})
+	}
+	slices.SortFunc(out, func(a, b peers.Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+	return out
+}
+
+// backoff is capped exponential backoff with full jitter: a random wait in
+// [lo, lo*2^(n-1)] capped at hi, so a fleet that lost Consul at the same
+// moment does not come back at the same moment.
+func backoff(n int, lo, hi time.Duration) time.Duration {
+	ceil := lo
+	for i := 1; i < n && ceil < hi; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, hi)
+	return lo + rand.N(ceil-lo+1)
+}
