@@ -1,0 +1,261 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/netlinkx"
+	"meshd.dev/meshd/peers"
+)
+
+// ErrLeft is returned by Run after the node left the mesh through Leave.
+var ErrLeft = errors.New("node left the mesh")
+
+// Options configure an Agent.
+type Options struct {
+	Registration   catalogsync.Registration
+	Prefix         netip.Prefix
+	ListenPort     int
+	Rules          peers.Rules
+	RemovalGrace   time.Duration
+	ResyncInterval time.Duration
+	Consul         *api.Client
+	Datacenter     string
+	Link           *netlinkx.Link
+	Logger         *slog.Logger
+}
+
+// Agent runs the control loop of one mesh node.
+type Agent struct {
+	opts    Options
+	logger  *slog.Logger
+	watcher *catalogsync.Watcher
+	dirty   chan struct{}
+	leave   chan chan error
+
+	// Owned by the loop goroutine.
+	lastSeen     map[wgtypes.Key]time.Time
+	lastRegister time.Time
+	failures     int
+
+	mu       sync.Mutex // guards the fields below
+	snapshot *catalogsync.Snapshot
+	status   Status
+}
+
+// New returns an agent; Run starts it.
+func New(opts Options) *Agent {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{
+		opts:   opts,
+		logger: logger,
+		watcher: &catalogsync.Watcher{
+			Client:     opts.Consul,
+			Service:    opts.Registration.Service,
+			Datacenter: opts.Datacenter,
+			Logger:     logger,
+		},
+		dirty:    make(chan struct{}, 1),
+		leave:    make(chan chan error),
+		lastSeen: map[wgtypes.Key]time.Time{},
+	}
+}
+
+// markDirty asks for a reconcile; it never blocks and coalesces.
+func (a *Agent) markDirty() {
+	select {
+	case a.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs the loop until ctx is done (returning nil, with everything left
+// in place) or the node leaves (returning ErrLeft, or the leave's errors).
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watcher.Run(ctx, func(s catalogsync.Snapshot) {
+			a.mu.Lock()
+			a.snapshot = &s
+			a.mu.Unlock()
+			a.markDirty()
+		})
+	}()
+
+	resync := time.NewTicker(a.opts.ResyncInterval)
+	defer resync.Stop()
+	// One timer serves both the end of the nearest removal grace and the
+	// retry after a failed reconcile: whichever is due first.
+	wake := time.NewTimer(time.Hour)
+	wake.Stop()
+	defer wake.Stop()
+
+	a.markDirty()
+	for {
+		select {
+		case <-ctx.Done():
+			a.logger.Info("stopping; registration, link, peers and routes stay in place")
+			return nil
+		case done := <-a.leave:
+			err := a.doLeave(ctx)
+			done <- err
+			if err != nil {
+				return err
+			}
+			return ErrLeft
+		case <-resync.C:
+			a.markDirty()
+			continue
+		case <-wake.C:
+			a.markDirty()
+			continue
+		case <-a.dirty:
+		}
+		next := a.reconcile(ctx)
+		wake.Stop()
+		if !next.IsZero() {
+			wake.Reset(max(time.Until(next), 0))
+		}
+	}
+}
+
+// Leave makes the running loop deregister the node and remove its link and
+// routes; Run then returns. It returns what the leave returned.
+func (a *Agent) Leave(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case a.leave <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *Agent) doLeave(ctx context.Context) error {
+	var errs []error
+	if err := catalogsync.Deregister(ctx, a.opts.Consul, a.opts.Registration.Node); err != nil {
+		errs = append(errs, err)
+	} else {
+		a.logger.Info("deregistered", "service_id", a.opts.Registration.ID())
+	}
+	if err := a.opts.Link.Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// reconcile brings the kernel to the desired state and returns when it
+// must run again at the latest (a grace ending, a retry), or zero.
+func (a *Agent) reconcile(ctx context.Context) time.Time {
+	start := time.Now()
+	a.mu.Lock()
+	snap := a.snapshot
+	a.mu.Unlock()
+
+	res, err := a.apply(snap, start)
+	a.ensureRegistered(ctx, snap, start)
+	a.setStatus(snap, res, err, start)
+	if err != nil {
+		a.failures++
+		retry := retryDelay(a.failures)
+		a.logger.Error("reconcile failed", "err", err, "retry_in", retry)
+		return start.Add(retry)
+	}
+	a.failures = 0
+	return res.plan.NextDeadline()
+}
+
+type result struct {
+	desired  []peers.Peer
+	rejected []peers.Rejection
+	obs      peers.Observed
+	plan     peers.Plan
+	writes   uint64
+}
+
+func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error) {
+	var res result
+	before := a.opts.Link.Writes()
+	defer func() { res.writes = a.opts.Link.Writes() - before }()
+	if err := a.opts.Link.Ensure(); err != nil {
+		return res, fmt.Errorf("ensure link: %w", err)
+	}
+	if snap == nil {
+		// No catalog read yet: the link is up, and peers already in the
+		// kernel stay as they are until the catalog answers.
+		return res, nil
+	}
+	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
+	res.desired, res.rejected = peers.Desire(snap.Entries, self, a.opts.Rules)
+	obs, err := a.opts.Link.Observe()
+	if err != nil {
+		return res, fmt.Errorf("observe kernel: %w", err)
+	}
+	res.obs = obs
+	a.lastSeen = peers.Track(a.lastSeen, res.desired, obs, now)
+	res.plan = peers.Diff(res.desired, obs, peers.Removal{Grace: a.opts.RemovalGrace, LastSeen: a.lastSeen, Now: now})
+	if res.plan.Empty() {
+		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.desired), "held", len(res.plan.Held))
+		return res, nil
+	}
+	a.logger.Info("applying plan", "upsert", len(res.plan.Upsert), "remove", len(res.plan.Remove),
+		"add_routes", len(res.plan.AddRoutes), "del_routes", len(res.plan.DelRoutes), "held", len(res.plan.Held))
+	if err := a.opts.Link.Apply(res.plan); err != nil {
+		return res, fmt.Errorf("apply plan: %w", err)
+	}
+	return res, nil
+}
+
+// ensureRegistered registers at start, and again when the catalog lacks
+// this node's entry or shows a different one (the local agent lost its
+// state, or meshd's identity changed), at most once per 10 seconds.
+func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) {
+	if snap != nil {
+		for _, e := range snap.Entries {
+			if a.opts.Registration.Matches(e) {
+				return
+			}
+		}
+	}
+	if !a.lastRegister.IsZero() && now.Sub(a.lastRegister) < 10*time.Second {
+		return
+	}
+	a.lastRegister = now
+	if err := catalogsync.Register(ctx, a.opts.Consul, a.opts.Registration); err != nil {
+		a.logger.Warn("register failed; will retry", "err", err)
+		return
+	}
+	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
+}
+
+func retryDelay(failures int) time.Duration {
+	d := 250 * time.Millisecond
+	for i := 1; i < failures && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Second)
+}

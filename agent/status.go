@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/catalogsync"
+)
+
+// Peer states in Status.
+const (
+	PeerApplied  = "applied"
+	PeerPending  = "pending"
+	PeerRejected = "rejected"
+	PeerHeld     = "removal-held"
+)
+
+// Status is the agent's view of itself after the last reconcile. It is
+// served as JSON on the status socket.
+type Status struct {
+	Node        string        `json:"node"`
+	Interface   string        `json:"interface"`
+	Mode        string        `json:"mode"`
+	PublicKey   string        `json:"public_key"`
+	ListenPort  int           `json:"listen_port"`
+	MeshAddress string        `json:"mesh_address"`
+	Prefix      string        `json:"prefix"`
+	Catalog     CatalogStatus `json:"catalog"`
+	Peers       []PeerStatus  `json:"peers"`
+	// Converged is true when the kernel holds exactly what the catalog
+	// asks for (held removals aside) and the last reconcile succeeded.
+	Converged     bool      `json:"converged"`
+	LastReconcile time.Time `json:"last_reconcile"`
+	LastError     string    `json:"last_error,omitempty"`
+	KernelWrites  uint64    `json:"kernel_writes"`
+}
+
+// CatalogStatus is the watch's state.
+type CatalogStatus struct {
+	Reachable    bool      `json:"reachable"`
+	LastIndex    uint64    `json:"last_index"`
+	LastGoodRead time.Time `json:"last_good_read"`
+	LastError    string    `json:"last_error,omitempty"`
+	Entries      int       `json:"entries"`
+}
+
+// PeerStatus is one node as this host sees it.
+type PeerStatus struct {
+	Node      string `json:"node"`
+	ServiceID string `json:"service_id,omitempty"`
+	PublicKey string `json:"public_key,omitempty"`
+	Endpoint  string `json:"endpoint,omitempty"`
+	Prefix    string `json:"prefix,omitempty"`
+	Health    string `json:"health,omitempty"`
+	State     string `json:"state"`
+	Reason    string `json:"reason,omitempty"`
+	// HeldUntil is when a held removal's grace ends.
+	HeldUntil *time.Time `json:"held_until,omitempty"`
+}
+
+// Status returns the status after the last reconcile.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.status
+	st.Peers = slices.Clone(st.Peers)
+	st.Catalog = a.catalogStatus()
+	return st
+}
+
+// catalogStatus must be called with mu held.
+func (a *Agent) catalogStatus() CatalogStatus {
+	w := a.watcher.State()
+	cs := CatalogStatus{Reachable: w.Reachable, LastIndex: w.LastIndex, LastGoodRead: w.LastGoodRead, LastError: w.LastError}
+	if a.snapshot != nil {
+		cs.Entries = len(a.snapshot.Entries)
+	}
+	return cs
+}
+
+func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now time.Time) {
+	reg := a.opts.Registration
+	st := Status{
+		Node:          reg.Node,
+		Interface:     a.opts.Link.Name(),
+		Mode:          string(a.opts.Link.Mode()),
+		PublicKey:     reg.PublicKey.String(),
+		ListenPort:    a.opts.ListenPort,
+		MeshAddress:   a.opts.Prefix.Addr().Next().String(),
+		Prefix:        a.opts.Prefix.String(),
+		LastReconcile: now,
+		KernelWrites:  a.opts.Link.Writes(),
+	}
+	if err != nil {
+		st.LastError = err.Error()
+	}
+	// After a successful apply the kernel holds the plan's upserts, so a
+	// desired peer is pending only if the apply failed.
+	upserted := map[wgtypes.Key]bool{}
+	for _, p := range res.plan.Upsert {
+		upserted[p.PublicKey] = true
+	}
+	for _, p := range res.desired {
+		state := PeerApplied
+		if err != nil && upserted[p.PublicKey] {
+			state = PeerPending
+		}
+		st.Peers = append(st.Peers, PeerStatus{
+			Node: p.Node, PublicKey: p.PublicKey.String(), Endpoint: p.Endpoint.String(),
+			Prefix: p.Prefix.String(), Health: p.Health, State: state,
+		})
+	}
+	for _, r := range res.rejected {
+		st.Peers = append(st.Peers, PeerStatus{Node: r.Node, ServiceID: r.ServiceID, State: PeerRejected, Reason: r.Reason})
+	}
+	allowed := map[wgtypes.Key][]netip.Prefix{}
+	for _, kp := range res.obs.Peers {
+		allowed[kp.PublicKey] = kp.AllowedIPs
+	}
+	for _, h := range res.plan.Held {
+		until := h.Until
+		ps := PeerStatus{PublicKey: h.PublicKey.String(), State: PeerHeld, HeldUntil: &until,
+			Reason: "gone from the catalog; removal grace until " + until.UTC().Format(time.RFC3339)}
+		if a := allowed[h.PublicKey]; len(a) > 0 {
+			ps.Prefix = a[0].String()
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	slices.SortFunc(st.Peers, func(x, y PeerStatus) int {
+		return strings.Compare(x.Node+"\x00"+x.PublicKey, y.Node+"\x00"+y.PublicKey)
+	})
+	st.Converged = err == nil && snap != nil
+	a.mu.Lock()
+	a.status = st
+	a.mu.Unlock()
+}

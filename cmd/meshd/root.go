@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/debug"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/spf13/cobra"
+
+	"meshd.dev/meshd/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "meshd",
+		Short:         "WireGuard mesh provisioning agent driven by the Consul catalog",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().String("config", "", "configuration file (default "+config.DefaultPath+")")
+	config.AddFlags(root.PersistentFlags())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usage(err) })
+	root.AddCommand(newRunCmd(), newLeaveCmd(), newVersionCmd(), newUserspaceCmd())
+	return root
+}
+
+// loadConfig loads the configuration for cmd and reports unknown keys.
+func loadConfig(cmd *cobra.Command) (*config.Config, error) {
+	path, _ := cmd.Flags().GetString("config")
+	cfg, warnings, err := config.Load(path, cmd.Flags())
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "meshd: warning: "+w)
+	}
+	if err != nil {
+		return nil, usage(err)
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg *config.Config) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// consulClient builds a client from the standard CONSUL_HTTP_* variables
+// (as api.DefaultConfig reads them) overridden by meshd's own keys.
+func consulClient(cfg *config.Config) (*api.Client, error) {
+	c := api.DefaultConfig()
+	if cfg.Consul.Address != "" {
+		c.Address = cfg.Consul.Address
+	}
+	if cfg.Consul.Token != "" {
+		c.Token = cfg.Consul.Token
+	}
+	if cfg.Consul.TokenFile != "" {
+		c.TokenFile = cfg.Consul.TokenFile
+	}
+	if cfg.Consul.Datacenter != "" {
+		c.Datacenter = cfg.Consul.Datacenter
+	}
+	client, err := api.NewClient(c)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return client, nil
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print meshd's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			goVersion := "unknown"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				goVersion = bi.GoVersion
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "meshd %s (%s)\n", version, goVersion)
+			return nil
+		},
+	}
+}

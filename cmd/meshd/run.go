@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"meshd.dev/meshd/agent"
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/config"
+	"meshd.dev/meshd/control"
+	"meshd.dev/meshd/keystore"
+	"meshd.dev/meshd/netlinkx"
+)
+
+func newRunCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Run the agent in the foreground",
+		Long: "Run the agent: publish this host in the Consul catalog, watch every other host and\n" +
+			"keep the WireGuard link, peers and routes converged. SIGTERM or SIGINT stop it and\n" +
+			"leave registration, link, peers and routes in place; `meshd leave` leaves the mesh.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if err := cfg.RequireMember(); err != nil {
+				return usage(err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return run(ctx, cfg)
+		},
+	}
+}
+
+func run(ctx context.Context, cfg *config.Config) error {
+	logger := newLogger(cfg)
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	key, created, err := keystore.LoadOrCreate(cfg.KeyFile)
+	if err != nil {
+		return err
+	}
+	if created {
+		logger.Info("created private key", "key_file", cfg.KeyFile, "public_key", key.Public())
+	}
+	consul, err := consulClient(cfg)
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable for the userspace device: %w", err)
+	}
+	link, err := netlinkx.Open(netlinkx.Options{
+		Name:       cfg.Interface,
+		MTU:        cfg.MTU,
+		ListenPort: cfg.ListenPort,
+		PrivateKey: key.WG(),
+		Address:    cfg.MeshAddress(),
+		StartUserspace: netlinkx.UserspaceStarter([]string{exe, "wireguard-userspace"},
+			filepath.Join(cfg.StateDir, "userspace-"+cfg.Interface+".log")),
+		Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer link.Close()
+
+	sock, err := control.Listen(cfg.StatusSocket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.StatusSocket)
+
+	var tags []string
+	if cfg.Gateway.Enabled {
+		tags = []string{"gateway"}
+	}
+	a := agent.New(agent.Options{
+		Registration: catalogsync.Registration{
+			Service:   cfg.Consul.Service,
+			Node:      cfg.NodeName,
+			PublicKey: key.Public(),
+			Endpoint:  cfg.Endpoint,
+			Prefix:    cfg.Prefix,
+			Tags:      tags,
+		},
+		Prefix:         cfg.Prefix,
+		ListenPort:     cfg.ListenPort,
+		Rules:          cfg.Rules(),
+		RemovalGrace:   cfg.RemovalGrace,
+		ResyncInterval: cfg.ResyncInterval,
+		Consul:         consul,
+		Datacenter:     cfg.Consul.Datacenter,
+		Link:           link,
+		Logger:         logger,
+	})
+	logger.Info("starting", "node", cfg.NodeName, "interface", cfg.Interface, "prefix", cfg.Prefix,
+		"endpoint", cfg.Endpoint, "public_key", key.Public(), "config", cfg.File)
+
+	serveCtx, stopServe := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- control.Serve(serveCtx, sock, handler{a}) }()
+	err = a.Run(ctx)
+	stopServe()
+	<-served
+	if errors.Is(err, agent.ErrLeft) {
+		logger.Info("left the mesh")
+		return nil
+	}
+	return err
+}
+
+// handler serves the agent on the status socket.
+type handler struct{ a *agent.Agent }
+
+func (h handler) StatusJSON() any                 { return h.a.Status() }
+func (h handler) Leave(ctx context.Context) error { return h.a.Leave(ctx) }

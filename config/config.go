@@ -1,0 +1,446 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+
+	"meshd.dev/meshd/peers"
+)
+
+// DefaultPath is where meshd looks for its file when --config is not given.
+const DefaultPath = "/etc/meshd/meshd.yaml"
+
+// Config is meshd's validated configuration.
+type Config struct {
+	NodeName           string
+	Interface          string
+	ListenPort         int
+	Endpoint           netip.AddrPort // zero when not set
+	Prefix             netip.Prefix   // zero when not set
+	MeshSupernet       netip.Prefix
+	MTU                int
+	KeyFile            string
+	StateDir           string
+	StatusSocket       string
+	MetricsAddress     string
+	RemovalGrace       time.Duration
+	MaxRemovalFraction float64
+	ResyncInterval     time.Duration
+	LogLevel           string
+	LogFormat          string
+	Consul             Consul
+	Gateway            Gateway
+
+	// File is the configuration file that was read, or "" if none.
+	File string
+}
+
+// Consul says how to reach the local Consul agent. Empty values fall back
+// to the standard CONSUL_HTTP_* variables, then to Consul's defaults.
+type Consul struct {
+	Address    string
+	Token      string
+	TokenFile  string
+	Service    string
+	Datacenter string
+}
+
+// Gateway configures the user-peer link of a gateway node.
+type Gateway struct {
+	Enabled    bool
+	Interface  string
+	ListenPort int
+}
+
+// Key is one configuration key.
+type Key struct {
+	Name    string
+	Default string
+	Usage   string
+}
+
+// Flag is the command-line flag of a key: "consul.token_file" is
+// --consul-token-file.
+func (k Key) Flag() string { return strings.NewReplacer(".", "-", "_", "-").Replace(k.Name) }
+
+// Env is the environment variable of a key: MESHD_CONSUL_TOKEN_FILE.
+func (k Key) Env() string { return "MESHD_" + strings.ToUpper(strings.ReplaceAll(k.Name, ".", "_")) }
+
+// Keys lists every configuration key with its default.
+var Keys = []Key{
+	{"node_name", "", "mesh node name, a DNS label (default: the host name's first label)"},
+	{"interface", "wg0", "WireGuard interface name"},
+	{"listen_port", "51820", "WireGuard UDP listen port"},
+	{"endpoint", "", "underlay ip:port that peers send to (required by run)"},
+	{"prefix", "", "this host's 6PN prefix, an IPv6 CIDR inside mesh_supernet (required by run)"},
+	{"mesh_supernet", "fdaa::/16", "IPv6 supernet holding every node's prefix"},
+	{"mtu", "1420", "MTU of the WireGuard interface (1280-9000)"},
+	{"key_file", "", "private key file, mode 0600 (default: <state_dir>/private.key)"},
+	{"state_dir", "/var/lib/meshd", "directory for the key and saved state"},
+	{"status_socket", "/run/meshd/meshd.sock", "unix socket of the running agent (status, leave)"},
+	{"metrics_address", "127.0.0.1:9474", "host:port of the Prometheus metrics listener"},
+	{"removal_grace", "5m", "how long a node gone from the catalog keeps its peer"},
+	{"max_removal_fraction", "0.5", "fraction of peers whose pending removal trips the circuit breaker"},
+	{"resync_interval", "30s", "how often the kernel is compared with the catalog even without events"},
+	{"log_level", "info", "debug, info, warn or error"},
+	{"log_format", "text", "text or json"},
+	{"consul.address", "", "local Consul agent address (default: CONSUL_HTTP_ADDR, then 127.0.0.1:8500)"},
+	{"consul.token", "", "Consul ACL token (default: CONSUL_HTTP_TOKEN)"},
+	{"consul.token_file", "", "file holding the Consul ACL token (default: CONSUL_HTTP_TOKEN_FILE)"},
+	{"consul.service", "meshd", "Consul service every meshd registers"},
+	{"consul.datacenter", "", "Consul datacenter (default: the agent's)"},
+	{"gateway.enabled", "false", "run the gateway link for end users' peers"},
+	{"gateway.interface", "wg-gw", "WireGuard interface for end users' peers"},
+	{"gateway.listen_port", "51821", "UDP listen port of the gateway interface"},
+}
+
+// Error is a bad configuration value.
+type Error struct {
+	Key      string
+	Value    string
+	Expected string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("config: %s = %q: expected %s", e.Key, clip(e.Value), e.Expected)
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+// AddFlags declares a flag for every key on fs.
+func AddFlags(fs *pflag.FlagSet) {
+	for _, k := range Keys {
+		fs.String(k.Flag(), "", k.Usage+" (key "+k.Name+", env "+k.Env()+")")
+	}
+}
+
+// Load reads the configuration. path is the --config value: "" means
+// DefaultPath, which may be missing; an explicit path must exist. flags
+// holds the flags of AddFlags; only flags the user set override. warnings
+// lists unknown keys in the file (ignored, not fatal).
+func Load(path string, flags *pflag.FlagSet) (cfg *Config, warnings []string, err error) {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	for _, k := range Keys {
+		v.SetDefault(k.Name, k.Default)
+		if err := v.BindEnv(k.Name, k.Env()); err != nil {
+			return nil, nil, err
+		}
+		if flags != nil {
+			if f := flags.Lookup(k.Flag()); f != nil {
+				if err := v.BindPFlag(k.Name, f); err != nil {
+					return nil, nil, err
+				}
+			}
+		}
+	}
+	file := path
+	if file == "" {
+		file = DefaultPath
+	}
+	b, err := os.ReadFile(file)
+	switch {
+	case err == nil:
+		if err := v.ReadConfig(strings.NewReader(string(b))); err != nil {
+			return nil, nil, fmt.Errorf("config: %s is not valid YAML: %s", file, oneLine(err))
+		}
+		warnings = unknownKeys(v, file)
+	case errors.Is(err, fs.ErrNotExist) && path == "":
+		file = ""
+	default:
+		return nil, nil, fmt.Errorf("config: read %s: %w", file, err)
+	}
+	cfg, err = parse(v)
+	if err != nil {
+		return nil, warnings, err
+	}
+	cfg.File = file
+	return cfg, warnings, nil
+}
+
+func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
+
+func unknownKeys(v *viper.Viper, file string) []string {
+	var out []string
+	for _, k := range v.AllKeys() {
+		if !slices.ContainsFunc(Keys, func(key Key) bool { return key.Name == k }) {
+			out = append(out, fmt.Sprintf("config: %s: unknown key %q ignored", file, k))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// parse reads and validates every key.
+func parse(v *viper.Viper) (*Config, error) {
+	p := parser{v: v}
+	c := &Config{
+		NodeName:           p.nodeName("node_name"),
+		Interface:          p.ifname("interface"),
+		ListenPort:         p.port("listen_port"),
+		MeshSupernet:       p.supernet("mesh_supernet"),
+		MTU:                p.intRange("mtu", 1280, 9000),
+		StateDir:           p.path("state_dir"),
+		StatusSocket:       p.path("status_socket"),
+		MetricsAddress:     p.hostPort("metrics_address"),
+		RemovalGrace:       p.duration("removal_grace", 0),
+		MaxRemovalFraction: p.fraction("max_removal_fraction"),
+		ResyncInterval:     p.duration("resync_interval", time.Second),
+		LogLevel:           p.oneOf("log_level", "debug", "info", "warn", "error"),
+		LogFormat:          p.oneOf("log_format", "text", "json"),
+		Consul: Consul{
+			Address:    p.str("consul.address"),
+			Token:      p.str("consul.token"),
+			TokenFile:  p.readableFile("consul.token_file"),
+			Service:    p.serviceName("consul.service"),
+			Datacenter: p.str("consul.datacenter"),
+		},
+		Gateway: Gateway{
+			Enabled:    p.boolean("gateway.enabled"),
+			Interface:  p.ifname("gateway.interface"),
+			ListenPort: p.port("gateway.listen_port"),
+		},
+	}
+	c.Endpoint = p.endpoint("endpoint")
+	c.Prefix = p.prefix("prefix", c.MeshSupernet)
+	c.KeyFile = p.path("key_file")
+	if p.err != nil {
+		return nil, p.err
+	}
+	if c.KeyFile == "" {
+		c.KeyFile = filepath.Join(c.StateDir, "private.key")
+	}
+	if c.Gateway.Enabled && c.Gateway.Interface == c.Interface {
+		return nil, &Error{"gateway.interface", c.Gateway.Interface, "a name other than interface's"}
+	}
+	return c, nil
+}
+
+// RequireMember checks the keys a mesh member must have (run, leave).
+func (c *Config) RequireMember() error {
+	switch {
+	case c.NodeName == "":
+		return &Error{"node_name", "", "a DNS label (the host name is not one)"}
+	case !c.Endpoint.IsValid():
+		return &Error{"endpoint", "", "this host's underlay ip:port, e.g. 192.0.2.10:51820"}
+	case !c.Prefix.IsValid():
+		return &Error{"prefix", "", "this host's IPv6 prefix inside " + c.MeshSupernet.String() + ", e.g. " + exampleIn(c.MeshSupernet)}
+	}
+	return nil
+}
+
+// MeshAddress is the host's address on the mesh: the first host address of
+// its prefix.
+func (c *Config) MeshAddress() netip.Addr { return c.Prefix.Addr().Next() }
+
+// Rules are the limits node entries must respect.
+func (c *Config) Rules() peers.Rules { return peers.Rules{Supernet: c.MeshSupernet} }
+
+func exampleIn(p netip.Prefix) string {
+	if !p.IsValid() || p.Bits() >= 112 {
+		return "fdaa:0:1::/48"
+	}
+	bits := max(48, p.Bits()+8)
+	a := p.Addr().As16()
+	a[bits/8-1] |= 1
+	return netip.PrefixFrom(netip.AddrFrom16(a), bits).Masked().String()
+}
+
+// parser collects the first error and turns every value into its type.
+type parser struct {
+	v   *viper.Viper
+	err error
+}
+
+func (p *parser) fail(key, val, expected string) {
+	if p.err == nil {
+		p.err = &Error{key, val, expected}
+	}
+}
+
+// raw returns the value as a string; YAML scalars of other types are
+// printed back, so that `listen_port: 51820` and `"51820"` read alike.
+func (p *parser) raw(key string) string {
+	switch x := p.v.Get(key).(type) {
+	case nil:
+		return ""
+	case string:
+		return strings.TrimSpace(x)
+	case int, int64, float64, bool:
+		return fmt.Sprint(x)
+	default:
+		p.fail(key, fmt.Sprint(x), "a single value")
+		return ""
+	}
+}
+
+func (p *parser) str(key string) string { return p.raw(key) }
+
+func (p *parser) nodeName(key string) string {
+	s := p.raw(key)
+	if s == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return ""
+		}
+		s, _, _ = strings.Cut(strings.ToLower(h), ".")
+		if !peers.IsDNSLabel(s) {
+			return ""
+		}
+		return s
+	}
+	if !peers.IsDNSLabel(s) {
+		p.fail(key, s, "a DNS label: 1-63 lower-case letters, digits or '-', not starting or ending with '-'")
+	}
+	return s
+}
+
+func (p *parser) ifname(key string) string {
+	s := p.raw(key)
+	if s == "" || len(s) > 15 || strings.ContainsAny(s, "/: \t\n") || s == "." || s == ".." {
+		p.fail(key, s, "an interface name of 1-15 characters without '/', ':' or spaces")
+	}
+	return s
+}
+
+func (p *parser) intRange(key string, lo, hi int) int {
+	s := p.raw(key)
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		p.fail(key, s, fmt.Sprintf("a whole number from %d to %d", lo, hi))
+	}
+	return n
+}
+
+func (p *parser) port(key string) int { return p.intRange(key, 1, 65535) }
+
+func (p *parser) duration(key string, minimum time.Duration) time.Duration {
+	s := p.raw(key)
+	d, err := time.ParseDuration(s)
+	if err != nil || d < minimum {
+		p.fail(key, s, fmt.Sprintf("a duration of at least %s, like 30s or 5m", minimum))
+	}
+	return d
+}
+
+func (p *parser) fraction(key string) float64 {
+	s := p.raw(key)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f > 0 && f <= 1) {
+		p.fail(key, s, "a fraction greater than 0 and at most 1, like 0.5")
+	}
+	return f
+}
+
+func (p *parser) boolean(key string) bool {
+	s := p.raw(key)
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		p.fail(key, s, "true or false")
+	}
+	return b
+}
+
+func (p *parser) oneOf(key string, allowed ...string) string {
+	s := p.raw(key)
+	if !slices.Contains(allowed, s) {
+		p.fail(key, s, "one of "+strings.Join(allowed, ", "))
+	}
+	return s
+}
+
+func (p *parser) path(key string) string {
+	s := p.raw(key)
+	if s != "" && !filepath.IsAbs(s) {
+		p.fail(key, s, "an absolute path")
+	}
+	return s
+}
+
+func (p *parser) readableFile(key string) string {
+	s := p.path(key)
+	if s == "" || p.err != nil {
+		return s
+	}
+	f, err := os.Open(s)
+	if err != nil {
+		p.fail(key, s, "a readable file ("+strings.TrimPrefix(err.Error(), "open "+s+": ")+")")
+		return s
+	}
+	f.Close()
+	return s
+}
+
+func (p *parser) serviceName(key string) string {
+	s := p.raw(key)
+	if !peers.IsDNSLabel(s) {
+		p.fail(key, s, "a Consul service name: lower-case letters, digits and '-'")
+	}
+	return s
+}
+
+func (p *parser) hostPort(key string) string {
+	s := p.raw(key)
+	host, port, err := net.SplitHostPort(s)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil || host == "" {
+		p.fail(key, s, "host:port, like 127.0.0.1:9474")
+	}
+	return s
+}
+
+func (p *parser) endpoint(key string) netip.AddrPort {
+	s := p.raw(key)
+	if s == "" {
+		return netip.AddrPort{}
+	}
+	ap, err := peers.ParseEndpoint(s)
+	if err != nil {
+		p.fail(key, s, "ip:port of this host on the underlay, like 192.0.2.10:51820 or [2001:db8::1]:51820")
+	}
+	return ap
+}
+
+func (p *parser) supernet(key string) netip.Prefix {
+	s := p.raw(key)
+	pfx, err := netip.ParsePrefix(s)
+	if err != nil || !pfx.Addr().Is6() || pfx.Addr().Is4In6() || pfx.Masked() != pfx || pfx.Bits() > 112 {
+		p.fail(key, s, "an IPv6 CIDR of length /112 or shorter without host bits, like fdaa::/16")
+	}
+	return pfx
+}
+
+func (p *parser) prefix(key string, supernet netip.Prefix) netip.Prefix {
+	s := p.raw(key)
+	if s == "" || p.err != nil {
+		return netip.Prefix{}
+	}
+	pfx, err := netip.ParsePrefix(s)
+	if err != nil {
+		p.fail(key, s, "an IPv6 CIDR inside mesh_supernet "+supernet.String()+", like "+exampleIn(supernet))
+		return pfx
+	}
+	if err := (peers.Rules{Supernet: supernet}).ValidatePrefix(pfx); err != nil {
+		p.fail(key, s, "an IPv6 CIDR inside mesh_supernet ("+err.Error()+")")
+	}
+	return pfx
+}

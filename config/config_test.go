@@ -1,0 +1,174 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/pflag"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "meshd.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func flagSet(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, warn, err := Load(writeFile(t, "node_name: h1\n"), flagSet(t))
+	if err != nil || len(warn) != 0 {
+		t.Fatalf("Load: %v %v", err, warn)
+	}
+	want := Config{
+		NodeName: "h1", Interface: "wg0", ListenPort: 51820, MeshSupernet: netip.MustParsePrefix("fdaa::/16"),
+		MTU: 1420, KeyFile: "/var/lib/meshd/private.key", StateDir: "/var/lib/meshd",
+		StatusSocket: "/run/meshd/meshd.sock", MetricsAddress: "127.0.0.1:9474",
+		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, ResyncInterval: 30 * time.Second,
+		LogLevel: "info", LogFormat: "text",
+		Consul:  Consul{Service: "meshd"},
+		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821},
+	}
+	cfg.File = ""
+	if diff := cmp.Diff(want, *cfg, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
+		cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+		t.Errorf("defaults (-want +got):\n%s", diff)
+	}
+	if err := cfg.RequireMember(); err == nil || !strings.Contains(err.Error(), "endpoint") {
+		t.Errorf("RequireMember without endpoint: %v, want an error naming endpoint", err)
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	path := writeFile(t, `
+node_name: from-file
+listen_port: 1000
+mtu: 1300
+interface: wgfile
+consul:
+  address: file:8500
+  service: fromfile
+`)
+	t.Setenv("MESHD_LISTEN_PORT", "2000")
+	t.Setenv("MESHD_MTU", "1400")
+	t.Setenv("MESHD_CONSUL_ADDRESS", "env:8500")
+	cfg, _, err := Load(path, flagSet(t, "--mtu", "1500", "--consul-address", "flag:8500"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]any{
+		"node_name": cfg.NodeName, "listen_port": cfg.ListenPort, "mtu": cfg.MTU,
+		"interface": cfg.Interface, "consul.address": cfg.Consul.Address, "consul.service": cfg.Consul.Service,
+		"state_dir": cfg.StateDir,
+	}
+	want := map[string]any{
+		"node_name":      "from-file",      // file over default
+		"listen_port":    2000,             // env over file
+		"mtu":            1500,             // flag over env and file
+		"interface":      "wgfile",         // file
+		"consul.address": "flag:8500",      // nested: flag over env over file
+		"consul.service": "fromfile",       // nested from file
+		"state_dir":      "/var/lib/meshd", // default
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("precedence (-want +got):\n%s", diff)
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	if _, _, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), flagSet(t)); err == nil {
+		t.Error("an explicit --config that does not exist loaded fine")
+	}
+}
+
+func TestUnknownKeyWarns(t *testing.T) {
+	_, warn, err := Load(writeFile(t, "node_name: h1\nlisten_prot: 5\nconsul:\n  adress: x\n"), flagSet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warn) != 2 || !strings.Contains(warn[0], `"consul.adress"`) || !strings.Contains(warn[1], `"listen_prot"`) {
+		t.Errorf("warnings = %q, want one per unknown key", warn)
+	}
+}
+
+func TestBadValues(t *testing.T) {
+	unreadable := filepath.Join(t.TempDir(), "missing-token")
+	tests := []struct {
+		file, key, value, expected string
+	}{
+		{"listen_port: 70000", "listen_port", "70000", "from 1 to 65535"},
+		{"listen_port: abc", "listen_port", "abc", "whole number"},
+		{"mtu: 100", "mtu", "100", "from 1280 to 9000"},
+		{"mesh_supernet: 10.0.0.0/8", "mesh_supernet", "10.0.0.0/8", "IPv6 CIDR"},
+		{"mesh_supernet: fdaa::1/16", "mesh_supernet", "fdaa::1/16", "without host bits"},
+		{"prefix: fdbb:0:1::/48", "prefix", "fdbb:0:1::/48", "outside the mesh supernet"},
+		{"prefix: not-a-cidr", "prefix", "not-a-cidr", "IPv6 CIDR inside mesh_supernet"},
+		{"prefix: fdaa::/8", "prefix", "fdaa::/8", "inside mesh_supernet"},
+		{"endpoint: host.example:51820", "endpoint", "host.example:51820", "ip:port"},
+		{"endpoint: 192.0.2.1", "endpoint", "192.0.2.1", "ip:port"},
+		{"removal_grace: -5m", "removal_grace", "-5m", "duration"},
+		{"removal_grace: soon", "removal_grace", "soon", "duration"},
+		{"resync_interval: 1ms", "resync_interval", "1ms", "at least 1s"},
+		{"max_removal_fraction: 1.5", "max_removal_fraction", "1.5", "fraction"},
+		{"node_name: Host_1", "node_name", "Host_1", "DNS label"},
+		{"interface: this-name-is-far-too-long", "interface", "this-name-is-far-too-long", "1-15 characters"},
+		{"key_file: relative/key", "key_file", "relative/key", "absolute path"},
+		{"consul:\n  token_file: " + unreadable, "consul.token_file", unreadable, "readable file"},
+		{"metrics_address: 9474", "metrics_address", "9474", "host:port"},
+		{"log_level: loud", "log_level", "loud", "one of debug"},
+		{"gateway:\n  enabled: maybe", "gateway.enabled", "maybe", "true or false"},
+		{"gateway:\n  enabled: true\n  interface: wg0", "gateway.interface", "wg0", "other than interface"},
+		{"listen_port: [1, 2]", "listen_port", "[1 2]", "single value"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
+			body := tt.file + "\n"
+			if tt.key != "node_name" {
+				body = "node_name: h1\n" + body
+			}
+			_, _, err := Load(writeFile(t, body), flagSet(t))
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("Load: err = %v, want a *config.Error", err)
+			}
+			if ce.Key != tt.key || ce.Value != tt.value || !strings.Contains(ce.Expected, tt.expected) {
+				t.Errorf("error = %+v, want key %q value %q expected ~%q", ce, tt.key, tt.value, tt.expected)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") || !strings.Contains(msg, tt.key) {
+				t.Errorf("message %q is not one line naming the key", msg)
+			}
+		})
+	}
+}
+
+func TestBadYAML(t *testing.T) {
+	_, _, err := Load(writeFile(t, "node_name: [\n"), flagSet(t))
+	if err == nil || strings.Contains(err.Error(), "\n") {
+		t.Errorf("bad YAML: err = %v, want a one-line error", err)
+	}
+}
+
+func TestMeshAddress(t *testing.T) {
+	cfg := &Config{Prefix: netip.MustParsePrefix("fdaa:0:7::/48")}
+	if got := cfg.MeshAddress(); got != netip.MustParseAddr("fdaa:0:7::1") {
+		t.Errorf("MeshAddress = %s, want fdaa:0:7::1", got)
+	}
+}
