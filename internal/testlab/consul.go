@@ -283,4 +283,3 @@ func DialInNetns(name string) func(ctx context.Context, network, addr string) (n
 		return r.c, r.err
 	}
 }
-
