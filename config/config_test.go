@@ -172,3 +172,14 @@ func TestMeshAddress(t *testing.T) {
 		t.Errorf("MeshAddress = %s, want fdaa:0:7::1", got)
 	}
 }
+
+// TestExampleFile keeps packaging/meshd.yaml loadable and complete.
+func TestExampleFile(t *testing.T) {
+	cfg, warn, err := Load("../packaging/meshd.yaml", flagSet(t))
+	if err != nil || len(warn) != 0 {
+		t.Fatalf("example config: err %v, warnings %v", err, warn)
+	}
+	if err := cfg.RequireMember(); err != nil {
+		t.Errorf("example config lacks a member key: %v", err)
+	}
+}

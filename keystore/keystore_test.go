@@ -89,7 +89,9 @@ func TestNeverPrintsSecret(t *testing.T) {
 		"%v":     fmt.Sprintf("%v", k),
 		"%+v":    fmt.Sprintf("%+v", k),
 		"slog":   logged.String(),
-		"%s":     fmt.Sprintf("%s", k),
+		"%s":     fmt.Sprintf("[%s]", k),
+		"%#v":    fmt.Sprintf("%#v", k),
+		"%x":     fmt.Sprintf("%x", k),
 	} {
 		if strings.Contains(s, secret) {
 			t.Errorf("%s prints the private key: %q", name, s)

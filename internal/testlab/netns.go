@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // nsPrefix starts the name of every namespace a lab makes; the creating
@@ -39,14 +40,31 @@ func pidAlive(pid int) bool {
 	return err == nil || err == syscall.EPERM
 }
 
-// removeNetns kills every process in the namespace, then deletes it.
+// removeNetns ends every process in the namespace, then deletes it.
+// Processes get SIGTERM first, so that userspace WireGuard devices remove
+// their UAPI sockets, and SIGKILL after two seconds.
 func removeNetns(name string) {
-	if out, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
-		for _, f := range strings.Fields(string(out)) {
+	pids := func() []int {
+		var out []int
+		b, err := exec.Command("ip", "netns", "pids", name).Output()
+		if err != nil {
+			return nil
+		}
+		for _, f := range strings.Fields(string(b)) {
 			if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
-				syscall.Kill(pid, syscall.SIGKILL)
+				out = append(out, pid)
 			}
 		}
+		return out
+	}
+	for _, pid := range pids() {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	for deadline := time.Now().Add(2 * time.Second); len(pids()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, pid := range pids() {
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	exec.Command("ip", "netns", "del", name).Run()
 }

@@ -1,0 +1,42 @@
+# meshd: `make demo` shows a 3-host mesh, `make test` runs every check.
+# Both install what they need first (scripts/deps, scripts/consul-bin).
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+PKGS    := ./...
+# Fuzz targets run briefly in `make test`; longer with FUZZTIME=5m make fuzz.
+FUZZTIME ?= 10s
+
+.PHONY: all build deps consul lint test unit fuzz demo clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/meshd ./cmd/meshd
+
+deps:
+	scripts/deps
+
+consul:
+	@scripts/consul-bin >/dev/null
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	.bin/staticcheck $(PKGS)
+
+# The whole suite with the race detector: unit tests, tests against a real
+# Consul, and (as root) the privileged namespace end-to-end tests.
+unit: deps consul
+	MESHD_CONSUL_BIN=$$(scripts/consul-bin) $(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./peers
+
+test: lint unit fuzz
+
+demo: deps consul build
+	scripts/demo
+
+clean:
+	rm -rf bin .bin
