@@ -43,7 +43,7 @@ type Agent struct {
 	leave   chan chan error
 
 	// Owned by the loop goroutine.
-	lastSeen     map[wgtypes.Key]time.Time
+	absentSince  map[wgtypes.Key]time.Time
 	lastRegister time.Time
 	failures     int
 
@@ -67,9 +67,9 @@ func New(opts Options) *Agent {
 			Datacenter: opts.Datacenter,
 			Logger:     logger,
 		},
-		dirty:    make(chan struct{}, 1),
-		leave:    make(chan chan error),
-		lastSeen: map[wgtypes.Key]time.Time{},
+		dirty:       make(chan struct{}, 1),
+		leave:       make(chan chan error),
+		absentSince: map[wgtypes.Key]time.Time{},
 	}
 }
 
@@ -216,8 +216,8 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 		return res, fmt.Errorf("observe kernel: %w", err)
 	}
 	res.obs = obs
-	a.lastSeen = peers.Track(a.lastSeen, res.desired, obs, now)
-	res.plan = peers.Diff(res.desired, obs, peers.Removal{Grace: a.opts.RemovalGrace, LastSeen: a.lastSeen, Now: now})
+	a.absentSince = peers.Track(a.absentSince, res.desired, obs, now)
+	res.plan = peers.Diff(res.desired, obs, peers.Removal{Grace: a.opts.RemovalGrace, AbsentSince: a.absentSince, Now: now})
 	if res.plan.Empty() {
 		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.desired), "held", len(res.plan.Held))
 		return res, nil

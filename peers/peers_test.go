@@ -241,11 +241,11 @@ func TestDiff(t *testing.T) {
 	}
 
 	tests := []struct {
-		name     string
-		desired  []Peer
-		obs      Observed
-		lastSeen map[wgtypes.Key]time.Time
-		want     Plan
+		name    string
+		desired []Peer
+		obs     Observed
+		absent  map[wgtypes.Key]time.Time
+		want    Plan
 	}{
 		{
 			name:    "converged: nothing to do",
@@ -271,11 +271,11 @@ func TestDiff(t *testing.T) {
 			want:    Plan{Upsert: []Peer{keepalive}},
 		},
 		{
-			name:     "key rotation: new key added, old one removed at once",
-			desired:  []Peer{p2, rotated},
-			obs:      Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
-			lastSeen: map[wgtypes.Key]time.Time{p3.PublicKey: t0},
-			want:     Plan{Upsert: []Peer{rotated}, Remove: []wgtypes.Key{p3.PublicKey}},
+			name:    "key rotation: new key added, old one removed at once",
+			desired: []Peer{p2, rotated},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			absent:  map[wgtypes.Key]time.Time{p3.PublicKey: t0},
+			want:    Plan{Upsert: []Peer{rotated}, Remove: []wgtypes.Key{p3.PublicKey}},
 		},
 		{
 			name:    "prefix change: route added before the old one goes",
@@ -288,18 +288,18 @@ func TestDiff(t *testing.T) {
 			},
 		},
 		{
-			name:     "gone within grace: held with its route",
-			desired:  []Peer{p2},
-			obs:      Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
-			lastSeen: map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-30 * time.Second)},
-			want:     Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(30 * time.Second)}}},
+			name:    "gone within grace: held with its route",
+			desired: []Peer{p2},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			absent:  map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-30 * time.Second)},
+			want:    Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(30 * time.Second)}}},
 		},
 		{
-			name:     "gone past grace: peer and route removed",
-			desired:  []Peer{p2},
-			obs:      Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
-			lastSeen: map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-time.Minute)},
-			want:     Plan{Remove: []wgtypes.Key{p3.PublicKey}, DelRoutes: routes(3)},
+			name:    "gone past grace: peer and route removed",
+			desired: []Peer{p2},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			absent:  map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-time.Minute)},
+			want:    Plan{Remove: []wgtypes.Key{p3.PublicKey}, DelRoutes: routes(3)},
 		},
 		{
 			name:    "unknown kernel peer gets the full grace",
@@ -325,7 +325,7 @@ func TestDiff(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Diff(tt.desired, tt.obs, Removal{Grace: grace, LastSeen: tt.lastSeen, Now: t0})
+			got := Diff(tt.desired, tt.obs, Removal{Grace: grace, AbsentSince: tt.absent, Now: t0})
 			if diff := cmp.Diff(tt.want, got, netipOpts); diff != "" {
 				t.Errorf("Diff (-want +got):\n%s", diff)
 			}
@@ -339,14 +339,14 @@ func TestDiff(t *testing.T) {
 func TestTrack(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	t1 := t0.Add(time.Minute)
-	prev := map[wgtypes.Key]time.Time{mustKey(3): t0, mustKey(9): t0}
+	prev := map[wgtypes.Key]time.Time{mustKey(2): t0, mustKey(3): t0, mustKey(9): t0}
 	obs := Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3), kernelPeer(4)}}
 	got := Track(prev, []Peer{peer(2)}, obs, t1)
 	want := map[wgtypes.Key]time.Time{
-		mustKey(2): t1, // desired: seen now
-		mustKey(3): t0, // gone from the catalog: keeps its last sighting
-		mustKey(4): t1, // unknown kernel peer: grace starts now
-		// mustKey(9) is in neither and is forgotten.
+		// mustKey(2) is desired again: forgotten.
+		mustKey(3): t0, // still absent: keeps when it was first noticed
+		mustKey(4): t1, // newly absent kernel peer: grace starts now
+		// mustKey(9) is gone from the kernel: forgotten.
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Track (-want +got):\n%s", diff)

@@ -30,9 +30,9 @@ type Observed struct {
 type Removal struct {
 	// Grace is how long a peer must have been absent before it is removed.
 	Grace time.Duration
-	// LastSeen is when each key was last desired (or, for a kernel peer
-	// meshd has no memory of, first observed). See Track.
-	LastSeen map[wgtypes.Key]time.Time
+	// AbsentSince is when each kernel peer that no entry asks for was
+	// first noticed so. See Track.
+	AbsentSince map[wgtypes.Key]time.Time
 	// Now is the time of this computation.
 	Now time.Time
 }
@@ -107,8 +107,8 @@ func Diff(desired []Peer, obs Observed, rm Removal) Plan {
 				replaced = true
 			}
 		}
-		since, seen := rm.LastSeen[kp.PublicKey]
-		if !seen {
+		since, ok := rm.AbsentSince[kp.PublicKey]
+		if !ok {
 			since = rm.Now
 		}
 		until := since.Add(rm.Grace)
@@ -156,20 +156,22 @@ func sameConfig(p Peer, kp KernelPeer) bool {
 	return kp.AllowedIPs[0].Masked() == p.Prefix
 }
 
-// Track returns the LastSeen map for the next Diff: every desired key is
-// seen now; a kernel key meshd has no memory of starts its grace now (after
-// a restart, a peer the new catalog lacks gets the full grace, not none);
-// keys in neither are forgotten.
-func Track(lastSeen map[wgtypes.Key]time.Time, desired []Peer, obs Observed, now time.Time) map[wgtypes.Key]time.Time {
-	next := make(map[wgtypes.Key]time.Time, len(desired))
+// Track returns the AbsentSince map for the next Diff: a kernel peer that
+// no entry asks for keeps the time it was first noticed absent, or starts
+// its grace now (after a restart, a peer the new catalog lacks gets the
+// full grace, not none); every other key is forgotten, so a node that comes
+// back and leaves again gets a fresh grace.
+func Track(absentSince map[wgtypes.Key]time.Time, desired []Peer, obs Observed, now time.Time) map[wgtypes.Key]time.Time {
+	want := make(map[wgtypes.Key]bool, len(desired))
 	for _, p := range desired {
-		next[p.PublicKey] = now
+		want[p.PublicKey] = true
 	}
+	next := map[wgtypes.Key]time.Time{}
 	for _, kp := range obs.Peers {
-		if _, ok := next[kp.PublicKey]; ok {
+		if want[kp.PublicKey] {
 			continue
 		}
-		if t, ok := lastSeen[kp.PublicKey]; ok {
+		if t, ok := absentSince[kp.PublicKey]; ok {
 			next[kp.PublicKey] = t
 		} else {
 			next[kp.PublicKey] = now

@@ -44,12 +44,14 @@ func newRunCmd() *cobra.Command {
 
 func run(ctx context.Context, cfg *config.Config) error {
 	logger := newLogger(cfg)
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
-	}
+	// The key is checked before anything is created: a key file others can
+	// read stops meshd with nothing touched.
 	key, created, err := keystore.LoadOrCreate(cfg.KeyFile)
 	if err != nil {
 		return err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
 	}
 	if created {
 		logger.Info("created private key", "key_file", cfg.KeyFile, "public_key", key.Public())

@@ -48,6 +48,11 @@ func Main(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "testlab: ip netns add %s: %v: %s\n", ns, err, out)
 		os.Exit(1)
 	}
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "testlab: loopback up in %s: %v: %s\n", ns, err, out)
+		removeNetns(ns)
+		os.Exit(1)
+	}
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, os.Args...)...)
 	cmd.Env = append(os.Environ(), inNetnsEnv+"="+ns)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr

@@ -1,0 +1,241 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/agent"
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/netlinkx"
+	"meshd.dev/meshd/peers"
+)
+
+func TestMain(m *testing.M) { testlab.Main(m) }
+
+func remote(t *testing.T, n byte) catalogsync.Registration {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return catalogsync.Registration{
+		Service:   "meshd",
+		Node:      "r" + string('0'+n),
+		PublicKey: k.PublicKey(),
+		Endpoint:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, n}), 51820),
+		Prefix:    netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 0, 0, n}), 48),
+	}
+}
+
+type harness struct {
+	a      *agent.Agent
+	link   *netlinkx.Link
+	consul *api.Client
+	self   catalogsync.Registration
+	stop   func() error
+}
+
+// start runs an agent with a real userspace device named iface against c.
+func start(t *testing.T, c *api.Client, iface string, grace time.Duration) *harness {
+	t.Helper()
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := netip.MustParsePrefix("fdaa:0:1::/48")
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	link, err := netlinkx.Open(netlinkx.Options{
+		Name: iface, MTU: 1420, ListenPort: 51820, PrivateKey: key, Address: prefix.Addr().Next(),
+		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), ""),
+		Logger:         logger,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := catalogsync.Registration{Service: "meshd", Node: "self", PublicKey: key.PublicKey(),
+		Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), Prefix: prefix}
+	a := agent.New(agent.Options{
+		Registration: self, Prefix: prefix, ListenPort: 51820,
+		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")},
+		RemovalGrace: grace, ResyncInterval: time.Second,
+		Consul: c, Link: link, Logger: logger,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	h := &harness{a: a, link: link, consul: c, self: self}
+	var stopped bool
+	var runErr error
+	h.stop = func() error {
+		if !stopped {
+			cancel()
+			runErr, stopped = <-done, true
+		}
+		return runErr
+	}
+	t.Cleanup(func() {
+		h.stop()
+		link.Remove()
+		link.Close()
+	})
+	return h
+}
+
+func (h *harness) kernelPeers(t *testing.T) map[wgtypes.Key]bool {
+	t.Helper()
+	obs, err := h.link.Observe()
+	if err != nil {
+		return nil
+	}
+	m := map[wgtypes.Key]bool{}
+	for _, p := range obs.Peers {
+		m[p.PublicKey] = true
+	}
+	return m
+}
+
+func (h *harness) peerState(key wgtypes.Key) string {
+	for _, p := range h.a.Status().Peers {
+		if p.PublicKey == key.String() {
+			return p.State
+		}
+	}
+	return ""
+}
+
+func TestRemovalGrace(t *testing.T) {
+	testlab.RequireRoot(t)
+	consul := testlab.StartDevConsul(t)
+	c := consul.Client(t)
+	ctx := context.Background()
+	r2, r3 := remote(t, 2), remote(t, 3)
+	for _, r := range []catalogsync.Registration{r2, r3} {
+		if err := catalogsync.Register(ctx, c, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := start(t, c, "wga0", 3*time.Second)
+	testlab.Eventually(t, 20*time.Second, "both remote peers applied", func() bool {
+		k := h.kernelPeers(t)
+		return k[r2.PublicKey] && k[r3.PublicKey] && h.peerState(r2.PublicKey) == agent.PeerApplied
+	})
+	testlab.Eventually(t, 20*time.Second, "own registration in the catalog", func() bool {
+		entries, _, err := c.Health().Service("meshd", "", false, nil)
+		return err == nil && len(entries) == 3
+	})
+
+	t.Run("deregistered and back within the grace: no kernel change", func(t *testing.T) {
+		before := h.link.Writes()
+		if err := catalogsync.Deregister(ctx, c, r3.Node); err != nil {
+			t.Fatal(err)
+		}
+		testlab.Eventually(t, 10*time.Second, "r3 held", func() bool { return h.peerState(r3.PublicKey) == agent.PeerHeld })
+		if err := catalogsync.Register(ctx, c, r3); err != nil {
+			t.Fatal(err)
+		}
+		testlab.Eventually(t, 10*time.Second, "r3 applied again", func() bool { return h.peerState(r3.PublicKey) == agent.PeerApplied })
+		if n := h.link.Writes() - before; n != 0 {
+			t.Errorf("%d kernel writes for a node that came back within its grace, want 0", n)
+		}
+	})
+
+	t.Run("deregistered for good: kept for the grace, then removed", func(t *testing.T) {
+		gone := time.Now()
+		if err := catalogsync.Deregister(ctx, c, r3.Node); err != nil {
+			t.Fatal(err)
+		}
+		testlab.Eventually(t, 10*time.Second, "r3 held", func() bool { return h.peerState(r3.PublicKey) == agent.PeerHeld })
+		if !h.kernelPeers(t)[r3.PublicKey] {
+			t.Fatal("r3 left the kernel before its grace ended")
+		}
+		testlab.Eventually(t, 15*time.Second, "r3 removed", func() bool { return !h.kernelPeers(t)[r3.PublicKey] })
+		if waited := time.Since(gone); waited < 3*time.Second {
+			t.Errorf("r3 removed %s after deregistration, before its 3s grace", waited)
+		}
+		if !h.kernelPeers(t)[r2.PublicKey] {
+			t.Error("r2 was removed too")
+		}
+	})
+
+	t.Run("own registration restored when lost", func(t *testing.T) {
+		if err := catalogsync.Deregister(ctx, c, "self"); err != nil {
+			t.Fatal(err)
+		}
+		testlab.Eventually(t, 30*time.Second, "self registered again", func() bool {
+			svcs, err := c.Agent().Services()
+			_, ok := svcs[h.self.ID()]
+			return err == nil && ok
+		})
+	})
+
+	t.Run("stop leaves the kernel as it is", func(t *testing.T) {
+		if err := h.stop(); err != nil {
+			t.Fatalf("Run returned %v on stop, want nil", err)
+		}
+		if !h.kernelPeers(t)[r2.PublicKey] {
+			t.Error("stopping removed a peer")
+		}
+		svcs, err := c.Agent().Services()
+		if _, ok := svcs[h.self.ID()]; err != nil || !ok {
+			t.Errorf("stopping deregistered the node (err %v)", err)
+		}
+	})
+}
+
+// TestStartsWithoutConsul: with no Consul at all, the agent still brings
+// the link up, keeps running, and says the catalog is unreachable.
+func TestStartsWithoutConsul(t *testing.T) {
+	testlab.RequireRoot(t)
+	cfg := api.DefaultConfig()
+	cfg.Address = "127.0.0.1:1" // nothing listens on port 1
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, c, "wga1", time.Minute)
+	testlab.Eventually(t, 20*time.Second, "link up and catalog reported unreachable", func() bool {
+		st := h.a.Status()
+		_, devErr := h.link.Observe()
+		return devErr == nil && !st.Catalog.Reachable && st.Catalog.LastError != "" && !st.LastReconcile.IsZero()
+	})
+	if st := h.a.Status(); st.Converged {
+		t.Error("status says converged without ever reading the catalog")
+	}
+	if err := h.stop(); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+func TestLeave(t *testing.T) {
+	testlab.RequireRoot(t)
+	consul := testlab.StartDevConsul(t)
+	c := consul.Client(t)
+	h := start(t, c, "wga2", time.Minute)
+	testlab.Eventually(t, 20*time.Second, "registered", func() bool {
+		svcs, err := c.Agent().Services()
+		_, ok := svcs[h.self.ID()]
+		return err == nil && ok
+	})
+	if err := h.a.Leave(context.Background()); err != nil {
+		t.Fatalf("Leave: %v", err)
+	}
+	if err := h.stop(); !errors.Is(err, agent.ErrLeft) {
+		t.Errorf("Run after Leave returned %v, want ErrLeft", err)
+	}
+	if _, err := h.link.Observe(); err == nil {
+		t.Error("the link still exists after Leave")
+	}
+	svcs, err := c.Agent().Services()
+	if _, ok := svcs[h.self.ID()]; err != nil || ok {
+		t.Errorf("still registered after Leave (err %v)", err)
+	}
+}

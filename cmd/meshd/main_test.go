@@ -1,0 +1,80 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// meshdBin builds the command once per test run.
+func meshdBin(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "meshd")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	return bin
+}
+
+// TestBadInput runs the real binary with bad configuration: each case must
+// exit 2 with one line naming what was wrong, and touch nothing.
+func TestBadInput(t *testing.T) {
+	bin := meshdBin(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	base := "node_name: h1\nendpoint: 192.0.2.1:51820\nprefix: fdaa:0:1::/48\nstate_dir: " + state +
+		"\nstatus_socket: " + filepath.Join(dir, "s.sock") + "\n"
+	insecureKey := filepath.Join(dir, "insecure.key")
+	if err := os.WriteFile(insecureKey, []byte("aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		file string
+		args []string
+		env  []string
+		want string
+	}{
+		{"port out of range", base + "listen_port: 70000\n", nil, nil, `listen_port = "70000"`},
+		{"flag beats file and is checked", base, []string{"--mtu", "99"}, nil, `mtu = "99"`},
+		{"env is checked", base, nil, []string{"MESHD_REMOVAL_GRACE=-1s"}, `removal_grace = "-1s"`},
+		{"prefix outside supernet", strings.Replace(base, "fdaa:0:1::/48", "fdbb::/48", 1), nil, nil, "outside the mesh supernet"},
+		{"missing endpoint", strings.Replace(base, "endpoint: 192.0.2.1:51820\n", "", 1), nil, nil, "endpoint"},
+		{"unknown flag", base, []string{"--no-such-flag"}, nil, "unknown flag"},
+		{"group-readable key", base + "key_file: " + insecureKey + "\n", nil, nil, "readable by group or others"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "meshd.yaml")
+			if err := os.WriteFile(cfg, []byte(tt.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, append([]string{"run", "--config", cfg}, tt.args...)...)
+			cmd.Env = append(os.Environ(), tt.env...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 2 {
+				t.Fatalf("exit: %v, want status 2; stderr: %s", err, stderr.String())
+			}
+			msg := strings.TrimSpace(stderr.String())
+			if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, tt.want) {
+				t.Errorf("stderr = %q, want one line containing %q", msg, tt.want)
+			}
+			if _, err := os.Stat(state); !os.IsNotExist(err) {
+				t.Errorf("state_dir was created despite bad input")
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(meshdBin(t), "version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "meshd ") {
+		t.Errorf("meshd version: %q, %v", out, err)
+	}
+}

@@ -1,0 +1,93 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type fakeAgent struct {
+	left     bool
+	leaveErr error
+}
+
+func (f *fakeAgent) StatusJSON() any { return map[string]any{"node": "h1", "left": f.left} }
+func (f *fakeAgent) Leave(context.Context) error {
+	f.left = true
+	return f.leaveErr
+}
+
+func serve(t *testing.T, path string, h Handler) {
+	t.Helper()
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, l, h) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+}
+
+func TestStatusAndLeave(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "run", "meshd.sock")
+	a := &fakeAgent{}
+	serve(t, path, a)
+
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := st.Mode().Perm(); perm&^0o660 != 0 {
+		t.Errorf("socket mode %04o, want 0660 or stricter", perm)
+	}
+	var got map[string]any
+	if err := Status(context.Background(), path, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["node"] != "h1" {
+		t.Errorf("status = %v", got)
+	}
+	if err := Leave(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	if !a.left {
+		t.Error("Leave did not reach the agent")
+	}
+	a.leaveErr = errors.New("deregister failed: boom")
+	if err := Leave(context.Background(), path); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("a failed leave returned %v, want the agent's error", err)
+	}
+}
+
+func TestNotRunning(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshd.sock")
+	if err := Leave(context.Background(), path); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Leave with no socket: %v, want ErrNotRunning", err)
+	}
+	// A stale file nobody listens on (left by a killed agent) is also
+	// "not running", and Listen replaces it.
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := Leave(context.Background(), path); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Leave with a stale socket: %v, want ErrNotRunning", err)
+	}
+	serve(t, path, &fakeAgent{})
+}
+
+func TestSecondAgentRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshd.sock")
+	serve(t, path, &fakeAgent{})
+	if _, err := Listen(path); err == nil || !strings.Contains(err.Error(), "another meshd agent") {
+		t.Errorf("second Listen: %v, want a refusal", err)
+	}
+}
