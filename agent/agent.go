@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
+	"meshd.dev/meshd/snapshot"
 )
 
 // ErrLeft is returned by Run after the node left the mesh through Leave.
@@ -22,11 +24,19 @@ var ErrLeft = errors.New("node left the mesh")
 
 // Options configure an Agent.
 type Options struct {
-	Registration   catalogsync.Registration
-	Prefix         netip.Prefix
-	ListenPort     int
-	Rules          peers.Rules
-	RemovalGrace   time.Duration
+	Registration catalogsync.Registration
+	Prefix       netip.Prefix
+	ListenPort   int
+	Rules        peers.Rules
+	RemovalGrace time.Duration
+	// MaxRemovalFraction and BreakerFloor configure the mass-removal
+	// circuit breaker (see peers.Removal); zero MaxRemovalFraction turns it
+	// off.
+	MaxRemovalFraction float64
+	BreakerFloor       int
+	// SnapshotPath is where the last good catalog read is kept and read
+	// back at start; empty disables it.
+	SnapshotPath   string
 	ResyncInterval time.Duration
 	Consul         *api.Client
 	Datacenter     string
@@ -41,14 +51,20 @@ type Agent struct {
 	watcher *catalogsync.Watcher
 	dirty   chan struct{}
 	leave   chan chan error
+	release chan chan int
 
 	// Owned by the loop goroutine.
 	absentSince  map[wgtypes.Key]time.Time
+	released     map[wgtypes.Key]bool
 	lastRegister time.Time
 	failures     int
 
 	mu       sync.Mutex // guards the fields below
 	snapshot *catalogsync.Snapshot
+	// fromDisk is set while snapshot is the saved one, read at start, and
+	// no catalog read has succeeded yet.
+	fromDisk bool
+	savedAt  time.Time
 	status   Status
 }
 
@@ -69,6 +85,8 @@ func New(opts Options) *Agent {
 		},
 		dirty:       make(chan struct{}, 1),
 		leave:       make(chan chan error),
+		release:     make(chan chan int),
+		released:    map[wgtypes.Key]bool{},
 		absentSince: map[wgtypes.Key]time.Time{},
 	}
 }
@@ -90,14 +108,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		cancel()
 		wg.Wait()
 	}()
+	a.loadSnapshot()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		a.watcher.Run(ctx, func(s catalogsync.Snapshot) {
+			now := time.Now()
 			a.mu.Lock()
-			a.snapshot = &s
+			a.snapshot, a.fromDisk = &s, false
 			a.mu.Unlock()
 			a.markDirty()
+			a.saveSnapshot(s, now)
 		})
 	}()
 
@@ -122,6 +143,10 @@ func (a *Agent) Run(ctx context.Context) error {
 				return err
 			}
 			return ErrLeft
+		case done := <-a.release:
+			done <- a.doRelease()
+			a.markDirty()
+			continue
 		case <-resync.C:
 			a.markDirty()
 			continue
@@ -153,6 +178,65 @@ func (a *Agent) Leave(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// ReleaseRemovals lets the removals the circuit breaker holds go ahead: every
+// peer now pending removal may be removed once its grace has ended. It
+// returns how many peers were released.
+func (a *Agent) ReleaseRemovals(ctx context.Context) (int, error) {
+	done := make(chan int, 1)
+	select {
+	case a.release <- done:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	select {
+	case n := <-done:
+		return n, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (a *Agent) doRelease() int {
+	for k := range a.absentSince {
+		a.released[k] = true
+	}
+	a.logger.Warn("operator released held removals", "peers", len(a.released))
+	return len(a.released)
+}
+
+func (a *Agent) loadSnapshot() {
+	if a.opts.SnapshotPath == "" {
+		return
+	}
+	saved, err := snapshot.Load(a.opts.SnapshotPath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		a.logger.Info("no saved catalog snapshot; waiting for the catalog", "path", a.opts.SnapshotPath)
+		return
+	case err != nil:
+		a.logger.Error("ignoring unreadable catalog snapshot", "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.snapshot, a.fromDisk, a.savedAt = &saved.Snapshot, true, saved.SavedAt
+	a.mu.Unlock()
+	a.logger.Info("applying saved catalog snapshot until the catalog answers",
+		"entries", len(saved.Entries), "index", saved.Index, "saved_at", saved.SavedAt)
+}
+
+func (a *Agent) saveSnapshot(s catalogsync.Snapshot, now time.Time) {
+	if a.opts.SnapshotPath == "" {
+		return
+	}
+	if err := snapshot.Save(a.opts.SnapshotPath, s, now); err != nil {
+		a.logger.Error("save catalog snapshot", "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.savedAt = now
+	a.mu.Unlock()
 }
 
 func (a *Agent) doLeave(ctx context.Context) error {
@@ -217,7 +301,19 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	}
 	res.obs = obs
 	a.absentSince = peers.Track(a.absentSince, res.desired, obs, now)
-	res.plan = peers.Diff(res.desired, obs, peers.Removal{Grace: a.opts.RemovalGrace, AbsentSince: a.absentSince, Now: now})
+	for k := range a.released {
+		if _, ok := a.absentSince[k]; !ok {
+			delete(a.released, k) // back in the catalog, or gone
+		}
+	}
+	res.plan = peers.Diff(res.desired, obs, peers.Removal{
+		Grace: a.opts.RemovalGrace, AbsentSince: a.absentSince, Now: now,
+		MaxFraction: a.opts.MaxRemovalFraction, Floor: a.opts.BreakerFloor, Released: a.released,
+	})
+	if res.plan.Breaker {
+		a.logger.Warn("mass-removal circuit breaker tripped: removals held until released",
+			"pending", res.plan.Pending, "peers", len(obs.Peers), "max_removal_fraction", a.opts.MaxRemovalFraction)
+	}
 	if res.plan.Empty() {
 		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.desired), "held", len(res.plan.Held))
 		return res, nil

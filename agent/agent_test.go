@@ -3,9 +3,12 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,7 +32,7 @@ func remote(t *testing.T, n byte) catalogsync.Registration {
 	}
 	return catalogsync.Registration{
 		Service:   "meshd",
-		Node:      "r" + string('0'+n),
+		Node:      fmt.Sprintf("r%d", n),
 		PublicKey: k.PublicKey(),
 		Endpoint:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, n}), 51820),
 		Prefix:    netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 0, 0, n}), 48),
@@ -44,12 +47,26 @@ type harness struct {
 	stop   func() error
 }
 
+type options struct {
+	grace    time.Duration
+	snapshot string
+	key      *wgtypes.Key
+}
+
 // start runs an agent with a real userspace device named iface against c.
 func start(t *testing.T, c *api.Client, iface string, grace time.Duration) *harness {
+	t.Helper()
+	return startWith(t, c, iface, options{grace: grace})
+}
+
+func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 	t.Helper()
 	key, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.key != nil {
+		key = *o.key
 	}
 	prefix := netip.MustParsePrefix("fdaa:0:1::/48")
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -66,7 +83,8 @@ func start(t *testing.T, c *api.Client, iface string, grace time.Duration) *harn
 	a := agent.New(agent.Options{
 		Registration: self, Prefix: prefix, ListenPort: 51820,
 		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")},
-		RemovalGrace: grace, ResyncInterval: time.Second,
+		RemovalGrace: o.grace, ResyncInterval: time.Second,
+		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot,
 		Consul: c, Link: link, Logger: logger,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -237,5 +255,126 @@ func TestLeave(t *testing.T) {
 	svcs, err := c.Agent().Services()
 	if _, ok := svcs[h.self.ID()]; err != nil || ok {
 		t.Errorf("still registered after Leave (err %v)", err)
+	}
+}
+
+// TestCircuitBreaker removes 80% of the catalog in one step: no peer may
+// leave the kernel until an operator releases them, and then they go.
+func TestCircuitBreaker(t *testing.T) {
+	testlab.RequireRoot(t)
+	consul := testlab.StartDevConsul(t)
+	c := consul.Client(t)
+	ctx := context.Background()
+	var remotes []catalogsync.Registration
+	for n := byte(2); n < 12; n++ {
+		r := remote(t, n)
+		remotes = append(remotes, r)
+		if err := catalogsync.Register(ctx, c, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := start(t, c, "wga3", time.Second)
+	testlab.Eventually(t, 20*time.Second, "10 peers applied", func() bool { return len(h.kernelPeers(t)) == 10 })
+
+	for _, r := range remotes[:8] {
+		if err := catalogsync.Deregister(ctx, c, r.Node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testlab.Eventually(t, 20*time.Second, "the breaker holds 8 removals past their grace", func() bool {
+		b := h.a.Status().Breaker
+		return b.Tripped && b.Held == 8
+	})
+	// Several more reconciles (resync is 1s): still nothing removed.
+	time.Sleep(3 * time.Second)
+	if n := len(h.kernelPeers(t)); n != 10 {
+		t.Fatalf("%d peers in the kernel while the breaker holds, want 10", n)
+	}
+	st := h.a.Status()
+	if st.Converged {
+		t.Error("status says converged while removals are held")
+	}
+	held := 0
+	for _, p := range st.Peers {
+		if p.State == agent.PeerHeld && strings.Contains(p.Reason, "circuit breaker") {
+			held++
+		}
+	}
+	if held != 8 {
+		t.Errorf("status lists %d peers held by the breaker, want 8", held)
+	}
+
+	n, err := h.a.ReleaseRemovals(ctx)
+	if err != nil || n != 8 {
+		t.Fatalf("ReleaseRemovals = %d, %v; want 8", n, err)
+	}
+	testlab.Eventually(t, 20*time.Second, "released peers removed", func() bool { return len(h.kernelPeers(t)) == 2 })
+	for _, r := range remotes[8:] {
+		if !h.kernelPeers(t)[r.PublicKey] {
+			t.Errorf("remaining peer %s was removed", r.Node)
+		}
+	}
+	testlab.Eventually(t, 10*time.Second, "breaker clear and converged", func() bool {
+		st := h.a.Status()
+		return !st.Breaker.Tripped && st.Converged
+	})
+}
+
+// TestBootFromSnapshot: a host restarts (its link gone, as after a reboot)
+// while Consul is unreachable; the saved snapshot alone brings its peers
+// back.
+func TestBootFromSnapshot(t *testing.T) {
+	testlab.RequireRoot(t)
+	consul := testlab.StartDevConsul(t)
+	c := consul.Client(t)
+	ctx := context.Background()
+	r2, r3 := remote(t, 2), remote(t, 3)
+	for _, r := range []catalogsync.Registration{r2, r3} {
+		if err := catalogsync.Register(ctx, c, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap := filepath.Join(t.TempDir(), "catalog.json")
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startWith(t, c, "wga4", options{grace: time.Minute, snapshot: snap, key: &key})
+	testlab.Eventually(t, 20*time.Second, "peers applied and snapshot saved", func() bool {
+		_, err := os.Stat(snap)
+		return len(h.kernelPeers(t)) == 2 && err == nil
+	})
+	h.stop()
+	if err := h.link.Remove(); err != nil {
+		t.Fatal(err)
+	}
+
+	down := api.DefaultConfig()
+	down.Address = "127.0.0.1:1"
+	dc, err := api.NewClient(down)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2 := startWith(t, dc, "wga4", options{grace: time.Minute, snapshot: snap, key: &key})
+	testlab.Eventually(t, 20*time.Second, "peers from the snapshot", func() bool {
+		k := h2.kernelPeers(t)
+		return k[r2.PublicKey] && k[r3.PublicKey]
+	})
+	st := h2.a.Status()
+	if !st.Catalog.SnapshotInUse || st.Catalog.Reachable {
+		t.Errorf("catalog status %+v, want the snapshot in use and Consul unreachable", st.Catalog)
+	}
+
+	// A corrupt snapshot is reported and ignored, never fatal.
+	h2.stop()
+	if err := os.WriteFile(snap, []byte(`{"version":1,"entries":[`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h3 := startWith(t, dc, "wga4", options{grace: time.Minute, snapshot: snap, key: &key})
+	testlab.Eventually(t, 10*time.Second, "agent runs with a corrupt snapshot", func() bool {
+		return !h3.a.Status().LastReconcile.IsZero()
+	})
+	if k := h3.kernelPeers(t); !k[r2.PublicKey] {
+		t.Error("a corrupt snapshot made the agent drop peers")
 	}
 }

@@ -37,6 +37,17 @@ type Status struct {
 	LastReconcile time.Time `json:"last_reconcile"`
 	LastError     string    `json:"last_error,omitempty"`
 	KernelWrites  uint64    `json:"kernel_writes"`
+	Breaker       Breaker   `json:"breaker"`
+}
+
+// Breaker is the mass-removal circuit breaker's state.
+type Breaker struct {
+	Tripped bool `json:"tripped"`
+	// Pending is how many peers are pending removal (in or past their
+	// grace); Held is how many of them only the breaker keeps.
+	Pending  int `json:"pending"`
+	Held     int `json:"held"`
+	Released int `json:"released"`
 }
 
 // CatalogStatus is the watch's state.
@@ -46,6 +57,10 @@ type CatalogStatus struct {
 	LastGoodRead time.Time `json:"last_good_read"`
 	LastError    string    `json:"last_error,omitempty"`
 	Entries      int       `json:"entries"`
+	// SnapshotInUse is true while the desired state comes from the saved
+	// snapshot because the catalog has not answered since start.
+	SnapshotInUse bool      `json:"snapshot_in_use"`
+	SnapshotSaved time.Time `json:"snapshot_saved,omitempty"`
 }
 
 // PeerStatus is one node as this host sees it.
@@ -79,6 +94,7 @@ func (a *Agent) catalogStatus() CatalogStatus {
 	if a.snapshot != nil {
 		cs.Entries = len(a.snapshot.Entries)
 	}
+	cs.SnapshotInUse, cs.SnapshotSaved = a.fromDisk, a.savedAt
 	return cs
 }
 
@@ -121,10 +137,16 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	for _, kp := range res.obs.Peers {
 		allowed[kp.PublicKey] = kp.AllowedIPs
 	}
+	st.Breaker = Breaker{Tripped: res.plan.Breaker, Pending: res.plan.Pending, Released: len(a.released)}
 	for _, h := range res.plan.Held {
 		until := h.Until
 		ps := PeerStatus{PublicKey: h.PublicKey.String(), State: PeerHeld, HeldUntil: &until,
 			Reason: "gone from the catalog; removal grace until " + until.UTC().Format(time.RFC3339)}
+		if h.Breaker {
+			st.Breaker.Held++
+			ps.HeldUntil = nil
+			ps.Reason = "gone from the catalog; held by the mass-removal circuit breaker (meshd release-removals)"
+		}
 		if a := allowed[h.PublicKey]; len(a) > 0 {
 			ps.Prefix = a[0].String()
 		}
@@ -133,7 +155,10 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	slices.SortFunc(st.Peers, func(x, y PeerStatus) int {
 		return strings.Compare(x.Node+"\x00"+x.PublicKey, y.Node+"\x00"+y.PublicKey)
 	})
-	st.Converged = err == nil && snap != nil
+	a.mu.Lock()
+	fromDisk := a.fromDisk
+	a.mu.Unlock()
+	st.Converged = err == nil && snap != nil && !fromDisk && st.Breaker.Held == 0
 	a.mu.Lock()
 	a.status = st
 	a.mu.Unlock()

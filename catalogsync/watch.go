@@ -46,7 +46,7 @@ type Watcher struct {
 	// Limiter spaces wakes (default 10/s with a burst of 5).
 	Limiter *rate.Limiter
 	// MinBackoff and MaxBackoff bound the wait after an error (defaults
-	// 250ms and 30s).
+	// 250ms and 10s: a fleet retries at most every 10s, spread by jitter).
 	MinBackoff, MaxBackoff time.Duration
 
 	mu    sync.Mutex
@@ -86,7 +86,7 @@ func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 	if limiter == nil {
 		limiter = rate.NewLimiter(rate.Every(100*time.Millisecond), 5)
 	}
-	minBackoff, maxBackoff := cmp.Or(w.MinBackoff, 250*time.Millisecond), cmp.Or(w.MaxBackoff, 30*time.Second)
+	minBackoff, maxBackoff := cmp.Or(w.MinBackoff, 250*time.Millisecond), cmp.Or(w.MaxBackoff, 10*time.Second)
 
 	var (
 		index     uint64

@@ -24,6 +24,9 @@ type Handler interface {
 	StatusJSON() any
 	// Leave makes the node leave the mesh; it returns once it has.
 	Leave(ctx context.Context) error
+	// ReleaseRemovals lets removals held by the circuit breaker proceed and
+	// returns how many peers it released.
+	ReleaseRemovals(ctx context.Context) (int, error)
 }
 
 // Listen creates the socket at path, replacing a stale one that nobody
@@ -60,6 +63,14 @@ func Serve(ctx context.Context, l net.Listener, h Handler) error {
 			return
 		}
 		io.WriteString(w, "left\n")
+	})
+	mux.HandleFunc("POST /v1/release-removals", func(w http.ResponseWriter, r *http.Request) {
+		n, err := h.ReleaseRemovals(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "%d\n", n)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -120,4 +131,18 @@ func Status(ctx context.Context, path string, v any) error {
 func Leave(ctx context.Context, path string) error {
 	_, err := do(ctx, path, http.MethodPost, "/v1/leave")
 	return err
+}
+
+// ReleaseRemovals asks the running agent to release held removals and
+// returns how many peers it released.
+func ReleaseRemovals(ctx context.Context, path string) (int, error) {
+	body, err := do(ctx, path, http.MethodPost, "/v1/release-removals")
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	if _, err := fmt.Sscan(string(body), &n); err != nil {
+		return 0, fmt.Errorf("agent answered %q: %w", body, err)
+	}
+	return n, nil
 }

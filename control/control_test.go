@@ -14,6 +14,8 @@ type fakeAgent struct {
 	leaveErr error
 }
 
+func (f *fakeAgent) ReleaseRemovals(context.Context) (int, error) { return 7, nil }
+
 func (f *fakeAgent) StatusJSON() any { return map[string]any{"node": "h1", "left": f.left} }
 func (f *fakeAgent) Leave(context.Context) error {
 	f.left = true
@@ -61,6 +63,9 @@ func TestStatusAndLeave(t *testing.T) {
 	}
 	if !a.left {
 		t.Error("Leave did not reach the agent")
+	}
+	if n, err := ReleaseRemovals(context.Background(), path); err != nil || n != 7 {
+		t.Errorf("ReleaseRemovals = %d, %v; want 7", n, err)
 	}
 	a.leaveErr = errors.New("deregister failed: boom")
 	if err := Leave(context.Background(), path); err == nil || !strings.Contains(err.Error(), "boom") {

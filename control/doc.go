@@ -1,6 +1,7 @@
 // Package control is the running agent's local API: HTTP over the unix
-// socket status_socket, never TCP. `meshd status` reads GET /v1/status and
-// `meshd leave` sends POST /v1/leave.
+// socket status_socket, never TCP. `meshd status` reads GET /v1/status,
+// `meshd leave` sends POST /v1/leave, and `meshd release-removals` sends
+// POST /v1/release-removals.
 //
 // The socket is created with mode 0660, so only root and the socket's group
 // can ask the agent to leave the mesh.

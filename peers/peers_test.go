@@ -3,6 +3,7 @@ package peers
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -292,20 +293,20 @@ func TestDiff(t *testing.T) {
 			desired: []Peer{p2},
 			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
 			absent:  map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-30 * time.Second)},
-			want:    Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(30 * time.Second)}}},
+			want:    Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(30 * time.Second)}}, Pending: 1},
 		},
 		{
 			name:    "gone past grace: peer and route removed",
 			desired: []Peer{p2},
 			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
 			absent:  map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-time.Minute)},
-			want:    Plan{Remove: []wgtypes.Key{p3.PublicKey}, DelRoutes: routes(3)},
+			want:    Plan{Remove: []wgtypes.Key{p3.PublicKey}, DelRoutes: routes(3), Pending: 1},
 		},
 		{
 			name:    "unknown kernel peer gets the full grace",
 			desired: []Peer{p2},
 			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
-			want:    Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(grace)}}},
+			want:    Plan{Held: []Held{{PublicKey: p3.PublicKey, Until: t0.Add(grace)}}, Pending: 1},
 		},
 		{
 			name:    "kernel peer without allowed IPs goes at once",
@@ -362,4 +363,96 @@ func TestPlanNextDeadline(t *testing.T) {
 	if got := (Plan{}).NextDeadline(); !got.IsZero() {
 		t.Errorf("NextDeadline of an empty plan = %v, want zero", got)
 	}
+}
+
+func TestBreaker(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	past := t0.Add(-time.Hour) // every absent peer is past its grace
+	var all []Peer
+	var obs Observed
+	for n := 2; n <= 11; n++ {
+		all = append(all, peer(n))
+		obs.Peers = append(obs.Peers, kernelPeer(n))
+		obs.Routes = append(obs.Routes, peer(n).Prefix)
+	}
+	absentFrom := func(ps []Peer) map[wgtypes.Key]time.Time {
+		m := map[wgtypes.Key]time.Time{}
+		for _, kp := range obs.Peers {
+			if !slices.ContainsFunc(ps, func(p Peer) bool { return p.PublicKey == kp.PublicKey }) {
+				m[kp.PublicKey] = past
+			}
+		}
+		return m
+	}
+	keys := func(ps []Peer) []wgtypes.Key {
+		var out []wgtypes.Key
+		for _, p := range ps {
+			out = append(out, p.PublicKey)
+		}
+		slices.SortFunc(out, compareKeys)
+		return out
+	}
+	tests := []struct {
+		name        string
+		desired     []Peer
+		released    []Peer
+		wantBreaker bool
+		wantRemoved []Peer
+		wantHeld    int
+	}{
+		{"few removals go through", all[3:], nil, false, all[:3], 0},
+		{"half goes through (not more than 0.5)", all[5:], nil, false, all[:5], 0},
+		{"80% trips the breaker", all[8:], nil, true, nil, 8},
+		{"empty catalog trips it", nil, nil, true, nil, 10},
+		{"released peers go, the rest stay", all[8:], all[:4], true, all[:4], 4},
+		{"all released", all[8:], all[:8], true, all[:8], 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			released := map[wgtypes.Key]bool{}
+			for _, p := range tt.released {
+				released[p.PublicKey] = true
+			}
+			plan := Diff(tt.desired, obs, Removal{
+				Grace: time.Minute, AbsentSince: absentFrom(tt.desired), Now: t0,
+				MaxFraction: 0.5, Floor: 3, Released: released,
+			})
+			if plan.Breaker != tt.wantBreaker {
+				t.Errorf("Breaker = %v, want %v", plan.Breaker, tt.wantBreaker)
+			}
+			if diff := cmp.Diff(keys(tt.wantRemoved), plan.Remove, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("removed (-want +got):\n%s", diff)
+			}
+			if len(plan.Held) != tt.wantHeld {
+				t.Errorf("%d held, want %d", len(plan.Held), tt.wantHeld)
+			}
+			for _, h := range plan.Held {
+				if !h.Breaker {
+					t.Errorf("held %s is past its grace but not marked as held by the breaker", h.PublicKey)
+				}
+			}
+			if !plan.NextDeadline().IsZero() {
+				t.Errorf("NextDeadline = %v with only breaker-held peers, want zero", plan.NextDeadline())
+			}
+			// Routes stay with held peers and go with removed ones.
+			if len(plan.DelRoutes) != len(plan.Remove) {
+				t.Errorf("%d routes deleted for %d peers removed", len(plan.DelRoutes), len(plan.Remove))
+			}
+		})
+	}
+	t.Run("within the grace nothing is breaker-held", func(t *testing.T) {
+		absent := absentFrom(all[8:])
+		for k := range absent {
+			absent[k] = t0
+		}
+		plan := Diff(all[8:], obs, Removal{Grace: time.Minute, AbsentSince: absent, Now: t0, MaxFraction: 0.5, Floor: 3})
+		if !plan.Breaker || len(plan.Held) != 8 || len(plan.Remove) != 0 {
+			t.Fatalf("plan = %+v; want 8 held in their grace, breaker reported", plan)
+		}
+		for _, h := range plan.Held {
+			if h.Breaker {
+				t.Errorf("%s marked breaker-held within its grace", h.PublicKey)
+			}
+		}
+	})
 }

@@ -35,6 +35,16 @@ type Removal struct {
 	AbsentSince map[wgtypes.Key]time.Time
 	// Now is the time of this computation.
 	Now time.Time
+	// MaxFraction and Floor make the mass-removal circuit breaker: when
+	// more than Floor absent peers, and more than MaxFraction of the
+	// kernel's peers, are pending removal at the same time (in or past
+	// their grace), none is removed until released. An empty desired set
+	// with peers in the kernel always trips it. A zero MaxFraction turns the
+	// breaker off.
+	MaxFraction float64
+	Floor       int
+	// Released peers may go despite the breaker: an operator said so.
+	Released map[wgtypes.Key]bool
 }
 
 // Held is a kernel peer kept although no catalog entry asks for it.
@@ -42,6 +52,9 @@ type Held struct {
 	PublicKey wgtypes.Key
 	// Until is when its removal grace ends.
 	Until time.Time
+	// Breaker is true when its grace has ended and only the circuit
+	// breaker keeps it.
+	Breaker bool
 }
 
 // Plan is what to write to the kernel, applied in this order: upsert peers,
@@ -53,6 +66,10 @@ type Plan struct {
 	Remove    []wgtypes.Key
 	// Held peers stay for now; the earliest Until is when to look again.
 	Held []Held
+	// Breaker says the mass-removal circuit breaker is tripped: Pending
+	// removals are more than the rules allow at once.
+	Breaker bool
+	Pending int
 }
 
 // Empty reports whether the plan writes nothing.
@@ -61,9 +78,13 @@ func (p Plan) Empty() bool {
 }
 
 // NextDeadline is the earliest time a held peer's grace ends, or zero.
+// Peers held by the breaker wait for a release, not for a time.
 func (p Plan) NextDeadline() time.Time {
 	var t time.Time
 	for _, h := range p.Held {
+		if h.Breaker {
+			continue
+		}
 		if t.IsZero() || h.Until.Before(t) {
 			t = h.Until
 		}
@@ -77,7 +98,8 @@ func (p Plan) NextDeadline() time.Time {
 // endpoint, allowed IPs or keepalive. A kernel peer that no entry asks for
 // is removed at once when a desired peer now owns its allowed IPs (the node
 // rotated its key or its prefix moved); otherwise it is held until its
-// grace ends, and its routes are kept with it.
+// grace ends, and its routes are kept with it; past its grace it is still
+// held while the circuit breaker is tripped, unless released.
 func Diff(desired []Peer, obs Observed, rm Removal) Plan {
 	var plan Plan
 	kernel := make(map[wgtypes.Key]KernelPeer, len(obs.Peers))
@@ -95,6 +117,7 @@ func Diff(desired []Peer, obs Observed, rm Removal) Plan {
 		}
 	}
 	owned := maps.Clone(routes)
+	var absent []KernelPeer
 	for _, kp := range obs.Peers {
 		if want[kp.PublicKey] {
 			continue
@@ -107,16 +130,27 @@ func Diff(desired []Peer, obs Observed, rm Removal) Plan {
 				replaced = true
 			}
 		}
+		if replaced {
+			plan.Remove = append(plan.Remove, kp.PublicKey)
+			continue
+		}
+		absent = append(absent, kp)
+	}
+	plan.Pending = len(absent)
+	plan.Breaker = rm.MaxFraction > 0 && len(absent) > 0 &&
+		(len(desired) == 0 || len(absent) > rm.Floor && float64(len(absent)) > rm.MaxFraction*float64(len(obs.Peers)))
+	for _, kp := range absent {
 		since, ok := rm.AbsentSince[kp.PublicKey]
 		if !ok {
 			since = rm.Now
 		}
 		until := since.Add(rm.Grace)
-		if replaced || !rm.Now.Before(until) {
+		due := !rm.Now.Before(until)
+		if due && (!plan.Breaker || rm.Released[kp.PublicKey]) {
 			plan.Remove = append(plan.Remove, kp.PublicKey)
 			continue
 		}
-		plan.Held = append(plan.Held, Held{PublicKey: kp.PublicKey, Until: until})
+		plan.Held = append(plan.Held, Held{PublicKey: kp.PublicKey, Until: until, Breaker: due})
 		for _, a := range kp.AllowedIPs {
 			routes[a.Masked()] = true
 		}

@@ -17,6 +17,7 @@ import (
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/keystore"
 	"meshd.dev/meshd/netlinkx"
+	"meshd.dev/meshd/snapshot"
 )
 
 func newRunCmd() *cobra.Command {
@@ -98,15 +99,18 @@ func run(ctx context.Context, cfg *config.Config) error {
 			Prefix:    cfg.Prefix,
 			Tags:      tags,
 		},
-		Prefix:         cfg.Prefix,
-		ListenPort:     cfg.ListenPort,
-		Rules:          cfg.Rules(),
-		RemovalGrace:   cfg.RemovalGrace,
-		ResyncInterval: cfg.ResyncInterval,
-		Consul:         consul,
-		Datacenter:     cfg.Consul.Datacenter,
-		Link:           link,
-		Logger:         logger,
+		Prefix:             cfg.Prefix,
+		ListenPort:         cfg.ListenPort,
+		Rules:              cfg.Rules(),
+		RemovalGrace:       cfg.RemovalGrace,
+		MaxRemovalFraction: cfg.MaxRemovalFraction,
+		BreakerFloor:       breakerFloor,
+		SnapshotPath:       filepath.Join(cfg.StateDir, snapshot.FileName),
+		ResyncInterval:     cfg.ResyncInterval,
+		Consul:             consul,
+		Datacenter:         cfg.Consul.Datacenter,
+		Link:               link,
+		Logger:             logger,
 	})
 	logger.Info("starting", "node", cfg.NodeName, "interface", cfg.Interface, "prefix", cfg.Prefix,
 		"endpoint", cfg.Endpoint, "public_key", key.Public(), "config", cfg.File)
@@ -124,8 +128,15 @@ func run(ctx context.Context, cfg *config.Config) error {
 	return err
 }
 
+// breakerFloor is how many removals at once never trip the circuit breaker,
+// whatever fraction of the mesh they are: in a small mesh one host leaving
+// is a large fraction.
+const breakerFloor = 3
+
 // handler serves the agent on the status socket.
 type handler struct{ a *agent.Agent }
+
+func (h handler) ReleaseRemovals(ctx context.Context) (int, error) { return h.a.ReleaseRemovals(ctx) }
 
 func (h handler) StatusJSON() any                 { return h.a.Status() }
 func (h handler) Leave(ctx context.Context) error { return h.a.Leave(ctx) }

@@ -1,0 +1,112 @@
+package snapshot
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/internal/atomicfile"
+	"meshd.dev/meshd/peers"
+)
+
+// FileName is the snapshot's name inside state_dir.
+const FileName = "catalog.json"
+
+// Version is the file format version.
+const Version = 1
+
+// maxSize bounds what Decode reads: far above any real fleet (10,000
+// entries are about 4 MB), far below what could exhaust memory.
+const maxSize = 256 << 20
+
+// ErrTooLarge is returned for a file larger than any real snapshot.
+var ErrTooLarge = errors.New("snapshot file is larger than 256 MiB")
+
+type file struct {
+	Version int       `json:"version"`
+	SavedAt time.Time `json:"saved_at"`
+	Index   uint64    `json:"index"`
+	Entries []entry   `json:"entries"`
+}
+
+type entry struct {
+	ServiceID   string            `json:"service_id"`
+	Meta        map[string]string `json:"meta"`
+	Tags        []string          `json:"tags,omitempty"`
+	CreateIndex uint64            `json:"create_index"`
+	Health      string            `json:"health,omitempty"`
+}
+
+// Saved is a snapshot read back from disk.
+type Saved struct {
+	catalogsync.Snapshot
+	SavedAt time.Time
+}
+
+// Encode renders s as the file's bytes.
+func Encode(s catalogsync.Snapshot, savedAt time.Time) ([]byte, error) {
+	f := file{Version: Version, SavedAt: savedAt.UTC(), Index: s.Index, Entries: make([]entry, 0, len(s.Entries))}
+	for _, e := range s.Entries {
+		f.Entries = append(f.Entries, entry(e))
+	}
+	return json.Marshal(f)
+}
+
+// Save writes s to path atomically with mode 0600.
+func Save(path string, s catalogsync.Snapshot, savedAt time.Time) error {
+	b, err := Encode(s, savedAt)
+	if err != nil {
+		return fmt.Errorf("encode snapshot: %w", err)
+	}
+	return atomicfile.WriteFile(path, b, 0o600)
+}
+
+// Decode parses a snapshot file's bytes.
+func Decode(b []byte) (Saved, error) {
+	if len(b) > maxSize {
+		return Saved{}, ErrTooLarge
+	}
+	var f file
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return Saved{}, fmt.Errorf("snapshot is not valid JSON: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Saved{}, errors.New("snapshot has data after its JSON document")
+	}
+	if f.Version != Version {
+		return Saved{}, fmt.Errorf("snapshot version %d, want %d", f.Version, Version)
+	}
+	s := Saved{SavedAt: f.SavedAt, Snapshot: catalogsync.Snapshot{Index: f.Index, Entries: make([]peers.Entry, 0, len(f.Entries))}}
+	for i, e := range f.Entries {
+		if e.ServiceID == "" {
+			return Saved{}, fmt.Errorf("snapshot entry %d has no service_id", i)
+		}
+		s.Entries = append(s.Entries, peers.Entry(e))
+	}
+	return s, nil
+}
+
+// Load reads the snapshot at path.
+func Load(path string) (Saved, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Saved{}, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSize+1))
+	if err != nil {
+		return Saved{}, fmt.Errorf("read snapshot: %w", err)
+	}
+	s, err := Decode(b)
+	if err != nil {
+		return Saved{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}

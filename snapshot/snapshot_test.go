@@ -1,0 +1,95 @@
+package snapshot
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/peers"
+)
+
+var sample = catalogsync.Snapshot{Index: 42, Entries: []peers.Entry{
+	{ServiceID: "meshd-h2", CreateIndex: 7, Health: "passing", Tags: []string{"gateway"}, Meta: map[string]string{
+		"v": "1", "node": "h2", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+		"endpoint": "198.18.0.2:51820", "prefix": "fdaa:0:2::/48",
+	}},
+	{ServiceID: "meshd-h3", CreateIndex: 9, Meta: map[string]string{"v": "1", "node": "h3"}},
+}}
+
+func TestRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	at := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+	if err := Save(path, sample, at); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %04o, want 0600", st.Mode().Perm())
+	}
+	got, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(Saved{Snapshot: sample, SavedAt: at}, got, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+func TestCorrupt(t *testing.T) {
+	good, err := Encode(sample, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string][]byte{
+		"empty":            nil,
+		"truncated":        good[:len(good)/2],
+		"not json":         []byte("hello"),
+		"wrong version":    []byte(`{"version":2,"entries":[]}`),
+		"trailing garbage": append(append([]byte{}, good...), []byte(`{}`)...),
+		"unknown field":    []byte(`{"version":1,"entries":[],"evil":true}`),
+		"entry without id": []byte(`{"version":1,"entries":[{"meta":{}}]}`),
+	}
+	for name, b := range tests {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Decode(b); err == nil {
+				t.Errorf("Decode accepted a %s file", name)
+			}
+		})
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Load of a missing file: %v, want ErrNotExist", err)
+	}
+}
+
+// FuzzDecode: no input panics, and whatever decodes survives a round trip.
+func FuzzDecode(f *testing.F) {
+	good, _ := Encode(sample, time.Unix(0, 0))
+	f.Add(good)
+	f.Add([]byte(`{"version":1,"entries":[]}`))
+	f.Add([]byte(`{"version":1,"index":18446744073709551615,"entries":[{"service_id":"x","meta":null}]}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := Decode(b)
+		if err != nil {
+			return
+		}
+		again, err := Encode(s.Snapshot, s.SavedAt)
+		if err != nil {
+			t.Fatalf("decoded snapshot does not encode: %v", err)
+		}
+		s2, err := Decode(again)
+		if err != nil {
+			t.Fatalf("re-encoded snapshot does not decode: %v", err)
+		}
+		if diff := cmp.Diff(s, s2, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("round trip changed the snapshot (-first +second):\n%s", diff)
+		}
+	})
+}
