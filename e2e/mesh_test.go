@@ -66,10 +66,12 @@ type node struct {
 
 func (n *node) meshAddr() netip.Addr { return n.prefix.Addr().Next() }
 
-func newNode(t *testing.T, lab *testlab.Lab, server *testlab.Consul, n int) *node {
+// newNode adds host hN with a Consul client agent joined to servers and a
+// meshd configuration; extra is YAML appended to it (later keys win).
+func newNode(t *testing.T, lab *testlab.Lab, servers []*testlab.Consul, n int, extra string) *node {
 	t.Helper()
 	h := lab.AddHost(fmt.Sprintf("h%d", n))
-	h.StartConsulClient(server)
+	h.StartConsulClient(servers...)
 	nd := &node{
 		Host:   h,
 		n:      n,
@@ -85,12 +87,11 @@ endpoint: %s:51820
 prefix: %s
 state_dir: %s
 status_socket: %s
-removal_grace: 2s
 resync_interval: 1s
 log_level: debug
 consul:
   address: 127.0.0.1:8500
-`, h.Name, nd.iface, h.Addr, nd.prefix, filepath.Join(h.Dir, "state"), nd.sock)
+`, h.Name, nd.iface, h.Addr, nd.prefix, filepath.Join(h.Dir, "state"), nd.sock) + extra
 	if err := os.WriteFile(nd.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +251,7 @@ func TestMesh(t *testing.T) {
 	server := lab.StartConsulServer("consul")
 	var nodes []*node
 	for i := 1; i <= 3; i++ {
-		nodes = append(nodes, newNode(t, lab, server, i))
+		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 2s\n"))
 	}
 	for _, n := range nodes {
 		n.start(t)
@@ -265,7 +266,7 @@ func TestMesh(t *testing.T) {
 	})
 
 	t.Run("a fourth host joins", func(t *testing.T) {
-		h4 := newNode(t, lab, server, 4)
+		h4 := newNode(t, lab, []*testlab.Consul{server}, 4, "removal_grace: 2s\n")
 		h4.start(t)
 		nodes = append(nodes, h4)
 		converged(t, nodes)

@@ -197,6 +197,23 @@ func (c *Consul) signal(s syscall.Signal) {
 	c.cmd = nil
 }
 
+// Running reports whether the agent process runs.
+func (c *Consul) Running() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cmd != nil
+}
+
+// bindAddr is the -bind address the agent was started with.
+func (c *Consul) bindAddr() string {
+	for i, a := range c.args {
+		if a == "-bind" && i+1 < len(c.args) {
+			return c.args[i+1]
+		}
+	}
+	return ""
+}
+
 // Log returns what the agent printed, for failure messages.
 func (c *Consul) Log() string {
 	b, _ := os.ReadFile(c.logPath)

@@ -144,21 +144,80 @@ func (l *Lab) StartConsulServer(name string) *Consul {
 	return c
 }
 
-// StartConsulClient runs a Consul client agent on h, joined to server, as
+// StartConsulCluster adds n hosts running Consul servers (persistent data,
+// not dev mode) that form one cluster, and waits for a leader.
+func (l *Lab) StartConsulCluster(n int) []*Consul {
+	l.t.Helper()
+	var hosts []*Host
+	for i := 1; i <= n; i++ {
+		hosts = append(hosts, l.AddHost(fmt.Sprintf("s%d", i)))
+	}
+	var servers []*Consul
+	for _, h := range hosts {
+		args := []string{"agent", "-server", "-bootstrap-expect", fmt.Sprint(n), "-node", h.Name,
+			"-data-dir", filepath.Join(h.Dir, "consul-data"), "-bind", h.Addr.String(), "-client", "127.0.0.1",
+			"-disable-host-node-id", "-dns-port", "-1", "-grpc-port", "-1",
+			"-hcl", "ports { grpc_tls = -1 }", "-hcl", "performance { raft_multiplier = 1 }", "-log-level", "warn"}
+		for _, o := range hosts {
+			if o != h {
+				args = append(args, "-retry-join", o.Addr.String())
+			}
+		}
+		c := &Consul{Name: h.Name, Netns: h.Netns, HTTPAddr: "127.0.0.1:8500", bin: ConsulBin(l.t),
+			logPath: filepath.Join(h.Dir, "consul.log"), args: args}
+		h.Consul = c
+		c.Start(l.t)
+		servers = append(servers, c)
+	}
+	for _, c := range servers {
+		c.WaitLeader(l.t)
+	}
+	return servers
+}
+
+// Leader returns the server that leads the cluster now.
+func Leader(t testing.TB, servers []*Consul) *Consul {
+	t.Helper()
+	var leader *Consul
+	Eventually(t, 60*time.Second, "the cluster elects a leader", func() bool {
+		for _, c := range servers {
+			if !c.Running() {
+				continue
+			}
+			addr, err := c.Client(t).Status().Leader()
+			if err != nil || addr == "" {
+				continue
+			}
+			for _, s := range servers {
+				if s.Running() && strings.HasPrefix(addr, s.bindAddr()+":") {
+					leader = s
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+// StartConsulClient runs a Consul client agent on h, joined to servers, as
 // every production host has, and waits until it can read the catalog.
-func (h *Host) StartConsulClient(server *Consul) *Consul {
+func (h *Host) StartConsulClient(servers ...*Consul) *Consul {
 	h.Lab.t.Helper()
-	serverHost := h.Lab.hostByNetns(server.Netns)
+	args := []string{"agent", "-node", h.Name, "-data-dir", filepath.Join(h.Dir, "consul-data"),
+		"-bind", h.Addr.String(), "-client", "127.0.0.1",
+		"-disable-host-node-id", "-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
+		"-log-level", "warn"}
+	for _, s := range servers {
+		args = append(args, "-retry-join", s.bindAddr())
+	}
 	c := &Consul{
 		Name:     h.Name,
 		Netns:    h.Netns,
 		HTTPAddr: "127.0.0.1:8500",
 		bin:      ConsulBin(h.Lab.t),
 		logPath:  filepath.Join(h.Dir, "consul.log"),
-		args: []string{"agent", "-node", h.Name, "-data-dir", filepath.Join(h.Dir, "consul-data"),
-			"-bind", h.Addr.String(), "-client", "127.0.0.1", "-retry-join", serverHost.Addr.String(),
-			"-disable-host-node-id", "-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
-			"-log-level", "warn"},
+		args:     args,
 	}
 	h.Consul = c
 	c.Start(h.Lab.t)
