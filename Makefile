@@ -30,8 +30,10 @@ lint: deps
 unit: deps consul
 	MESHD_CONSUL_BIN=$$(scripts/consul-bin) $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
+# One target per run: go test -fuzz takes a single target.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./peers
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./snapshot
 
 test: lint unit fuzz
 

@@ -184,6 +184,37 @@ func TestRemovalGrace(t *testing.T) {
 		}
 	})
 
+	t.Run("a node whose health is critical is kept", func(t *testing.T) {
+		r4 := remote(t, 4)
+		reg := &api.CatalogRegistration{
+			Node: "r4-node", Address: "198.18.0.4",
+			Service: &api.AgentService{ID: r4.ID(), Service: "meshd", Meta: r4.Meta()},
+			Check: &api.AgentCheck{Node: "r4-node", CheckID: "serfHealth", Name: "Serf Health Status",
+				Status: api.HealthPassing},
+		}
+		if _, err := c.Catalog().Register(reg, nil); err != nil {
+			t.Fatal(err)
+		}
+		testlab.Eventually(t, 10*time.Second, "r4 applied", func() bool { return h.kernelPeers(t)[r4.PublicKey] })
+		before := h.link.Writes()
+		reg.Check.Status = api.HealthCritical
+		if _, err := c.Catalog().Register(reg, nil); err != nil {
+			t.Fatal(err)
+		}
+		testlab.Eventually(t, 10*time.Second, "r4 shown critical", func() bool {
+			for _, p := range h.a.Status().Peers {
+				if p.Node == r4.Node {
+					return p.Health == api.HealthCritical && p.State == agent.PeerApplied
+				}
+			}
+			return false
+		})
+		time.Sleep(2 * time.Second) // a few resyncs
+		if !h.kernelPeers(t)[r4.PublicKey] || h.link.Writes() != before {
+			t.Errorf("critical health changed the kernel: peer present %v, %d writes", h.kernelPeers(t)[r4.PublicKey], h.link.Writes()-before)
+		}
+	})
+
 	t.Run("own registration restored when lost", func(t *testing.T) {
 		if err := catalogsync.Deregister(ctx, c, "self"); err != nil {
 			t.Fatal(err)

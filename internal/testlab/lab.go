@@ -225,16 +225,6 @@ func (h *Host) StartConsulClient(servers ...*Consul) *Consul {
 	return c
 }
 
-func (l *Lab) hostByNetns(ns string) *Host {
-	for _, h := range l.Hosts() {
-		if h.Netns == ns {
-			return h
-		}
-	}
-	l.t.Fatalf("no host with namespace %s", ns)
-	return nil
-}
-
 // Command returns a command that runs argv inside h's namespace.
 func (h *Host) Command(argv ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", h.Netns}, argv...)...)
