@@ -2,8 +2,10 @@ package catalogsync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -73,10 +75,17 @@ func Register(ctx context.Context, c *api.Client, r Registration) error {
 	return nil
 }
 
-// Deregister removes node's instance through the local agent.
+// Deregister removes node's instance through the local agent. An instance
+// the agent does not have (never registered, or already gone) is not an
+// error: leaving twice is leaving.
 func Deregister(ctx context.Context, c *api.Client, node string) error {
 	q := (&api.QueryOptions{}).WithContext(ctx)
-	if err := c.Agent().ServiceDeregisterOpts(ServiceID(node), q); err != nil {
+	err := c.Agent().ServiceDeregisterOpts(ServiceID(node), q)
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusNotFound {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("deregister %s from the local Consul agent: %w", ServiceID(node), err)
 	}
 	return nil

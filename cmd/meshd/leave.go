@@ -9,18 +9,21 @@ import (
 	"github.com/spf13/cobra"
 
 	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/netlinkx"
+	"meshd.dev/meshd/prefixalloc"
 )
 
 func newLeaveCmd() *cobra.Command {
-	return &cobra.Command{
+	var releasePrefix bool
+	cmd := &cobra.Command{
 		Use:   "leave",
 		Short: "Leave the mesh for good: deregister, remove the link and routes, stop the agent",
 		Long: "Leave the mesh for good. The running agent is asked over its status socket to\n" +
 			"deregister this node, remove its WireGuard link and routes, and exit; when no agent\n" +
 			"runs, this command does the same itself. Other hosts remove this node after their\n" +
-			"removal_grace.",
+			"removal_grace. --release-prefix also frees the prefix claim for reuse.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
@@ -30,37 +33,62 @@ func newLeaveCmd() *cobra.Command {
 			if cfg.NodeName == "" {
 				return usage(fmt.Errorf("config: node_name is not set and the host name is not a DNS label"))
 			}
+			if releasePrefix && !cfg.Prefix.IsValid() {
+				return usage(&config.Error{Key: "prefix", Expected: "the prefix to release (--release-prefix needs it)"})
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 			defer cancel()
-			err = control.Leave(ctx, cfg.StatusSocket)
-			if err == nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "node %s left the mesh (agent stopped)\n", cfg.NodeName)
-				return nil
-			}
-			if !errors.Is(err, control.ErrNotRunning) {
+			if err := leave(ctx, cmd, cfg); err != nil {
 				return err
 			}
-			// No agent: do it here.
+			if !releasePrefix {
+				return nil
+			}
 			consul, err := consulClient(cfg)
 			if err != nil {
 				return err
 			}
-			var errs []error
-			if err := catalogsync.Deregister(ctx, consul, cfg.NodeName); err != nil {
-				errs = append(errs, err)
-			}
-			link, err := netlinkx.Open(netlinkx.Options{Name: cfg.Interface, Logger: newLogger(cfg)})
-			if err != nil {
-				errs = append(errs, err)
-			} else {
-				errs = append(errs, link.Remove())
-				link.Close()
-			}
-			if err := errors.Join(errs...); err != nil {
+			if err := prefixalloc.Release(ctx, consul.KV(), cfg.NodeName, cfg.Prefix); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "node %s left the mesh (no agent was running)\n", cfg.NodeName)
+			fmt.Fprintf(cmd.OutOrStdout(), "released prefix %s\n", cfg.Prefix)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&releasePrefix, "release-prefix", false, "also free this node's prefix claim so another host can take it")
+	return cmd
+}
+
+// leave makes the node leave: through the running agent, or here when none
+// runs.
+func leave(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
+	err := control.Leave(ctx, cfg.StatusSocket)
+	if err == nil {
+		fmt.Fprintf(cmd.OutOrStdout(), "node %s left the mesh (agent stopped)\n", cfg.NodeName)
+		return nil
+	}
+	if !errors.Is(err, control.ErrNotRunning) {
+		return err
+	}
+	// No agent: do it here.
+	consul, err := consulClient(cfg)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if err := catalogsync.Deregister(ctx, consul, cfg.NodeName); err != nil {
+		errs = append(errs, err)
+	}
+	link, err := netlinkx.Open(netlinkx.Options{Name: cfg.Interface, Logger: newLogger(cfg)})
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, link.Remove())
+		link.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "node %s left the mesh (no agent was running)\n", cfg.NodeName)
+	return nil
 }
