@@ -52,6 +52,7 @@ type Agent struct {
 	dirty   chan struct{}
 	leave   chan chan error
 	release chan chan int
+	rotate  chan rotation
 
 	// Owned by the loop goroutine.
 	absentSince  map[wgtypes.Key]time.Time
@@ -86,6 +87,7 @@ func New(opts Options) *Agent {
 		dirty:       make(chan struct{}, 1),
 		leave:       make(chan chan error),
 		release:     make(chan chan int),
+		rotate:      make(chan rotation),
 		released:    map[wgtypes.Key]bool{},
 		absentSince: map[wgtypes.Key]time.Time{},
 	}
@@ -143,6 +145,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				return err
 			}
 			return ErrLeft
+		case r := <-a.rotate:
+			r.done <- a.doRotate(ctx, r.key)
+			continue
 		case done := <-a.release:
 			done <- a.doRelease()
 			a.markDirty()
@@ -196,6 +201,48 @@ func (a *Agent) ReleaseRemovals(ctx context.Context) (int, error) {
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
+}
+
+type rotation struct {
+	key  wgtypes.Key
+	done chan error
+}
+
+// RotateKey switches the node to a new private key: it publishes the new
+// public key in the catalog and configures the device with the new private
+// key back to back, so peers lose the node for about one catalog
+// propagation. It returns once both are done.
+func (a *Agent) RotateKey(ctx context.Context, key wgtypes.Key) error {
+	r := rotation{key: key, done: make(chan error, 1)}
+	select {
+	case a.rotate <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
+	old := a.opts.Registration.PublicKey
+	a.opts.Registration.PublicKey = key.PublicKey()
+	a.opts.Link.SetPrivateKey(key)
+	if err := catalogsync.Register(ctx, a.opts.Consul, a.opts.Registration); err != nil {
+		// Keep the old identity: the catalog still announces it.
+		a.opts.Registration.PublicKey = old
+		return fmt.Errorf("publish the new key: %w", err)
+	}
+	a.lastRegister = time.Now()
+	if err := a.opts.Link.Ensure(); err != nil {
+		return fmt.Errorf("apply the new key: %w", err)
+	}
+	a.logger.Info("rotated key", "old_public_key", old, "public_key", key.PublicKey())
+	a.markDirty()
+	return nil
 }
 
 func (a *Agent) doRelease() int {

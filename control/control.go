@@ -27,6 +27,8 @@ type Handler interface {
 	// ReleaseRemovals lets removals held by the circuit breaker proceed and
 	// returns how many peers it released.
 	ReleaseRemovals(ctx context.Context) (int, error)
+	// RotateKey makes the agent take the key now in its key file.
+	RotateKey(ctx context.Context) error
 }
 
 // Listen creates the socket at path, replacing a stale one that nobody
@@ -71,6 +73,13 @@ func Serve(ctx context.Context, l net.Listener, h Handler) error {
 			return
 		}
 		fmt.Fprintf(w, "%d\n", n)
+	})
+	mux.HandleFunc("POST /v1/rotate-key", func(w http.ResponseWriter, r *http.Request) {
+		if err := h.RotateKey(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		io.WriteString(w, "rotated\n")
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -145,4 +154,10 @@ func ReleaseRemovals(ctx context.Context, path string) (int, error) {
 		return 0, fmt.Errorf("agent answered %q: %w", body, err)
 	}
 	return n, nil
+}
+
+// RotateKey asks the running agent to take the key now in its key file.
+func RotateKey(ctx context.Context, path string) error {
+	_, err := do(ctx, path, http.MethodPost, "/v1/rotate-key")
+	return err
 }

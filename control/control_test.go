@@ -14,6 +14,8 @@ type fakeAgent struct {
 	leaveErr error
 }
 
+func (f *fakeAgent) RotateKey(context.Context) error { return nil }
+
 func (f *fakeAgent) ReleaseRemovals(context.Context) (int, error) { return 7, nil }
 
 func (f *fakeAgent) StatusJSON() any { return map[string]any{"node": "h1", "left": f.left} }
@@ -66,6 +68,9 @@ func TestStatusAndLeave(t *testing.T) {
 	}
 	if n, err := ReleaseRemovals(context.Background(), path); err != nil || n != 7 {
 		t.Errorf("ReleaseRemovals = %d, %v; want 7", n, err)
+	}
+	if err := RotateKey(context.Background(), path); err != nil {
+		t.Errorf("RotateKey: %v", err)
 	}
 	a.leaveErr = errors.New("deregister failed: boom")
 	if err := Leave(context.Background(), path); err == nil || !strings.Contains(err.Error(), "boom") {

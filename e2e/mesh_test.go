@@ -273,6 +273,10 @@ func TestMesh(t *testing.T) {
 		pingAll(t, nodes)
 	})
 
+	t.Run("key rotation", func(t *testing.T) {
+		rotateKey(t, nodes[0], nodes[1:])
+	})
+
 	t.Run("SIGTERM keeps link, peers and routes; restart adopts them", func(t *testing.T) {
 		n := nodes[0]
 		before, err := n.device(t)
@@ -427,5 +431,54 @@ func noopReconcilesWriteNothing(t *testing.T, n *node) {
 		if u := <-links; u.Attrs().Name == n.iface {
 			t.Errorf("the kernel reported a change to link %s during no-op reconciles: %+v", n.iface, u.Attrs())
 		}
+	}
+}
+
+// rotateKey runs meshd rotate-key on n: within 2 seconds every other host
+// holds n's new key (and not the old one) and pings n again. The echoes
+// lost meanwhile (one every 20ms) are logged: that is the disruption of a
+// rotation.
+func rotateKey(t *testing.T, n *node, others []*node) {
+	oldKey := n.publicKey(t)
+	var done time.Time
+	var newKey wgtypes.Key
+	sent, got := pingCount(t, others[0], n, 20*time.Millisecond, 6*time.Second, func() {
+		time.Sleep(time.Second)
+		out, err := n.Exec(meshd(t), "rotate-key", "--config", n.config)
+		if err != nil {
+			t.Fatalf("meshd rotate-key: %v: %s", err, out)
+		}
+		done = time.Now()
+		d, err := n.device(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newKey = d.PublicKey
+		if newKey == oldKey || !strings.Contains(out, newKey.String()) {
+			t.Fatalf("device key %s after rotate-key (old %s); command said %q", newKey, oldKey, out)
+		}
+		for _, o := range others {
+			testlab.Eventually(t, 2*time.Second, o.Name+" holds the new key only and pings "+n.Name, func() bool {
+				d, err := o.device(t)
+				if err != nil {
+					return false
+				}
+				for _, p := range d.Peers {
+					if p.PublicKey == oldKey {
+						return false
+					}
+				}
+				return o.hasPeer(t, newKey, n.prefix) && o.Ping(n.meshAddr())
+			})
+		}
+		t.Logf("all %d peers hold the new key and reach %s %s after rotate-key returned", len(others), n.Name, time.Since(done).Round(time.Millisecond))
+	})
+	t.Logf("rotation disruption: %d of %d echoes lost (20ms apart) from %s to %s", sent-got, sent, others[0].Name, n.Name)
+	if _, err := os.Stat(filepath.Join(n.Dir, "state", "private.key.old")); !os.IsNotExist(err) {
+		t.Errorf("the old key file is still there after the rotation was published: %v", err)
+	}
+	st, err := n.status(t)
+	if err != nil || st.PublicKey != newKey.String() {
+		t.Errorf("status public key %q (%v), want %s", st.PublicKey, err, newKey)
 	}
 }

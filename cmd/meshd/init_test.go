@@ -198,3 +198,30 @@ func TestReleasePrefix(t *testing.T) {
 		t.Errorf("claiming the released prefix: %+v, %v", res2, err)
 	}
 }
+
+// TestConsulEnvironment: with no consul.address in the file, the standard
+// CONSUL_HTTP_ADDR variable is how meshd finds Consul.
+func TestConsulEnvironment(t *testing.T) {
+	bin := meshdBin(t)
+	consul := testlab.StartDevConsul(t)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "meshd.yaml")
+	if err := os.WriteFile(cfgPath, []byte("node_name: envnode\nstate_dir: "+filepath.Join(dir, "state")+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "init", "--config", cfgPath, "--endpoint", "192.0.2.10:51820")
+	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+consul.HTTPAddr)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("init with CONSUL_HTTP_ADDR: %v: %s", err, out)
+	}
+	claims, err := prefixalloc.Claims(t.Context(), consul.Client(t).KV())
+	if err != nil || len(claims) != 1 {
+		t.Errorf("claims after init through CONSUL_HTTP_ADDR: %v, %v", claims, err)
+	}
+	// And meshd's own key wins over the variable.
+	cmd = exec.Command(bin, "init", "--config", cfgPath, "--consul-address", consul.HTTPAddr)
+	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR=127.0.0.1:1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("--consul-address did not win over CONSUL_HTTP_ADDR: %v: %s", err, out)
+	}
+}

@@ -45,6 +45,18 @@ func TestBadInput(t *testing.T) {
 		{"missing endpoint", strings.Replace(base, "endpoint: 192.0.2.1:51820\n", "", 1), nil, nil, "endpoint"},
 		{"unknown flag", base, []string{"--no-such-flag"}, nil, "unknown flag"},
 		{"group-readable key", base + "key_file: " + insecureKey + "\n", nil, nil, "readable by group or others"},
+		{"MTU below IPv6 minimum", base + "mtu: 1000\n", nil, nil, `mtu = "1000"`},
+		{"supernet not IPv6", base, []string{"--mesh-supernet", "10.0.0.0/8"}, nil, `mesh_supernet = "10.0.0.0/8"`},
+		{"prefix with host bits", strings.Replace(base, "fdaa:0:1::/48", "fdaa:0:1::5/48", 1), nil, nil, "host bits"},
+		{"endpoint host name", strings.Replace(base, "192.0.2.1:51820", "db.example:51820", 1), nil, nil, "ip:port"},
+		{"negative grace", base, []string{"--removal-grace=-30s"}, nil, `removal_grace = "-30s"`},
+		{"fraction above 1", base + "max_removal_fraction: 2\n", nil, nil, "fraction"},
+		{"unreadable token file", base + "consul:\n  token_file: /nonexistent/token\n", nil, nil, "consul.token_file"},
+		{"relative state dir", strings.Replace(base, "state_dir: "+state, "state_dir: var/lib/meshd", 1), nil, nil, "absolute path"},
+		{"node name not a label", strings.Replace(base, "node_name: h1", "node_name: -h1-", 1), nil, nil, "DNS label"},
+		{"bad log level", base, nil, []string{"MESHD_LOG_LEVEL=chatty"}, `log_level = "chatty"`},
+		{"interface name too long", base, []string{"--interface", "wireguard-mesh-0"}, nil, "1-15 characters"},
+		{"not YAML", "node_name: [\n", nil, nil, "not valid YAML"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,7 +77,7 @@ func TestBadInput(t *testing.T) {
 			if strings.Count(msg, "\n") != 0 || !strings.Contains(msg, tt.want) {
 				t.Errorf("stderr = %q, want one line containing %q", msg, tt.want)
 			}
-			if _, err := os.Stat(state); !os.IsNotExist(err) {
+			if _, err := os.Stat(state); !os.IsNotExist(err) && tt.name != "relative state dir" {
 				t.Errorf("state_dir was created despite bad input")
 			}
 		})

@@ -86,19 +86,8 @@ func run(ctx context.Context, cfg *config.Config) error {
 	}
 	defer os.Remove(cfg.StatusSocket)
 
-	var tags []string
-	if cfg.Gateway.Enabled {
-		tags = []string{"gateway"}
-	}
 	a := agent.New(agent.Options{
-		Registration: catalogsync.Registration{
-			Service:   cfg.Consul.Service,
-			Node:      cfg.NodeName,
-			PublicKey: key.Public(),
-			Endpoint:  cfg.Endpoint,
-			Prefix:    cfg.Prefix,
-			Tags:      tags,
-		},
+		Registration:       registration(cfg, key),
 		Prefix:             cfg.Prefix,
 		ListenPort:         cfg.ListenPort,
 		Rules:              cfg.Rules(),
@@ -117,7 +106,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 
 	serveCtx, stopServe := context.WithCancel(ctx)
 	served := make(chan error, 1)
-	go func() { served <- control.Serve(serveCtx, sock, handler{a}) }()
+	go func() { served <- control.Serve(serveCtx, sock, handler{a, cfg.KeyFile}) }()
 	err = a.Run(ctx)
 	stopServe()
 	<-served
@@ -128,13 +117,40 @@ func run(ctx context.Context, cfg *config.Config) error {
 	return err
 }
 
+// registration is this node's catalog entry.
+func registration(cfg *config.Config, key keystore.PrivateKey) catalogsync.Registration {
+	var tags []string
+	if cfg.Gateway.Enabled {
+		tags = []string{"gateway"}
+	}
+	return catalogsync.Registration{
+		Service:   cfg.Consul.Service,
+		Node:      cfg.NodeName,
+		PublicKey: key.Public(),
+		Endpoint:  cfg.Endpoint,
+		Prefix:    cfg.Prefix,
+		Tags:      tags,
+	}
+}
+
 // breakerFloor is how many removals at once never trip the circuit breaker,
 // whatever fraction of the mesh they are: in a small mesh one host leaving
 // is a large fraction.
 const breakerFloor = 3
 
 // handler serves the agent on the status socket.
-type handler struct{ a *agent.Agent }
+type handler struct {
+	a       *agent.Agent
+	keyFile string
+}
+
+func (h handler) RotateKey(ctx context.Context) error {
+	key, err := keystore.Load(h.keyFile)
+	if err != nil {
+		return err
+	}
+	return h.a.RotateKey(ctx, key.WG())
+}
 
 func (h handler) ReleaseRemovals(ctx context.Context) (int, error) { return h.a.ReleaseRemovals(ctx) }
 
