@@ -7,7 +7,10 @@ PKGS    := ./...
 # Fuzz targets run briefly in `make test`; longer with FUZZTIME=5m make fuzz.
 FUZZTIME ?= 10s
 
-.PHONY: all build deps consul lint test unit fuzz demo clean
+# Debian package version: a release sets it; otherwise 0.0.0~git<commit>.
+PKG_VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && echo $${v#v} || echo 0.0.0~git$$(git rev-parse --short HEAD 2>/dev/null || echo dev))
+
+.PHONY: all build deps consul lint test unit fuzz demo package clean
 
 all: build
 
@@ -40,5 +43,12 @@ test: lint unit fuzz
 demo: deps consul build
 	scripts/demo
 
+# out/meshd_<version>_amd64.deb: a static binary, the hardened unit, the
+# default config as a conffile, the example config.
+package: deps
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(PKG_VERSION)" -o bin/meshd-static ./cmd/meshd
+	mkdir -p out
+	MESHD_PKG_VERSION=$(PKG_VERSION) .bin/nfpm package --config packaging/nfpm.yaml --packager deb --target out/
+
 clean:
-	rm -rf bin .bin
+	rm -rf bin .bin out
