@@ -58,6 +58,7 @@ type Agent struct {
 	absentSince  map[wgtypes.Key]time.Time
 	released     map[wgtypes.Key]bool
 	lastRegister time.Time
+	registered   uint64 // catalog writes made
 	failures     int
 
 	mu       sync.Mutex // guards the fields below
@@ -208,10 +209,13 @@ type rotation struct {
 	done chan error
 }
 
-// RotateKey switches the node to a new private key: it publishes the new
-// public key in the catalog and configures the device with the new private
-// key back to back, so peers lose the node for about one catalog
-// propagation. It returns once both are done.
+// RotateKey switches the node to a new private key: it configures the
+// device with it and publishes the new public key back to back, and
+// returns once both are done.
+//
+// The device goes first: a peer that learns the new key starts a handshake
+// with it at once, and a handshake the device could not answer yet would
+// only be retried after WireGuard's 5 s rekey timeout.
 func (a *Agent) RotateKey(ctx context.Context, key wgtypes.Key) error {
 	r := rotation{key: key, done: make(chan error, 1)}
 	select {
@@ -228,19 +232,22 @@ func (a *Agent) RotateKey(ctx context.Context, key wgtypes.Key) error {
 }
 
 func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
-	old := a.opts.Registration.PublicKey
-	a.opts.Registration.PublicKey = key.PublicKey()
+	oldPub, oldPriv := a.opts.Registration.PublicKey, a.opts.Link.PrivateKey()
 	a.opts.Link.SetPrivateKey(key)
+	if err := a.opts.Link.Ensure(); err != nil {
+		a.opts.Link.SetPrivateKey(oldPriv)
+		return errors.Join(fmt.Errorf("apply the new key: %w", err), a.opts.Link.Ensure())
+	}
+	a.opts.Registration.PublicKey = key.PublicKey()
 	if err := catalogsync.Register(ctx, a.opts.Consul, a.opts.Registration); err != nil {
-		// Keep the old identity: the catalog still announces it.
-		a.opts.Registration.PublicKey = old
-		return fmt.Errorf("publish the new key: %w", err)
+		// The catalog still announces the old key: go back to it.
+		a.opts.Registration.PublicKey = oldPub
+		a.opts.Link.SetPrivateKey(oldPriv)
+		return errors.Join(fmt.Errorf("publish the new key: %w", err), a.opts.Link.Ensure())
 	}
 	a.lastRegister = time.Now()
-	if err := a.opts.Link.Ensure(); err != nil {
-		return fmt.Errorf("apply the new key: %w", err)
-	}
-	a.logger.Info("rotated key", "old_public_key", old, "public_key", key.PublicKey())
+	a.registered++
+	a.logger.Info("rotated key", "old_public_key", oldPub, "public_key", key.PublicKey())
 	a.markDirty()
 	return nil
 }
@@ -375,7 +382,8 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 
 // ensureRegistered registers at start, and again when the catalog lacks
 // this node's entry or shows a different one (the local agent lost its
-// state, or meshd's identity changed), at most once per 10 seconds.
+// state, someone deregistered it through the catalog, or meshd's identity
+// changed), at most once per 10 seconds.
 func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) {
 	if snap != nil {
 		for _, e := range snap.Entries {
@@ -388,10 +396,20 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 		return
 	}
 	a.lastRegister = now
+	if a.registered > 0 {
+		// The local agent already has the entry, so registering the same
+		// definition again would not make it sync: the agent believes the
+		// catalog is in step and only its periodic anti-entropy (a minute
+		// or more) would notice. Removing and adding it makes it sync now.
+		if err := catalogsync.Deregister(ctx, a.opts.Consul, a.opts.Registration.Node); err != nil {
+			a.logger.Warn("deregister before re-registering failed", "err", err)
+		}
+	}
 	if err := catalogsync.Register(ctx, a.opts.Consul, a.opts.Registration); err != nil {
 		a.logger.Warn("register failed; will retry", "err", err)
 		return
 	}
+	a.registered++
 	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
 }
 

@@ -37,7 +37,10 @@ type Status struct {
 	LastReconcile time.Time `json:"last_reconcile"`
 	LastError     string    `json:"last_error,omitempty"`
 	KernelWrites  uint64    `json:"kernel_writes"`
-	Breaker       Breaker   `json:"breaker"`
+	// Registrations counts the catalog writes this agent made: each one
+	// wakes every watcher in the fleet, so it stays at 1 in steady state.
+	Registrations uint64  `json:"registrations"`
+	Breaker       Breaker `json:"breaker"`
 }
 
 // Breaker is the mass-removal circuit breaker's state.
@@ -110,6 +113,7 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		Prefix:        a.opts.Prefix.String(),
 		LastReconcile: now,
 		KernelWrites:  a.opts.Link.Writes(),
+		Registrations: a.registered,
 	}
 	if err != nil {
 		st.LastError = err.Error()

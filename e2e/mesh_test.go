@@ -62,6 +62,8 @@ type node struct {
 	config string
 	sock   string
 	proc   *testlab.Proc
+	// args are extra flags for meshd run.
+	args []string
 }
 
 func (n *node) meshAddr() netip.Addr { return n.prefix.Addr().Next() }
@@ -113,7 +115,7 @@ func tail(s string, n int) string {
 
 func (n *node) start(t *testing.T) {
 	t.Helper()
-	n.proc = n.Start("meshd.log", meshd(t), "run", "--config", n.config)
+	n.proc = n.Start("meshd.log", append([]string{meshd(t), "run", "--config", n.config}, n.args...)...)
 }
 
 func (n *node) status(t *testing.T) (agent.Status, error) {
@@ -398,6 +400,7 @@ func noopReconcilesWriteNothing(t *testing.T, n *node) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	registrations := strings.Count(n.proc.Log(), "msg=registered")
 	// resync_interval is 1s: wait for at least three more reconciles.
 	testlab.Eventually(t, 20*time.Second, "three resyncs", func() bool {
 		st, err := n.status(t)
@@ -409,6 +412,10 @@ func noopReconcilesWriteNothing(t *testing.T, n *node) {
 	}
 	if !after.Converged {
 		t.Errorf("status not converged: %+v", after)
+	}
+	// A catalog write would wake every watcher in the fleet.
+	if r := strings.Count(n.proc.Log(), "msg=registered"); r != registrations {
+		t.Errorf("meshd registered again %d times during no-op reconciles", r-registrations)
 	}
 	if after.KernelWrites != before.KernelWrites {
 		t.Errorf("kernel writes went from %d to %d during no-op reconciles", before.KernelWrites, after.KernelWrites)

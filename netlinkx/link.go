@@ -85,6 +85,9 @@ func (l *Link) Mode() Mode { return l.mode }
 // Writes counts every change meshd has made to the kernel through this Link.
 func (l *Link) Writes() uint64 { return l.writes.Load() }
 
+// PrivateKey is the key Ensure applies. Handle it as a secret.
+func (l *Link) PrivateKey() wgtypes.Key { return l.opts.PrivateKey }
+
 // SetPrivateKey changes the key Ensure applies (key rotation).
 func (l *Link) SetPrivateKey(k wgtypes.Key) { l.opts.PrivateKey = k }
 

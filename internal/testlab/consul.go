@@ -88,9 +88,11 @@ type Consul struct {
 	Netns string
 	// HTTPAddr is its HTTP API address, as seen from inside Netns.
 	HTTPAddr string
-	bin      string
-	args     []string
-	logPath  string
+	// Token is the ACL token Client uses, if any.
+	Token   string
+	bin     string
+	args    []string
+	logPath string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -224,8 +226,15 @@ func (c *Consul) Log() string {
 // connections are made from inside that namespace.
 func (c *Consul) Client(t testing.TB) *api.Client {
 	t.Helper()
+	return c.ClientWithToken(t, c.Token)
+}
+
+// ClientWithToken is Client with another ACL token.
+func (c *Consul) ClientWithToken(t testing.TB, token string) *api.Client {
+	t.Helper()
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = c.HTTPAddr
+	cfg.Token = token
 	if c.Netns != "" {
 		cfg.Transport.DialContext = DialInNetns(c.Netns)
 	}

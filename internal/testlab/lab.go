@@ -27,6 +27,12 @@ type Lab struct {
 	lanNS string
 	dir   string
 
+	// ConsulHCL is added to the configuration of every Consul agent the
+	// lab starts from now on (e.g. to enable ACLs), and ConsulToken is the
+	// token their Client uses.
+	ConsulHCL   []string
+	ConsulToken string
+
 	mu    sync.Mutex
 	hosts []*Host
 	procs []*Proc
@@ -138,10 +144,19 @@ func (l *Lab) StartConsulServer(name string) *Consul {
 		args: []string{"agent", "-dev", "-node", name, "-bind", h.Addr.String(), "-client", "127.0.0.1",
 			"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }", "-log-level", "warn"},
 	}
+	l.configure(c)
 	h.Consul = c
 	c.Start(l.t)
 	c.WaitLeader(l.t)
 	return c
+}
+
+// configure applies the lab's Consul settings to an agent before it starts.
+func (l *Lab) configure(c *Consul) {
+	for _, hcl := range l.ConsulHCL {
+		c.args = append(c.args, "-hcl", hcl)
+	}
+	c.Token = l.ConsulToken
 }
 
 // StartConsulCluster adds n hosts running Consul servers (persistent data,
@@ -165,6 +180,7 @@ func (l *Lab) StartConsulCluster(n int) []*Consul {
 		}
 		c := &Consul{Name: h.Name, Netns: h.Netns, HTTPAddr: "127.0.0.1:8500", bin: ConsulBin(l.t),
 			logPath: filepath.Join(h.Dir, "consul.log"), args: args}
+		l.configure(c)
 		h.Consul = c
 		c.Start(l.t)
 		servers = append(servers, c)
@@ -219,6 +235,7 @@ func (h *Host) StartConsulClient(servers ...*Consul) *Consul {
 		logPath:  filepath.Join(h.Dir, "consul.log"),
 		args:     args,
 	}
+	h.Lab.configure(c)
 	h.Consul = c
 	c.Start(h.Lab.t)
 	c.WaitLeader(h.Lab.t)
