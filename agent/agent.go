@@ -60,6 +60,8 @@ type Agent struct {
 	lastRegister time.Time
 	registered   uint64 // catalog writes made
 	failures     int
+	// notConvergedSince is when the last run of converged reconciles ended.
+	notConvergedSince time.Time
 
 	mu       sync.Mutex // guards the fields below
 	snapshot *catalogsync.Snapshot

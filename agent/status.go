@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/netlinkx"
 )
 
 // Peer states in Status.
@@ -31,9 +33,16 @@ type Status struct {
 	Prefix      string        `json:"prefix"`
 	Catalog     CatalogStatus `json:"catalog"`
 	Peers       []PeerStatus  `json:"peers"`
-	// Converged is true when the kernel holds exactly what the catalog
-	// asks for (held removals aside) and the last reconcile succeeded.
-	Converged     bool      `json:"converged"`
+	// Converged is true when the kernel, read when the status is asked
+	// for, holds exactly what the catalog asks for (removals in their grace
+	// aside), and the last reconcile succeeded from a live catalog read.
+	// Differences says what is not.
+	Converged   bool     `json:"converged"`
+	Differences []string `json:"differences,omitempty"`
+	// NotConvergedSince is when the node last stopped being converged.
+	NotConvergedSince *time.Time `json:"not_converged_since,omitempty"`
+	// LinkPresent says whether the WireGuard device could be read.
+	LinkPresent   bool      `json:"link_present"`
 	LastReconcile time.Time `json:"last_reconcile"`
 	LastError     string    `json:"last_error,omitempty"`
 	KernelWrites  uint64    `json:"kernel_writes"`
@@ -78,15 +87,71 @@ type PeerStatus struct {
 	Reason    string `json:"reason,omitempty"`
 	// HeldUntil is when a held removal's grace ends.
 	HeldUntil *time.Time `json:"held_until,omitempty"`
+	// Read from the device when the status is asked for: the latest
+	// handshake (absent: never) and the bytes received and sent.
+	LatestHandshake *time.Time `json:"latest_handshake,omitempty"`
+	RxBytes         int64      `json:"rx_bytes"`
+	TxBytes         int64      `json:"tx_bytes"`
 }
 
-// Status returns the status after the last reconcile.
+// Status returns the status after the last reconcile, checked against the
+// device as it is now.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	st := a.status
 	st.Peers = slices.Clone(st.Peers)
+	st.Differences = slices.Clone(st.Differences)
 	st.Catalog = a.catalogStatus()
+	a.mu.Unlock()
+	if st.Interface == "" {
+		return st // no reconcile yet
+	}
+	dev, err := netlinkx.ReadDevice(st.Interface)
+	if err != nil {
+		st.Converged = false
+		st.Differences = append(st.Differences, err.Error())
+		return st
+	}
+	st.LinkPresent = true
+	live := make(map[string]netlinkx.PeerStats, len(dev.Peers))
+	for _, p := range dev.Peers {
+		live[p.PublicKey.String()] = p
+	}
+	known := map[string]bool{}
+	for i := range st.Peers {
+		p := &st.Peers[i]
+		if p.PublicKey == "" || p.State == PeerRejected {
+			continue
+		}
+		known[p.PublicKey] = true
+		kp, ok := live[p.PublicKey]
+		if !ok {
+			if p.State == PeerApplied {
+				st.Converged = false
+				st.Differences = append(st.Differences, "peer "+p.Node+" ("+p.PublicKey+") is missing from the device")
+			}
+			continue
+		}
+		if !kp.LastHandshake.IsZero() {
+			hs := kp.LastHandshake
+			p.LatestHandshake = &hs
+		}
+		p.RxBytes, p.TxBytes = kp.RxBytes, kp.TxBytes
+		if p.State == PeerApplied && (len(kp.AllowedIPs) != 1 || kp.AllowedIPs[0].String() != p.Prefix) {
+			st.Converged = false
+			st.Differences = append(st.Differences, fmt.Sprintf("peer %s has allowed IPs %v on the device, want %s", p.Node, kp.AllowedIPs, p.Prefix))
+		}
+	}
+	for k := range live {
+		if !known[k] {
+			st.Converged = false
+			st.Differences = append(st.Differences, "the device has a peer no catalog entry explains: "+k)
+		}
+	}
+	if dev.PublicKey.String() != st.PublicKey {
+		st.Converged = false
+		st.Differences = append(st.Differences, "the device's public key is "+dev.PublicKey.String())
+	}
 	return st
 }
 
@@ -163,6 +228,27 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	fromDisk := a.fromDisk
 	a.mu.Unlock()
 	st.Converged = err == nil && snap != nil && !fromDisk && st.Breaker.Held == 0
+	switch {
+	case snap == nil:
+		st.Differences = append(st.Differences, "no catalog read yet")
+	case fromDisk:
+		st.Differences = append(st.Differences, "desired state comes from the saved snapshot: the catalog has not answered since start")
+	}
+	if st.Breaker.Held > 0 {
+		st.Differences = append(st.Differences, fmt.Sprintf("%d removals held by the circuit breaker", st.Breaker.Held))
+	}
+	if err != nil {
+		st.Differences = append(st.Differences, "last reconcile failed: "+err.Error())
+	}
+	if st.Converged {
+		a.notConvergedSince = time.Time{}
+	} else {
+		if a.notConvergedSince.IsZero() {
+			a.notConvergedSince = now
+		}
+		since := a.notConvergedSince
+		st.NotConvergedSince = &since
+	}
 	a.mu.Lock()
 	a.status = st
 	a.mu.Unlock()

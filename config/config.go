@@ -31,6 +31,7 @@ type Config struct {
 	Prefix             netip.Prefix   // zero when not set
 	MeshSupernet       netip.Prefix
 	MTU                int
+	Keepalive          time.Duration
 	KeyFile            string
 	StateDir           string
 	StatusSocket       string
@@ -87,6 +88,7 @@ var Keys = []Key{
 	{"prefix", "", "this host's 6PN prefix, an IPv6 CIDR inside mesh_supernet (required by run)"},
 	{"mesh_supernet", "fdaa::/16", "IPv6 supernet holding every node's prefix"},
 	{"mtu", "1420", "MTU of the WireGuard interface (1280-9000)"},
+	{"keepalive", "25s", "persistent keepalive other hosts use toward this one (0 turns it off); published in the catalog"},
 	{"key_file", "", "private key file, mode 0600 (default: <state_dir>/private.key)"},
 	{"state_dir", "/var/lib/meshd", "directory for the key and saved state"},
 	{"status_socket", "/run/meshd/meshd.sock", "unix socket of the running agent (status, leave)"},
@@ -197,6 +199,7 @@ func parse(v *viper.Viper) (*Config, error) {
 		ListenPort:         p.port("listen_port"),
 		MeshSupernet:       p.supernet("mesh_supernet"),
 		MTU:                p.intRange("mtu", 1280, 9000),
+		Keepalive:          p.keepalive("keepalive"),
 		StateDir:           p.path("state_dir"),
 		StatusSocket:       p.path("status_socket"),
 		MetricsAddress:     p.hostPort("metrics_address"),
@@ -336,6 +339,15 @@ func (p *parser) duration(key string, minimum time.Duration) time.Duration {
 	d, err := time.ParseDuration(s)
 	if err != nil || d < minimum {
 		p.fail(key, s, fmt.Sprintf("a duration of at least %s, like 30s or 5m", minimum))
+	}
+	return d
+}
+
+func (p *parser) keepalive(key string) time.Duration {
+	s := p.raw(key)
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 || d > 65535*time.Second || d%time.Second != 0 {
+		p.fail(key, s, "whole seconds from 0s to 65535s, like 25s (0 turns it off)")
 	}
 	return d
 }

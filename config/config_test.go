@@ -39,7 +39,7 @@ func TestDefaults(t *testing.T) {
 	}
 	want := Config{
 		NodeName: "h1", Interface: "wg0", ListenPort: 51820, MeshSupernet: netip.MustParsePrefix("fdaa::/16"),
-		MTU: 1420, KeyFile: "/var/lib/meshd/private.key", StateDir: "/var/lib/meshd",
+		MTU: 1420, Keepalive: 25 * time.Second, KeyFile: "/var/lib/meshd/private.key", StateDir: "/var/lib/meshd",
 		StatusSocket: "/run/meshd/meshd.sock", MetricsAddress: "127.0.0.1:9474",
 		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, ResyncInterval: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text",
@@ -126,6 +126,7 @@ func TestBadValues(t *testing.T) {
 		{"removal_grace: -5m", "removal_grace", "-5m", "duration"},
 		{"removal_grace: soon", "removal_grace", "soon", "duration"},
 		{"resync_interval: 1ms", "resync_interval", "1ms", "at least 1s"},
+		{"keepalive: 1.5s", "keepalive", "1.5s", "whole seconds"},
 		{"max_removal_fraction: 1.5", "max_removal_fraction", "1.5", "fraction"},
 		{"node_name: Host_1", "node_name", "Host_1", "DNS label"},
 		{"interface: this-name-is-far-too-long", "interface", "this-name-is-far-too-long", "1-15 characters"},

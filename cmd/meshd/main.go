@@ -29,7 +29,9 @@ func main() {
 	if err == nil {
 		return
 	}
-	fmt.Fprintln(os.Stderr, "meshd: "+err.Error())
+	if !errors.Is(err, errSilent) {
+		fmt.Fprintln(os.Stderr, "meshd: "+err.Error())
+	}
 	var ee *exitError
 	var ce *config.Error
 	switch {

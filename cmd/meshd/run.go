@@ -129,6 +129,7 @@ func registration(cfg *config.Config, key keystore.PrivateKey) catalogsync.Regis
 		PublicKey: key.Public(),
 		Endpoint:  cfg.Endpoint,
 		Prefix:    cfg.Prefix,
+		Keepalive: cfg.Keepalive,
 		Tags:      tags,
 	}
 }
