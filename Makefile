@@ -22,6 +22,7 @@ deps:
 
 consul:
 	@scripts/consul-bin >/dev/null
+	@scripts/promtool-bin >/dev/null
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

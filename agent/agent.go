@@ -59,9 +59,15 @@ type Agent struct {
 	released     map[wgtypes.Key]bool
 	lastRegister time.Time
 	registered   uint64 // catalog writes made
-	failures     int
+	// reconciles, reconcileErrors and reconcileSeconds count the loop's work.
+	reconciles, reconcileErrors uint64
+	reconcileSeconds            float64
+	failures                    int
 	// notConvergedSince is when the last run of converged reconciles ended.
 	notConvergedSince time.Time
+	// lastSummary is the health summary last published, at lastSummaryAt.
+	lastSummary   Summary
+	lastSummaryAt time.Time
 
 	mu       sync.Mutex // guards the fields below
 	snapshot *catalogsync.Snapshot
@@ -302,6 +308,9 @@ func (a *Agent) doLeave(ctx context.Context) error {
 	} else {
 		a.logger.Info("deregistered", "service_id", a.opts.Registration.ID())
 	}
+	if _, err := a.opts.Consul.KV().Delete(SummaryPrefix+a.opts.Registration.Node, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		a.logger.Warn("health summary not deleted", "err", err)
+	}
 	if err := a.opts.Link.Remove(); err != nil {
 		errs = append(errs, err)
 	}
@@ -318,7 +327,13 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 
 	res, err := a.apply(snap, start)
 	a.ensureRegistered(ctx, snap, start)
+	a.reconciles++
+	a.reconcileSeconds += time.Since(start).Seconds()
+	if err != nil {
+		a.reconcileErrors++
+	}
 	a.setStatus(snap, res, err, start)
+	a.publishSummary(ctx, start)
 	if err != nil {
 		a.failures++
 		retry := retryDelay(a.failures)

@@ -130,17 +130,26 @@ func (h *harness) peerState(key wgtypes.Key) string {
 	return ""
 }
 
-func TestRemovalGrace(t *testing.T) {
+// withRemotes starts a dev Consul holding the remote nodes ns.
+func withRemotes(t *testing.T, ns ...byte) (*api.Client, []catalogsync.Registration) {
+	t.Helper()
 	testlab.RequireRoot(t)
-	consul := testlab.StartDevConsul(t)
-	c := consul.Client(t)
-	ctx := context.Background()
-	r2, r3 := remote(t, 2), remote(t, 3)
-	for _, r := range []catalogsync.Registration{r2, r3} {
-		if err := catalogsync.Register(ctx, c, r); err != nil {
+	c := testlab.StartDevConsul(t).Client(t)
+	var rs []catalogsync.Registration
+	for _, n := range ns {
+		r := remote(t, n)
+		if err := catalogsync.Register(context.Background(), c, r); err != nil {
 			t.Fatal(err)
 		}
+		rs = append(rs, r)
 	}
+	return c, rs
+}
+
+func TestRemovalGrace(t *testing.T) {
+	c, rs := withRemotes(t, 2, 3)
+	r2, r3 := rs[0], rs[1]
+	ctx := context.Background()
 	h := start(t, c, "wga0", 3*time.Second)
 	testlab.Eventually(t, 20*time.Second, "both remote peers applied", func() bool {
 		k := h.kernelPeers(t)
@@ -298,18 +307,8 @@ func TestLeave(t *testing.T) {
 // TestCircuitBreaker removes 80% of the catalog in one step: no peer may
 // leave the kernel until an operator releases them, and then they go.
 func TestCircuitBreaker(t *testing.T) {
-	testlab.RequireRoot(t)
-	consul := testlab.StartDevConsul(t)
-	c := consul.Client(t)
+	c, remotes := withRemotes(t, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 	ctx := context.Background()
-	var remotes []catalogsync.Registration
-	for n := byte(2); n < 12; n++ {
-		r := remote(t, n)
-		remotes = append(remotes, r)
-		if err := catalogsync.Register(ctx, c, r); err != nil {
-			t.Fatal(err)
-		}
-	}
 	h := start(t, c, "wga3", time.Second)
 	testlab.Eventually(t, 20*time.Second, "10 peers applied", func() bool { return len(h.kernelPeers(t)) == 10 })
 
@@ -361,16 +360,8 @@ func TestCircuitBreaker(t *testing.T) {
 // while Consul is unreachable; the saved snapshot alone brings its peers
 // back.
 func TestBootFromSnapshot(t *testing.T) {
-	testlab.RequireRoot(t)
-	consul := testlab.StartDevConsul(t)
-	c := consul.Client(t)
-	ctx := context.Background()
-	r2, r3 := remote(t, 2), remote(t, 3)
-	for _, r := range []catalogsync.Registration{r2, r3} {
-		if err := catalogsync.Register(ctx, c, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c, rs := withRemotes(t, 2, 3)
+	r2, r3 := rs[0], rs[1]
 	snap := filepath.Join(t.TempDir(), "catalog.json")
 	key, err := wgtypes.GeneratePrivateKey()
 	if err != nil {

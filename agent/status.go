@@ -46,6 +46,11 @@ type Status struct {
 	LastReconcile time.Time `json:"last_reconcile"`
 	LastError     string    `json:"last_error,omitempty"`
 	KernelWrites  uint64    `json:"kernel_writes"`
+	// Reconciles, ReconcileErrors and ReconcileSeconds count the control
+	// loop's work since start.
+	Reconciles       uint64  `json:"reconciles"`
+	ReconcileErrors  uint64  `json:"reconcile_errors"`
+	ReconcileSeconds float64 `json:"reconcile_seconds"`
 	// Registrations counts the catalog writes this agent made: each one
 	// wakes every watcher in the fleet, so it stays at 1 in steady state.
 	Registrations uint64  `json:"registrations"`
@@ -85,6 +90,8 @@ type PeerStatus struct {
 	Health    string `json:"health,omitempty"`
 	State     string `json:"state"`
 	Reason    string `json:"reason,omitempty"`
+	// Code classifies a rejection's reason (a small fixed set).
+	Code string `json:"code,omitempty"`
 	// HeldUntil is when a held removal's grace ends.
 	HeldUntil *time.Time `json:"held_until,omitempty"`
 	// Read from the device when the status is asked for: the latest
@@ -169,16 +176,19 @@ func (a *Agent) catalogStatus() CatalogStatus {
 func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now time.Time) {
 	reg := a.opts.Registration
 	st := Status{
-		Node:          reg.Node,
-		Interface:     a.opts.Link.Name(),
-		Mode:          string(a.opts.Link.Mode()),
-		PublicKey:     reg.PublicKey.String(),
-		ListenPort:    a.opts.ListenPort,
-		MeshAddress:   a.opts.Prefix.Addr().Next().String(),
-		Prefix:        a.opts.Prefix.String(),
-		LastReconcile: now,
-		KernelWrites:  a.opts.Link.Writes(),
-		Registrations: a.registered,
+		Node:             reg.Node,
+		Interface:        a.opts.Link.Name(),
+		Mode:             string(a.opts.Link.Mode()),
+		PublicKey:        reg.PublicKey.String(),
+		ListenPort:       a.opts.ListenPort,
+		MeshAddress:      a.opts.Prefix.Addr().Next().String(),
+		Prefix:           a.opts.Prefix.String(),
+		LastReconcile:    now,
+		KernelWrites:     a.opts.Link.Writes(),
+		Registrations:    a.registered,
+		Reconciles:       a.reconciles,
+		ReconcileErrors:  a.reconcileErrors,
+		ReconcileSeconds: a.reconcileSeconds,
 	}
 	if err != nil {
 		st.LastError = err.Error()
@@ -200,7 +210,7 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		})
 	}
 	for _, r := range res.rejected {
-		st.Peers = append(st.Peers, PeerStatus{Node: r.Node, ServiceID: r.ServiceID, State: PeerRejected, Reason: r.Reason})
+		st.Peers = append(st.Peers, PeerStatus{Node: r.Node, ServiceID: r.ServiceID, State: PeerRejected, Reason: r.Reason, Code: r.Code})
 	}
 	allowed := map[wgtypes.Key][]netip.Prefix{}
 	for _, kp := range res.obs.Peers {

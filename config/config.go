@@ -236,11 +236,21 @@ func parse(v *viper.Viper) (*Config, error) {
 	return c, nil
 }
 
-// RequireMember checks the keys a mesh member must have (run, leave).
+// RequireNode checks that the node has a name: node_name, or a host name
+// that is a DNS label.
+func (c *Config) RequireNode() error {
+	if c.NodeName == "" {
+		return &Error{"node_name", "", "a DNS label (the host name is not one; set node_name or --node-name)"}
+	}
+	return nil
+}
+
+// RequireMember checks the keys a mesh member must have (run, rotate-key).
 func (c *Config) RequireMember() error {
+	if err := c.RequireNode(); err != nil {
+		return err
+	}
 	switch {
-	case c.NodeName == "":
-		return &Error{"node_name", "", "a DNS label (the host name is not one)"}
 	case !c.Endpoint.IsValid():
 		return &Error{"endpoint", "", "this host's underlay ip:port, e.g. 192.0.2.10:51820"}
 	case !c.Prefix.IsValid():

@@ -1,9 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +32,33 @@ func (n *node) health(t *testing.T, args ...string) (int, string) {
 		t.Fatalf("meshd health on %s: %v", n.Name, err)
 	}
 	return code, strings.TrimSpace(out)
+}
+
+// meshRow is the documented schema of `meshd mesh --json`.
+type meshRow struct {
+	Node     string         `json:"node"`
+	Verdict  string         `json:"verdict"`
+	Problems []string       `json:"problems"`
+	Health   string         `json:"health"`
+	Summary  *agent.Summary `json:"summary"`
+	Age      float64        `json:"summary_age_seconds"`
+	From     []string       `json:"unreachable_from"`
+}
+
+// meshJSON runs `meshd mesh --json` on n.
+func (n *node) meshJSON(t *testing.T) []meshRow {
+	t.Helper()
+	out, err := n.Command(meshd(t), "mesh", "--json", "--config", n.config).Output()
+	if err != nil {
+		t.Fatalf("meshd mesh --json on %s: %v", n.Name, err)
+	}
+	var rows []meshRow
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rows); err != nil {
+		t.Fatalf("mesh --json does not match the schema: %v\n%s", err, out)
+	}
+	return rows
 }
 
 // statusJSON parses `meshd status --json` on n with the documented schema.
@@ -82,6 +116,18 @@ func TestHealth(t *testing.T) {
 		t.Errorf("meshd status: %v\n%s", err, out)
 	}
 
+	t.Run("metrics", func(t *testing.T) { checkMetrics(t, h1, len(nodes)-1) })
+	testlab.Eventually(t, 30*time.Second, "meshd mesh lists every host as ok", func() bool {
+		rows := h1.meshJSON(t)
+		ok := 0
+		for _, r := range rows {
+			if r.Verdict == "ok" && r.Summary != nil && r.Summary.Converged {
+				ok++
+			}
+		}
+		return len(rows) == len(nodes) && ok == len(nodes)
+	})
+
 	// A rejected catalog entry shows with its reason, and warns.
 	c := server.Client(t)
 	_, err = c.Catalog().Register(&api.CatalogRegistration{Node: "bogus", Address: "198.18.9.9",
@@ -111,6 +157,13 @@ func TestHealth(t *testing.T) {
 	if out, err := h3.Exec("ip", "link", "set", "eth0", "down"); err != nil {
 		t.Fatalf("cut h3's underlay: %v: %s", err, out)
 	}
+	var why string
+	testlab.Eventually(t, 60*time.Second, "meshd mesh marks h3 broken, first", func() bool {
+		rows := h1.meshJSON(t)
+		b, _ := json.Marshal(rows)
+		why = string(b)
+		return len(rows) == len(nodes) && rows[0].Node == "h3" && rows[0].Verdict == "broken"
+	}, &why)
 	for _, n := range []*node{h1, h2} {
 		var line string
 		testlab.Eventually(t, 4*time.Minute, n.Name+" health warns about h3", func() bool {
@@ -131,5 +184,85 @@ func TestHealth(t *testing.T) {
 	}
 	if out, err := h1.Exec(meshd(t), "status", "--config", h1.config); err == nil || !strings.Contains(out, "not running") || !strings.Contains(out, "still up") {
 		t.Errorf("status with the agent stopped: %v\n%s", err, out)
+	}
+}
+
+var (
+	promtoolOnce sync.Once
+	promtoolPath string
+	promtoolErr  error
+)
+
+// checkMetrics scrapes n's metrics endpoint (its default, loopback inside
+// n's namespace), lints the exposition with promtool check metrics, and
+// checks the values against what the mesh is.
+func checkMetrics(t *testing.T, n *node, peers int) {
+	client := &http.Client{Transport: &http.Transport{DialContext: testlab.DialInNetns(n.Netns)}, Timeout: 10 * time.Second}
+	resp, err := client.Get("http://127.0.0.1:9474/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", n.Name, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: %d %v", n.Name, resp.StatusCode, err)
+	}
+	promtoolOnce.Do(func() {
+		out, err := exec.Command(filepath.Join(testlab.ModuleRoot(t), "scripts", "promtool-bin")).Output()
+		promtoolPath, promtoolErr = strings.TrimSpace(string(out)), err
+	})
+	if promtoolErr != nil {
+		t.Fatalf("scripts/promtool-bin: %v", promtoolErr)
+	}
+	promtool := promtoolPath
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+	values := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, val, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(val, 64)
+		if err == nil {
+			values[name] = v
+		}
+	}
+	checks := []struct {
+		series string
+		ok     func(float64) bool
+		want   string
+	}{
+		{`meshd_peers{state="applied"}`, func(v float64) bool { return v == float64(peers) }, fmt.Sprint(peers)},
+		{`meshd_peers{state="rejected"}`, func(v float64) bool { return v == 0 }, "0"},
+		{`meshd_converged`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_link_present`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_catalog_reachable`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_catalog_index`, func(v float64) bool { return v > 0 }, "> 0"},
+		{`meshd_catalog_last_read_age_seconds`, func(v float64) bool { return v >= 0 && v < 60 }, "0 to 60"},
+		{`meshd_reconciles_total`, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{`meshd_reconcile_errors_total`, func(v float64) bool { return v == 0 }, "0"},
+		{`meshd_reconcile_duration_seconds_count`, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{`meshd_kernel_writes_total`, func(v float64) bool { return v >= float64(peers) }, ">= peers"},
+		{`meshd_catalog_registrations_total`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_breaker_tripped`, func(v float64) bool { return v == 0 }, "0"},
+		{`meshd_snapshot_age_seconds`, func(v float64) bool { return v >= 0 && v < 600 }, "0 to 600"},
+		{`meshd_peer_handshake_age_seconds{node="h2"}`, func(v float64) bool { return v >= 0 && v < 180 }, "0 to 180"},
+		{`meshd_peer_receive_bytes_total{node="h2"}`, func(v float64) bool { return v > 0 }, "> 0"},
+		{`meshd_peer_transmit_bytes_total{node="h2"}`, func(v float64) bool { return v > 0 }, "> 0"},
+	}
+	for _, c := range checks {
+		v, ok := values[c.series]
+		if !ok {
+			t.Errorf("metrics lack %s", c.series)
+		} else if !c.ok(v) {
+			t.Errorf("%s = %v, want %s", c.series, v, c.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package peers
 import (
 	"cmp"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -85,13 +86,13 @@ func (r Rules) ValidatePrefix(p netip.Prefix) error {
 	lo, hi := r.bounds()
 	switch {
 	case !p.Addr().Is6() || p.Addr().Is4In6():
-		return fmt.Errorf("prefix %s is not IPv6", p)
+		return bad("prefix", "prefix %s is not IPv6", p)
 	case p.Masked() != p:
-		return fmt.Errorf("prefix %s has host bits set (want %s)", p, p.Masked())
+		return bad("prefix", "prefix %s has host bits set (want %s)", p, p.Masked())
 	case !r.Supernet.Contains(p.Addr()) || p.Bits() < r.Supernet.Bits():
-		return fmt.Errorf("prefix %s is outside the mesh supernet %s", p, r.Supernet)
+		return bad("prefix", "prefix %s is outside the mesh supernet %s", p, r.Supernet)
 	case p.Bits() < lo || p.Bits() > hi:
-		return fmt.Errorf("prefix %s has length /%d, want /%d to /%d", p, p.Bits(), lo, hi)
+		return bad("prefix", "prefix %s has length /%d, want /%d to /%d", p, p.Bits(), lo, hi)
 	}
 	return nil
 }
@@ -100,20 +101,20 @@ func (r Rules) ValidatePrefix(p netip.Prefix) error {
 // one line meant for status output; it quotes no value longer than needed.
 func ParseEntry(e Entry, r Rules) (Peer, error) {
 	if len(e.Meta) > MaxMetaKeys {
-		return Peer{}, fmt.Errorf("meta has %d keys, more than %d", len(e.Meta), MaxMetaKeys)
+		return Peer{}, bad("meta", "meta has %d keys, more than %d", len(e.Meta), MaxMetaKeys)
 	}
 	for k, v := range e.Meta {
 		if len(v) > MaxMetaValue {
-			return Peer{}, fmt.Errorf("meta %s is %d characters, more than %d", clip(k), len(v), MaxMetaValue)
+			return Peer{}, bad("meta", "meta %s is %d characters, more than %d", clip(k), len(v), MaxMetaValue)
 		}
 	}
 	if v := e.Meta[MetaVersion]; v != SchemaVersion {
-		return Peer{}, fmt.Errorf("meta v is %q, want %q", clip(v), SchemaVersion)
+		return Peer{}, bad("version", "meta v is %q, want %q", clip(v), SchemaVersion)
 	}
 	p := Peer{Tags: e.Tags, Health: e.Health, CreateIndex: e.CreateIndex}
 	p.Node = e.Meta[MetaNode]
 	if !IsDNSLabel(p.Node) {
-		return Peer{}, fmt.Errorf("node %q is not a DNS label", clip(p.Node))
+		return Peer{}, bad("node", "node %q is not a DNS label", clip(p.Node))
 	}
 	var err error
 	if p.PublicKey, err = ParsePublicKey(e.Meta[MetaPublicKey]); err != nil {
@@ -124,7 +125,7 @@ func ParseEntry(e Entry, r Rules) (Peer, error) {
 	}
 	pfx, err := netip.ParsePrefix(e.Meta[MetaPrefix])
 	if err != nil {
-		return Peer{}, fmt.Errorf("prefix %q is not an IPv6 CIDR", clip(e.Meta[MetaPrefix]))
+		return Peer{}, bad("prefix", "prefix %q is not an IPv6 CIDR", clip(e.Meta[MetaPrefix]))
 	}
 	if err := r.ValidatePrefix(pfx); err != nil {
 		return Peer{}, err
@@ -133,7 +134,7 @@ func ParseEntry(e Entry, r Rules) (Peer, error) {
 	if s, ok := e.Meta[MetaKeepalive]; ok && s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 || n > 65535 {
-			return Peer{}, fmt.Errorf("keepalive %q is not a number of seconds from 0 to 65535", clip(s))
+			return Peer{}, bad("keepalive", "keepalive %q is not a number of seconds from 0 to 65535", clip(s))
 		}
 		p.Keepalive = time.Duration(n) * time.Second
 	}
@@ -144,11 +145,11 @@ func ParseEntry(e Entry, r Rules) (Peer, error) {
 func ParsePublicKey(s string) (wgtypes.Key, error) {
 	b, err := base64.StdEncoding.DecodeString(s)
 	if err != nil || len(b) != wgtypes.KeyLen {
-		return wgtypes.Key{}, fmt.Errorf("public_key %q is not a base64 32-byte key", clip(s))
+		return wgtypes.Key{}, bad("public_key", "public_key %q is not a base64 32-byte key", clip(s))
 	}
 	k, _ := wgtypes.NewKey(b)
 	if k == (wgtypes.Key{}) {
-		return wgtypes.Key{}, fmt.Errorf("public_key is all zeros")
+		return wgtypes.Key{}, bad("public_key", "public_key is all zeros")
 	}
 	return k, nil
 }
@@ -159,7 +160,7 @@ func ParsePublicKey(s string) (wgtypes.Key, error) {
 func ParseEndpoint(s string) (netip.AddrPort, error) {
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() || ap.Addr().Zone() != "" {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q is not ip:port", clip(s))
+		return netip.AddrPort{}, bad("endpoint", "endpoint %q is not ip:port", clip(s))
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
@@ -187,6 +188,30 @@ func clip(s string) string {
 	return s[:max] + "..."
 }
 
+// EntryError is why a catalog entry is invalid. Field names the Meta field
+// at fault (or "meta", "version"); it is a small fixed set, fit for a metric
+// label.
+type EntryError struct {
+	Field string
+	Msg   string
+}
+
+func (e *EntryError) Error() string { return e.Msg }
+
+func bad(field, format string, args ...any) error {
+	return &EntryError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Rejection codes for conflicts between otherwise valid entries; invalid
+// entries carry their EntryError's Field.
+const (
+	CodeDuplicateNode = "duplicate_node"
+	CodeDuplicateKey  = "duplicate_key"
+	CodeOwnKey        = "own_key"
+	CodeOverlapsSelf  = "overlaps_self"
+	CodeOverlap       = "overlapping_prefix"
+)
+
 // Self is this host's own identity.
 type Self struct {
 	Node      string
@@ -199,6 +224,9 @@ type Rejection struct {
 	ServiceID string
 	Node      string
 	Reason    string
+	// Code classifies the reason (an EntryError's Field or a Code*
+	// constant).
+	Code string
 }
 
 // Desire computes the desired peers from a catalog snapshot. It returns the
@@ -241,8 +269,8 @@ func Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
 	}
 	slices.Sort(lens)
 	claimed := newPrefixSet(lens)
-	reject := func(x parsed, reason string) {
-		rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason})
+	reject := func(x parsed, code, reason string) {
+		rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason, Code: code})
 	}
 	for _, x := range ps {
 		if x.err == nil && x.p.Node == self.Node {
@@ -252,26 +280,31 @@ func Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
 			if x.e.Meta[MetaNode] == self.Node {
 				continue
 			}
-			reject(x, x.err.Error())
+			code := "invalid"
+			var ee *EntryError
+			if errors.As(x.err, &ee) {
+				code = ee.Field
+			}
+			reject(x, code, x.err.Error())
 			continue
 		}
 		p := x.p
 		switch {
 		case byNode[p.Node] != "":
-			reject(x, fmt.Sprintf("node %s is already registered by %s", p.Node, byNode[p.Node]))
+			reject(x, CodeDuplicateNode, fmt.Sprintf("node %s is already registered by %s", p.Node, byNode[p.Node]))
 			continue
 		case p.PublicKey == self.PublicKey:
-			reject(x, "public_key is this host's own key")
+			reject(x, CodeOwnKey, "public_key is this host's own key")
 			continue
 		case byKey[p.PublicKey] != "":
-			reject(x, fmt.Sprintf("public_key is already used by node %s", byKey[p.PublicKey]))
+			reject(x, CodeDuplicateKey, fmt.Sprintf("public_key is already used by node %s", byKey[p.PublicKey]))
 			continue
 		case self.Prefix.IsValid() && self.Prefix.Overlaps(p.Prefix):
-			reject(x, fmt.Sprintf("prefix %s overlaps this host's prefix %s", p.Prefix, self.Prefix))
+			reject(x, CodeOverlapsSelf, fmt.Sprintf("prefix %s overlaps this host's prefix %s", p.Prefix, self.Prefix))
 			continue
 		}
 		if c, ok := claimed.overlap(p.Prefix); ok {
-			reject(x, fmt.Sprintf("prefix %s overlaps %s of node %s", p.Prefix, c.Prefix, c.Node))
+			reject(x, CodeOverlap, fmt.Sprintf("prefix %s overlaps %s of node %s", p.Prefix, c.Prefix, c.Node))
 			continue
 		}
 		byNode[p.Node] = x.e.ServiceID

@@ -195,6 +195,10 @@ func TestDesire(t *testing.T) {
 			gotReasons := map[string]string{}
 			for _, r := range rej {
 				gotReasons[r.ServiceID] = r.Reason
+				if !slices.Contains([]string{"meta", "version", "node", "public_key", "endpoint", "prefix", "keepalive",
+					CodeDuplicateNode, CodeDuplicateKey, CodeOwnKey, CodeOverlapsSelf, CodeOverlap}, r.Code) {
+					t.Errorf("rejection %s has code %q, not one of the fixed set", r.ServiceID, r.Code)
+				}
 			}
 			if len(gotReasons) != len(tt.reasons) {
 				t.Errorf("rejections = %v, want %d of them (%v)", gotReasons, len(tt.reasons), tt.reasons)

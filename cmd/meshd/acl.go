@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/prefixalloc"
 )
@@ -14,8 +15,8 @@ import (
 // aclPolicy is the least-privilege Consul ACL policy of one mesh host: write
 // on its own node (where its instance lives: the agent registers services on
 // its own node only, and another node's instances need write on that node),
-// on the meshd service name, on its own prefix claim and its own gateway
-// records; read on everything else meshd watches.
+// on the meshd service name, on its own prefix claim, its own gateway
+// records and its health summary; read on everything else meshd watches.
 func aclPolicy(node, service string, prefix netip.Prefix) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Consul ACL policy for meshd on node %s (meshd acl-policy).\n", node)
@@ -25,6 +26,7 @@ func aclPolicy(node, service string, prefix netip.Prefix) string {
 	b.WriteString("service_prefix \"\" {\n  policy = \"read\"\n}\n")
 	fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", prefixalloc.Key(prefix))
 	fmt.Fprintf(&b, "key_prefix %q {\n  policy = \"write\"\n}\n", "meshd/gateways/"+node+"/")
+	fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", agent.SummaryPrefix+node)
 	b.WriteString("key_prefix \"meshd/\" {\n  policy = \"read\"\n}\n")
 	return b.String()
 }
@@ -44,8 +46,8 @@ func newACLPolicyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cfg.NodeName == "" {
-				return usage(&config.Error{Key: "node_name", Expected: "a DNS label"})
+			if err := cfg.RequireNode(); err != nil {
+				return usage(err)
 			}
 			if !cfg.Prefix.IsValid() {
 				return usage(&config.Error{Key: "prefix", Expected: "this host's claimed prefix (run meshd init first, or pass --prefix)"})

@@ -67,8 +67,8 @@ func newInitCmd() *cobra.Command {
 }
 
 func runInit(ctx context.Context, cfg *config.Config, path string) (initResult, error) {
-	if cfg.NodeName == "" {
-		return initResult{}, usage(&config.Error{Key: "node_name", Expected: "a DNS label (the host name is not one; set --node-name)"})
+	if err := cfg.RequireNode(); err != nil {
+		return initResult{}, usage(err)
 	}
 	res := initResult{Node: cfg.NodeName, Config: path, KeyFile: cfg.KeyFile}
 	endpoint := cfg.Endpoint

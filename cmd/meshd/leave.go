@@ -30,8 +30,8 @@ func newLeaveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cfg.NodeName == "" {
-				return usage(fmt.Errorf("config: node_name is not set and the host name is not a DNS label"))
+			if err := cfg.RequireNode(); err != nil {
+				return usage(err)
 			}
 			if releasePrefix && !cfg.Prefix.IsValid() {
 				return usage(&config.Error{Key: "prefix", Expected: "the prefix to release (--release-prefix needs it)"})

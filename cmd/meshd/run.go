@@ -4,11 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"meshd.dev/meshd/agent"
@@ -16,6 +22,7 @@ import (
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/keystore"
+	"meshd.dev/meshd/metrics"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/snapshot"
 )
@@ -107,14 +114,43 @@ func run(ctx context.Context, cfg *config.Config) error {
 	serveCtx, stopServe := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { served <- control.Serve(serveCtx, sock, handler{a, cfg.KeyFile}) }()
+	metricsDone := serveMetrics(serveCtx, cfg.MetricsAddress, a, logger)
 	err = a.Run(ctx)
 	stopServe()
 	<-served
+	<-metricsDone
 	if errors.Is(err, agent.ErrLeft) {
 		logger.Info("left the mesh")
 		return nil
 	}
 	return err
+}
+
+// serveMetrics serves Prometheus metrics on addr until ctx is done. A
+// listener that cannot start is logged, not fatal: metrics must never stop
+// the data plane.
+func serveMetrics(ctx context.Context, addr string, a *agent.Agent, logger *slog.Logger) <-chan struct{} {
+	done := make(chan struct{})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.Collector{Status: a.Status})
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		logger.Error("metrics listener not started", "metrics_address", addr, "err", err)
+		close(done)
+		return done
+	}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	go func() {
+		defer close(done)
+		srv.Serve(l)
+	}()
+	return done
 }
 
 // registration is this node's catalog entry.
