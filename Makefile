@@ -10,7 +10,7 @@ FUZZTIME ?= 10s
 # Debian package version: a release sets it; otherwise 0.0.0~git<commit>.
 PKG_VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && echo $${v#v} || echo 0.0.0~git$$(git rev-parse --short HEAD 2>/dev/null || echo dev))
 
-.PHONY: all build deps consul lint test unit fuzz demo package clean
+.PHONY: all build deps consul promtool lint test unit fuzz demo package clean
 
 all: build
 
@@ -22,6 +22,8 @@ deps:
 
 consul:
 	@scripts/consul-bin >/dev/null
+
+promtool:
 	@scripts/promtool-bin >/dev/null
 
 lint: deps
@@ -31,7 +33,7 @@ lint: deps
 
 # The whole suite with the race detector: unit tests, tests against a real
 # Consul, and (as root) the privileged namespace end-to-end tests.
-unit: deps consul
+unit: deps consul promtool
 	MESHD_CONSUL_BIN=$$(scripts/consul-bin) $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # One target per run: go test -fuzz takes a single target.
