@@ -53,6 +53,7 @@ type Agent struct {
 	leave   chan chan error
 	release chan chan int
 	rotate  chan rotation
+	kick    chan struct{}
 
 	// Owned by the loop goroutine.
 	absentSince  map[wgtypes.Key]time.Time
@@ -65,6 +66,10 @@ type Agent struct {
 	failures                    int
 	// notConvergedSince is when the last run of converged reconciles ended.
 	notConvergedSince time.Time
+	// lastDesired is the desired peer set of the last reconcile; rotatedAt
+	// is when the key last changed.
+	lastDesired []peers.Peer
+	rotatedAt   time.Time
 	// lastSummary is the health summary last published, at lastSummaryAt.
 	lastSummary   Summary
 	lastSummaryAt time.Time
@@ -97,6 +102,7 @@ func New(opts Options) *Agent {
 		leave:       make(chan chan error),
 		release:     make(chan chan int),
 		rotate:      make(chan rotation),
+		kick:        make(chan struct{}, 1),
 		released:    map[wgtypes.Key]bool{},
 		absentSince: map[wgtypes.Key]time.Time{},
 	}
@@ -156,6 +162,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return ErrLeft
 		case r := <-a.rotate:
 			r.done <- a.doRotate(ctx, r.key)
+			continue
+		case <-a.kick:
+			a.kickStalePeers()
 			continue
 		case done := <-a.release:
 			done <- a.doRelease()
@@ -255,9 +264,45 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 	}
 	a.lastRegister = time.Now()
 	a.registered++
+	a.rotatedAt = time.Now()
 	a.logger.Info("rotated key", "old_public_key", oldPub, "public_key", key.PublicKey())
 	a.markDirty()
+	// Peers learn the new key within a catalog propagation; by then, each
+	// should have handshaken with the new key. Check once, after a second.
+	time.AfterFunc(time.Second, func() {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	})
 	return nil
+}
+
+// kickStalePeers resets the sessions of desired peers that have not
+// handshaken since the key rotation: their handshake most likely collided
+// with ours (both sides initiated at once), and WireGuard would retry only
+// after its 5 s rekey timeout. A reset makes this side start a fresh
+// handshake now, which the peer, holding the new key by then, answers.
+func (a *Agent) kickStalePeers() {
+	dev, err := netlinkx.ReadDevice(a.opts.Link.Name())
+	if err != nil {
+		return
+	}
+	stale := map[wgtypes.Key]bool{}
+	for _, p := range dev.Peers {
+		if p.LastHandshake.Before(a.rotatedAt) {
+			stale[p.PublicKey] = true
+		}
+	}
+	var reset []peers.Peer
+	for _, p := range a.lastDesired {
+		if stale[p.PublicKey] {
+			reset = append(reset, p)
+		}
+	}
+	if err := a.opts.Link.ResetPeers(reset); err != nil {
+		a.logger.Warn("reset stale sessions after key rotation", "err", err)
+	}
 }
 
 func (a *Agent) doRelease() int {
@@ -334,6 +379,9 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	}
 	a.setStatus(snap, res, err, start)
 	a.publishSummary(ctx, start)
+	if snap != nil {
+		a.lastDesired = res.desired
+	}
 	if err != nil {
 		a.failures++
 		retry := retryDelay(a.failures)

@@ -78,14 +78,7 @@ func (l *Link) Apply(plan peers.Plan) error {
 	if len(plan.Upsert) > 0 {
 		cfgs := make([]wgtypes.PeerConfig, 0, len(plan.Upsert))
 		for _, p := range plan.Upsert {
-			ka := p.Keepalive
-			cfgs = append(cfgs, wgtypes.PeerConfig{
-				PublicKey:                   p.PublicKey,
-				Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
-				PersistentKeepaliveInterval: &ka,
-				ReplaceAllowedIPs:           true,
-				AllowedIPs:                  []net.IPNet{*ipNet(p.Prefix)},
-			})
+			cfgs = append(cfgs, peerConfig(p))
 		}
 		if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
 			errs = append(errs, fmt.Errorf("configure %d peers on %s: %w", len(cfgs), l.opts.Name, err))
@@ -130,6 +123,39 @@ func (l *Link) Apply(plan peers.Plan) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ResetPeers removes and adds back each peer in one device write, which
+// drops its session and handshake state so that the next packet starts a
+// fresh handshake at once. It is for after a key rotation only: a peer whose
+// handshake collided with the other side's sits out WireGuard's 5 s rekey
+// timeout otherwise.
+func (l *Link) ResetPeers(ps []peers.Peer) error {
+	if len(ps) == 0 {
+		return nil
+	}
+	cfgs := make([]wgtypes.PeerConfig, 0, 2*len(ps))
+	for _, p := range ps {
+		cfgs = append(cfgs, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true}, peerConfig(p))
+	}
+	if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
+		return fmt.Errorf("reset %d peers on %s: %w", len(ps), l.opts.Name, err)
+	}
+	for _, p := range ps {
+		l.opts.Logger.Info("reset peer session", "node", p.Node, "public_key", p.PublicKey)
+	}
+	return nil
+}
+
+func peerConfig(p peers.Peer) wgtypes.PeerConfig {
+	ka := p.Keepalive
+	return wgtypes.PeerConfig{
+		PublicKey:                   p.PublicKey,
+		Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
+		PersistentKeepaliveInterval: &ka,
+		ReplaceAllowedIPs:           true,
+		AllowedIPs:                  []net.IPNet{*ipNet(p.Prefix)},
+	}
 }
 
 // delRoute deletes one of meshd's routes. The protocol is part of the
