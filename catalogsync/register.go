@@ -17,9 +17,6 @@ import (
 	"meshd.dev/meshd/peers"
 )
 
-// DefaultService is the Consul service every meshd registers.
-const DefaultService = "meshd"
-
 // Registration is this node's entry in the catalog.
 type Registration struct {
 	Service   string

@@ -42,12 +42,9 @@ func newACLPolicyCmd() *cobra.Command {
 			"  consul acl policy create -name meshd-$(hostname) -rules \"$(meshd acl-policy)\"",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd)
+			cfg, err := loadNodeConfig(cmd)
 			if err != nil {
 				return err
-			}
-			if err := cfg.RequireNode(); err != nil {
-				return usage(err)
 			}
 			if !cfg.Prefix.IsValid() {
 				return usage(&config.Error{Key: "prefix", Expected: "this host's claimed prefix (run meshd init first, or pass --prefix)"})

@@ -26,12 +26,9 @@ func newLeaveCmd() *cobra.Command {
 			"removal_grace. --release-prefix also frees the prefix claim for reuse.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd)
+			cfg, err := loadNodeConfig(cmd)
 			if err != nil {
 				return err
-			}
-			if err := cfg.RequireNode(); err != nil {
-				return usage(err)
 			}
 			if releasePrefix && !cfg.Prefix.IsValid() {
 				return usage(&config.Error{Key: "prefix", Expected: "the prefix to release (--release-prefix needs it)"})

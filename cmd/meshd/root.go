@@ -42,6 +42,19 @@ func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	return cfg, nil
 }
 
+// loadNodeConfig is loadConfig for commands that act as this node: its
+// name must be known.
+func loadNodeConfig(cmd *cobra.Command) (*config.Config, error) {
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.RequireNode(); err != nil {
+		return nil, usage(err)
+	}
+	return cfg, nil
+}
+
 func newLogger(cfg *config.Config) *slog.Logger {
 	var level slog.Level
 	level.UnmarshalText([]byte(cfg.LogLevel))
