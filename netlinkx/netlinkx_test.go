@@ -257,6 +257,19 @@ func TestApplyObserveIncremental(t *testing.T) {
 		t.Errorf("Observe after incremental apply (-want +got):\n%s", diff)
 	}
 
+	// Resetting peers (after a key rotation) keeps their configuration and
+	// is one write.
+	before := l.Writes()
+	if err := l.ResetPeers([]peers.Peer{b, c}); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.Writes() - before; n != 1 {
+		t.Errorf("ResetPeers made %d writes, want 1", n)
+	}
+	if plan, n := reconcile([]peers.Peer{b, c}); !plan.Empty() || n != 0 {
+		t.Errorf("after ResetPeers the kernel differs: plan %+v, %d writes", plan, n)
+	}
+
 	// Removing the link takes meshd's routes but not the foreign one.
 	if err := l.Remove(); err != nil {
 		t.Fatal(err)
