@@ -406,3 +406,40 @@ func TestBootFromSnapshot(t *testing.T) {
 		t.Error("a corrupt snapshot made the agent drop peers")
 	}
 }
+
+// TestRotateKey: the device takes the new key, the catalog shows it, and a
+// second later peers that have not handshaken since (here: all, as these
+// remotes do not exist) get their sessions reset, keeping their
+// configuration.
+func TestRotateKey(t *testing.T) {
+	c, rs := withRemotes(t, 2, 3)
+	h := start(t, c, "wga5", time.Minute)
+	testlab.Eventually(t, 20*time.Second, "peers applied", func() bool { return len(h.kernelPeers(t)) == 2 })
+	newKey, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := h.link.Writes()
+	if err := h.a.RotateKey(context.Background(), newKey); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := netlinkx.ReadDevice("wga5")
+	if err != nil || dev.PublicKey != newKey.PublicKey() {
+		t.Fatalf("device key after RotateKey: %v, %v", dev.PublicKey, err)
+	}
+	testlab.Eventually(t, 10*time.Second, "catalog shows the new key", func() bool {
+		svcs, err := c.Agent().Services()
+		s, ok := svcs[h.self.ID()]
+		return err == nil && ok && s.Meta["public_key"] == newKey.PublicKey().String()
+	})
+	testlab.Eventually(t, 10*time.Second, "stale sessions reset a second later", func() bool {
+		return h.link.Writes()-before >= 2 // the key, then the reset
+	})
+	k := h.kernelPeers(t)
+	if !k[rs[0].PublicKey] || !k[rs[1].PublicKey] || len(k) != 2 {
+		t.Errorf("peers after the reset: %v", k)
+	}
+	if st := h.a.Status(); st.PublicKey != newKey.PublicKey().String() {
+		t.Errorf("status public key %s, want the new one", st.PublicKey)
+	}
+}
