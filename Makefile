@@ -2,6 +2,8 @@
 # Both install what they need first (scripts/deps, scripts/consul-bin).
 
 GO      ?= go
+# go needs a home for its caches; a bare environment may lack HOME.
+export HOME ?= $(shell getent passwd $$(id -u) | cut -d: -f6)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PKGS    := ./...
 # Fuzz targets run briefly in `make test`; longer with FUZZTIME=5m make fuzz.
