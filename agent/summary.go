@@ -72,9 +72,12 @@ func sameSummary(a, b Summary) bool {
 // few seconds) or when the heartbeat is due. Failures are logged: the
 // summary is for operators, never on the data plane's path.
 func (a *Agent) publishSummary(ctx context.Context, now time.Time) {
+	since := now.Sub(a.lastSummaryAt)
+	if since < summaryMinInterval {
+		return // nothing could be written yet: spare the device read
+	}
 	s := Summarize(a.Status(), now)
-	changed := !sameSummary(s, a.lastSummary)
-	if since := now.Sub(a.lastSummaryAt); !(changed && since >= summaryMinInterval) && since < SummaryHeartbeat {
+	if sameSummary(s, a.lastSummary) && since < SummaryHeartbeat {
 		return
 	}
 	b, err := json.Marshal(s)

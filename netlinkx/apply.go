@@ -21,18 +21,9 @@ func (l *Link) Observe() (peers.Observed, error) {
 	if err != nil {
 		return obs, fmt.Errorf("read WireGuard device %s: %w", l.opts.Name, err)
 	}
-	for _, p := range dev.Peers {
-		kp := peers.KernelPeer{PublicKey: p.PublicKey, Keepalive: p.PersistentKeepaliveInterval}
-		if p.Endpoint != nil {
-			ap := p.Endpoint.AddrPort()
-			kp.Endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		}
-		for _, a := range p.AllowedIPs {
-			if pfx, ok := prefixOf(a); ok {
-				kp.AllowedIPs = append(kp.AllowedIPs, pfx)
-			}
-		}
-		obs.Peers = append(obs.Peers, kp)
+	for _, p := range deviceStats(dev).Peers {
+		obs.Peers = append(obs.Peers, peers.KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint,
+			AllowedIPs: p.AllowedIPs, Keepalive: p.Keepalive})
 	}
 	idx, err := l.linkIndex()
 	if err != nil {

@@ -14,6 +14,7 @@ type PeerStats struct {
 	PublicKey     wgtypes.Key
 	Endpoint      netip.AddrPort
 	AllowedIPs    []netip.Prefix
+	Keepalive     time.Duration
 	LastHandshake time.Time // zero: never
 	RxBytes       int64
 	TxBytes       int64
@@ -41,9 +42,15 @@ func ReadDevice(name string) (DeviceStats, error) {
 	if err != nil {
 		return DeviceStats{}, fmt.Errorf("read WireGuard device %s: %w", name, err)
 	}
+	return deviceStats(d), nil
+}
+
+// deviceStats converts what wgctrl reports into netip values, the one
+// place that does so (Observe and ReadDevice both use it).
+func deviceStats(d *wgtypes.Device) DeviceStats {
 	ds := DeviceStats{Name: d.Name, Type: d.Type.String(), PublicKey: d.PublicKey, ListenPort: d.ListenPort}
 	for _, p := range d.Peers {
-		ps := PeerStats{PublicKey: p.PublicKey, LastHandshake: p.LastHandshakeTime, RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes}
+		ps := PeerStats{PublicKey: p.PublicKey, Keepalive: p.PersistentKeepaliveInterval, LastHandshake: p.LastHandshakeTime, RxBytes: p.ReceiveBytes, TxBytes: p.TransmitBytes}
 		if p.Endpoint != nil {
 			ap := p.Endpoint.AddrPort()
 			ps.Endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -58,5 +65,5 @@ func ReadDevice(name string) (DeviceStats, error) {
 		}
 		ds.Peers = append(ds.Peers, ps)
 	}
-	return ds, nil
+	return ds
 }

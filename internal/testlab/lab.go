@@ -123,13 +123,6 @@ func (l *Lab) AddHost(name string) *Host {
 	return h
 }
 
-// Hosts returns the lab's hosts.
-func (l *Lab) Hosts() []*Host {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]*Host(nil), l.hosts...)
-}
-
 // StartConsulServer adds a host running a single Consul server (dev mode:
 // in memory, its own leader) and waits for it to lead.
 func (l *Lab) StartConsulServer(name string) *Consul {
@@ -309,16 +302,6 @@ func (p *Proc) Wait(timeout time.Duration) (exited bool, err error) {
 		return true, p.err
 	case <-time.After(timeout):
 		return false, nil
-	}
-}
-
-// Exited reports whether the process has ended.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
 	}
 }
 
