@@ -14,6 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
 	"meshd.dev/meshd/snapshot"
@@ -41,7 +42,11 @@ type Options struct {
 	Consul         *api.Client
 	Datacenter     string
 	Link           *netlinkx.Link
-	Logger         *slog.Logger
+	// Gateway, when set, runs this node's gateway role beside the mesh
+	// loop: it starts and stops with Run, shows in Status, and is taken
+	// down by Leave.
+	Gateway *gateway.Runner
+	Logger  *slog.Logger
 }
 
 // Agent runs the control loop of one mesh node.
@@ -56,6 +61,7 @@ type Agent struct {
 	kick    chan struct{}
 
 	// Owned by the loop goroutine.
+	stopGateway  func() // stops the gateway role's loop and waits for it
 	absentSince  map[wgtypes.Key]time.Time
 	released     map[wgtypes.Key]bool
 	lastRegister time.Time
@@ -126,6 +132,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	a.loadSnapshot()
+	gwCtx, cancelGateway := context.WithCancel(ctx)
+	gwDone := make(chan struct{})
+	if a.opts.Gateway != nil {
+		go func() {
+			defer close(gwDone)
+			a.opts.Gateway.Run(gwCtx)
+		}()
+	} else {
+		close(gwDone)
+	}
+	a.stopGateway = func() {
+		cancelGateway()
+		<-gwDone
+	}
+	defer a.stopGateway()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -358,6 +379,12 @@ func (a *Agent) doLeave(ctx context.Context) error {
 	}
 	if err := a.opts.Link.Remove(); err != nil {
 		errs = append(errs, err)
+	}
+	if a.opts.Gateway != nil {
+		a.stopGateway()
+		if err := a.opts.Gateway.Remove(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

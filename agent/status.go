@@ -10,6 +10,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/netlinkx"
 )
 
@@ -55,6 +56,8 @@ type Status struct {
 	// wakes every watcher in the fleet, so it stays at 1 in steady state.
 	Registrations uint64  `json:"registrations"`
 	Breaker       Breaker `json:"breaker"`
+	// Gateway is the gateway role's state, on gateway nodes only.
+	Gateway *gateway.Status `json:"gateway,omitempty"`
 }
 
 // Breaker is the mass-removal circuit breaker's state.
@@ -110,6 +113,10 @@ func (a *Agent) Status() Status {
 	st.Differences = slices.Clone(st.Differences)
 	st.Catalog = a.catalogStatus()
 	a.mu.Unlock()
+	if a.opts.Gateway != nil {
+		gs := a.opts.Gateway.Status()
+		st.Gateway = &gs
+	}
 	if st.Interface == "" {
 		return st // no reconcile yet
 	}

@@ -26,6 +26,9 @@ type Registration struct {
 	Prefix    netip.Prefix
 	Keepalive time.Duration
 	Tags      []string
+	// Extra Meta a role adds (a gateway's user-link key, endpoint and
+	// pool); it never overrides the keys above.
+	Extra map[string]string
 }
 
 // ServiceID is unique per mesh node, so several meshd may share one agent.
@@ -36,13 +39,17 @@ func (r Registration) ID() string { return ServiceID(r.Node) }
 
 // Meta is the registration's service metadata (DESIGN.md "Data model").
 func (r Registration) Meta() map[string]string {
-	m := map[string]string{
+	m := maps.Clone(r.Extra)
+	if m == nil {
+		m = map[string]string{}
+	}
+	maps.Copy(m, map[string]string{
 		peers.MetaVersion:   peers.SchemaVersion,
 		peers.MetaNode:      r.Node,
 		peers.MetaPublicKey: r.PublicKey.String(),
 		peers.MetaEndpoint:  r.Endpoint.String(),
 		peers.MetaPrefix:    r.Prefix.String(),
-	}
+	})
 	if r.Keepalive > 0 {
 		m[peers.MetaKeepalive] = strconv.Itoa(int(r.Keepalive / time.Second))
 	}

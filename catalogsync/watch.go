@@ -35,7 +35,8 @@ type State struct {
 	Reads, Delivered uint64
 }
 
-// Watcher watches the instances of one service.
+// Watcher watches the instances of one service (Run) or a KV folder
+// (RunKV); one Watcher runs one watch.
 type Watcher struct {
 	Client     *api.Client
 	Service    string
@@ -77,6 +78,40 @@ func NextIndex(prev, got uint64) uint64 {
 // content differs from the last one delivered (the first always is).
 // deliver runs on Run's goroutine and must not block for long.
 func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
+	read := func(q *api.QueryOptions) ([]peers.Entry, uint64, error) {
+		entries, meta, err := w.Client.Health().Service(w.Service, "", false, q)
+		if err != nil {
+			return nil, 0, err
+		}
+		return Convert(entries), meta.LastIndex, nil
+	}
+	return follow(ctx, w, "service "+w.Service, read, func(a, b []peers.Entry) bool { return reflect.DeepEqual(a, b) },
+		func(entries []peers.Entry, index uint64) { deliver(Snapshot{Index: index, Entries: entries}) })
+}
+
+// RunKV watches the KV folder prefix the same way (one blocking query, the
+// same index rules, rate limit and backoff), calling deliver with the pairs
+// under it whenever a key was added, changed or deleted.
+func (w *Watcher) RunKV(ctx context.Context, prefix string, deliver func(api.KVPairs, uint64)) error {
+	read := func(q *api.QueryOptions) (api.KVPairs, uint64, error) {
+		pairs, meta, err := w.Client.KV().List(prefix, q)
+		if err != nil {
+			return nil, 0, err
+		}
+		return pairs, meta.LastIndex, nil
+	}
+	// A pair's ModifyIndex changes with every write to it, so keys and
+	// indexes tell a change without comparing values.
+	same := func(a, b api.KVPairs) bool {
+		return slices.EqualFunc(a, b, func(x, y *api.KVPair) bool { return x.Key == y.Key && x.ModifyIndex == y.ModifyIndex })
+	}
+	return follow(ctx, w, "keys "+prefix, read, same, deliver)
+}
+
+// follow is the blocking-query loop of both watches: read with the last
+// index, deliver what differs from the last delivery, rate-limit wakes, back
+// off with jitter on errors.
+func follow[T any](ctx context.Context, w *Watcher, what string, read func(*api.QueryOptions) (T, uint64, error), same func(a, b T) bool, deliver func(T, uint64)) error {
 	logger := w.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -90,7 +125,7 @@ func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 
 	var (
 		index     uint64
-		last      []peers.Entry
+		last      T
 		delivered bool
 		failures  int
 	)
@@ -104,7 +139,7 @@ func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 			WaitTime:   waitTime,
 			Datacenter: w.Datacenter,
 		}
-		entries, meta, err := w.Client.Health().Service(w.Service, "", false, q.WithContext(ctx))
+		got, lastIndex, err := read(q.WithContext(ctx))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -116,7 +151,7 @@ func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 			failures++
 			d := backoff(failures, minBackoff, maxBackoff)
 			w.setState(func(s *State) { s.Reachable = false; s.LastError = err.Error() })
-			logger.Warn("catalog read failed", "service", w.Service, "err", err, "retry_in", d.Round(time.Millisecond))
+			logger.Warn("catalog read failed", "watch", what, "err", err, "retry_in", d.Round(time.Millisecond))
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -125,22 +160,21 @@ func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 			continue
 		}
 		failures = 0
-		index = NextIndex(index, meta.LastIndex)
-		snap := Snapshot{Index: meta.LastIndex, Entries: Convert(entries)}
-		changed := !delivered || !reflect.DeepEqual(last, snap.Entries)
+		index = NextIndex(index, lastIndex)
+		changed := !delivered || !same(last, got)
 		w.setState(func(s *State) {
-			s.Reachable, s.LastIndex, s.LastGoodRead, s.LastError = true, meta.LastIndex, time.Now(), ""
+			s.Reachable, s.LastIndex, s.LastGoodRead, s.LastError = true, lastIndex, time.Now(), ""
 			s.Reads++
 			if changed {
 				s.Delivered++
 			}
 		})
 		if !changed {
-			logger.Debug("catalog woke without a change", "index", meta.LastIndex)
+			logger.Debug("catalog woke without a change", "watch", what, "index", lastIndex)
 			continue
 		}
-		last, delivered = snap.Entries, true
-		deliver(snap)
+		last, delivered = got, true
+		deliver(got, lastIndex)
 	}
 }
 

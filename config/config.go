@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/viper"
 
 	"meshd.dev/meshd/peers"
+	"meshd.dev/meshd/prefixalloc"
 )
 
 // DefaultPath is where meshd looks for its file when --config is not given.
@@ -63,6 +64,10 @@ type Gateway struct {
 	Enabled    bool
 	Interface  string
 	ListenPort int
+	KeyFile    string
+	// Pool is where users' addresses come from; zero until the prefix is
+	// known, then the default when not set.
+	Pool netip.Prefix
 }
 
 // Key is one configuration key.
@@ -106,6 +111,8 @@ var Keys = []Key{
 	{"gateway.enabled", "false", "run the gateway link for end users' peers"},
 	{"gateway.interface", "wg-gw", "WireGuard interface for end users' peers"},
 	{"gateway.listen_port", "51821", "UDP listen port of the gateway interface"},
+	{"gateway.key_file", "", "private key file of the gateway interface, mode 0600 (default: <state_dir>/gateway.key)"},
+	{"gateway.pool", "", "IPv6 CIDR inside prefix that users' addresses come from (default: the upper half of prefix)"},
 }
 
 // Error is a bad configuration value.
@@ -219,19 +226,38 @@ func parse(v *viper.Viper) (*Config, error) {
 			Enabled:    p.boolean("gateway.enabled"),
 			Interface:  p.ifname("gateway.interface"),
 			ListenPort: p.port("gateway.listen_port"),
+			KeyFile:    p.path("gateway.key_file"),
 		},
 	}
 	c.Endpoint = p.endpoint("endpoint")
 	c.Prefix = p.prefix("prefix", c.MeshSupernet)
 	c.KeyFile = p.path("key_file")
+	c.Gateway.Pool = p.cidr("gateway.pool")
 	if p.err != nil {
 		return nil, p.err
 	}
 	if c.KeyFile == "" {
 		c.KeyFile = filepath.Join(c.StateDir, "private.key")
 	}
-	if c.Gateway.Enabled && c.Gateway.Interface == c.Interface {
-		return nil, &Error{"gateway.interface", c.Gateway.Interface, "a name other than interface's"}
+	if c.Gateway.KeyFile == "" {
+		c.Gateway.KeyFile = filepath.Join(c.StateDir, "gateway.key")
+	}
+	if c.Gateway.Enabled {
+		switch {
+		case c.Gateway.Interface == c.Interface:
+			return nil, &Error{"gateway.interface", c.Gateway.Interface, "a name other than interface's"}
+		case c.Gateway.ListenPort == c.ListenPort:
+			return nil, &Error{"gateway.listen_port", strconv.Itoa(c.Gateway.ListenPort), "a port other than listen_port's"}
+		case c.Gateway.KeyFile == c.KeyFile:
+			return nil, &Error{"gateway.key_file", c.Gateway.KeyFile, "a file other than key_file's (the user link has its own key)"}
+		}
+	}
+	if c.Prefix.IsValid() {
+		if !c.Gateway.Pool.IsValid() {
+			c.Gateway.Pool = prefixalloc.DefaultPool(c.Prefix)
+		} else if err := prefixalloc.ValidatePool(c.Gateway.Pool, c.Prefix); err != nil {
+			return nil, &Error{"gateway.pool", c.Gateway.Pool.String(), "a pool of users' addresses inside prefix " + c.Prefix.String() + " (" + err.Error() + ")"}
+		}
 	}
 	return c, nil
 }
@@ -463,6 +489,19 @@ func (p *parser) prefix(key string, supernet netip.Prefix) netip.Prefix {
 	}
 	if err := (peers.Rules{Supernet: supernet}).ValidatePrefix(pfx); err != nil {
 		p.fail(key, s, "an IPv6 CIDR inside mesh_supernet ("+err.Error()+")")
+	}
+	return pfx
+}
+
+// cidr reads an optional masked IPv6 CIDR.
+func (p *parser) cidr(key string) netip.Prefix {
+	s := p.raw(key)
+	if s == "" {
+		return netip.Prefix{}
+	}
+	pfx, err := netip.ParsePrefix(s)
+	if err != nil || !pfx.Addr().Is6() || pfx.Addr().Is4In6() || pfx.Masked() != pfx {
+		p.fail(key, s, "an IPv6 CIDR without host bits, like fdaa:0:1:8000::/49")
 	}
 	return pfx
 }

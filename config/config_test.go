@@ -44,7 +44,7 @@ func TestDefaults(t *testing.T) {
 		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, ResyncInterval: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text",
 		Consul:  Consul{Service: "meshd"},
-		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821},
+		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key"},
 	}
 	cfg.File = ""
 	if diff := cmp.Diff(want, *cfg, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
@@ -136,6 +136,10 @@ func TestBadValues(t *testing.T) {
 		{"log_level: loud", "log_level", "loud", "one of debug"},
 		{"gateway:\n  enabled: maybe", "gateway.enabled", "maybe", "true or false"},
 		{"gateway:\n  enabled: true\n  interface: wg0", "gateway.interface", "wg0", "other than interface"},
+		{"gateway:\n  enabled: true\n  listen_port: 51820", "gateway.listen_port", "51820", "other than listen_port"},
+		{"gateway:\n  pool: fdaa:0:1::1/64", "gateway.pool", "fdaa:0:1::1/64", "without host bits"},
+		{"prefix: fdaa:0:1::/48\ngateway:\n  pool: fdaa:0:2::/64", "gateway.pool", "fdaa:0:2::/64", "not inside the gateway's prefix"},
+		{"prefix: fdaa:0:1::/48\ngateway:\n  pool: fdaa:0:1::/64", "gateway.pool", "fdaa:0:1::/64", "holds the gateway's mesh address"},
 		{"listen_port: [1, 2]", "listen_port", "[1 2]", "single value"},
 	}
 	for _, tt := range tests {
@@ -164,6 +168,23 @@ func TestBadYAML(t *testing.T) {
 	_, _, err := Load(writeFile(t, "node_name: [\n"), flagSet(t))
 	if err == nil || strings.Contains(err.Error(), "\n") {
 		t.Errorf("bad YAML: err = %v, want a one-line error", err)
+	}
+}
+
+func TestGatewayPool(t *testing.T) {
+	cfg, _, err := Load(writeFile(t, "node_name: h1\nprefix: fdaa:0:1::/48\n"), flagSet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.MustParsePrefix("fdaa:0:1:8000::/49"); cfg.Gateway.Pool != want {
+		t.Errorf("default pool = %s, want %s (the upper half of the prefix)", cfg.Gateway.Pool, want)
+	}
+	cfg, _, err = Load(writeFile(t, "node_name: h1\nprefix: fdaa:0:1::/48\ngateway:\n  pool: fdaa:0:1:ffff::/112\n"), flagSet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.MustParsePrefix("fdaa:0:1:ffff::/112"); cfg.Gateway.Pool != want {
+		t.Errorf("pool = %s, want %s", cfg.Gateway.Pool, want)
 	}
 }
 

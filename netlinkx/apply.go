@@ -140,13 +140,18 @@ func (l *Link) ResetPeers(ps []peers.Peer) error {
 
 func peerConfig(p peers.Peer) wgtypes.PeerConfig {
 	ka := p.Keepalive
-	return wgtypes.PeerConfig{
+	cfg := wgtypes.PeerConfig{
 		PublicKey:                   p.PublicKey,
-		Endpoint:                    net.UDPAddrFromAddrPort(p.Endpoint),
 		PersistentKeepaliveInterval: &ka,
 		ReplaceAllowedIPs:           true,
 		AllowedIPs:                  []net.IPNet{*ipNet(p.Prefix)},
 	}
+	// A peer without an endpoint (a roaming user) keeps the one WireGuard
+	// learnt from its packets.
+	if p.Endpoint.IsValid() {
+		cfg.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+	}
+	return cfg
 }
 
 // delRoute deletes one of meshd's routes. The protocol is part of the

@@ -234,6 +234,8 @@ func TestDiff(t *testing.T) {
 	rotated.PublicKey = mustKey(33)
 	renumbered := peer(3)
 	renumbered.Prefix = netip.MustParsePrefix("fdaa:0:33::/48")
+	roaming := peer(3)
+	roaming.Endpoint = netip.AddrPort{}
 	keepalive := peer(3)
 	keepalive.Keepalive = 25 * time.Second
 	p2, p3 := peer(2), peer(3)
@@ -268,6 +270,12 @@ func TestDiff(t *testing.T) {
 			desired: []Peer{p2, moved},
 			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
 			want:    Plan{Upsert: []Peer{moved}},
+		},
+		{
+			name:    "a peer without an endpoint keeps the one the kernel learnt",
+			desired: []Peer{p2, roaming},
+			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
+			want:    Plan{},
 		},
 		{
 			name:    "keepalive change rewrites that peer",

@@ -183,8 +183,11 @@ func compareKeys(a, b wgtypes.Key) int {
 	return 0
 }
 
+// sameConfig reports whether the kernel peer is configured as p asks. A
+// peer without an endpoint (a roaming user) leaves the endpoint to
+// WireGuard, which learns it from the peer's packets.
 func sameConfig(p Peer, kp KernelPeer) bool {
-	if kp.Endpoint != p.Endpoint || kp.Keepalive != p.Keepalive || len(kp.AllowedIPs) != 1 {
+	if p.Endpoint.IsValid() && kp.Endpoint != p.Endpoint || kp.Keepalive != p.Keepalive || len(kp.AllowedIPs) != 1 {
 		return false
 	}
 	return kp.AllowedIPs[0].Masked() == p.Prefix

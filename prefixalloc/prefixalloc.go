@@ -189,3 +189,28 @@ func Release(ctx context.Context, kv *api.KV, node string, p netip.Prefix) error
 	}
 	return nil
 }
+
+// DefaultPool is where a gateway takes its users' addresses from by
+// default: the upper half of its node prefix (the lower half holds the
+// node's own mesh address).
+func DefaultPool(prefix netip.Prefix) netip.Prefix {
+	return Nth(prefix.Masked(), prefix.Bits()+1, big.NewInt(1))
+}
+
+// ValidatePool checks a gateway's user address pool against the gateway's node
+// prefix: inside it, without the node's mesh address (the prefix's first
+// host address), with at least one usable address (the pool's first
+// address is never handed out).
+func ValidatePool(pool, prefix netip.Prefix) error {
+	switch {
+	case !pool.IsValid() || !pool.Addr().Is6() || pool.Addr().Is4In6() || pool.Masked() != pool:
+		return fmt.Errorf("pool %s is not a masked IPv6 CIDR", pool)
+	case pool.Bits() < prefix.Bits() || !prefix.Contains(pool.Addr()):
+		return fmt.Errorf("pool %s is not inside the gateway's prefix %s", pool, prefix)
+	case pool.Contains(prefix.Addr().Next()):
+		return fmt.Errorf("pool %s holds the gateway's mesh address %s", pool, prefix.Addr().Next())
+	case pool.Bits() > 127:
+		return fmt.Errorf("pool %s has no usable address (want /127 or shorter)", pool)
+	}
+	return nil
+}

@@ -11,6 +11,8 @@ import (
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/control"
+	"meshd.dev/meshd/firewall"
+	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/prefixalloc"
 )
@@ -23,7 +25,9 @@ func newLeaveCmd() *cobra.Command {
 		Long: "Leave the mesh for good. The running agent is asked over its status socket to\n" +
 			"deregister this node, remove its WireGuard link and routes, and exit; when no agent\n" +
 			"runs, this command does the same itself. Other hosts remove this node after their\n" +
-			"removal_grace. --release-prefix also frees the prefix claim for reuse.",
+			"removal_grace. A gateway also removes its user link and firewall table.\n" +
+			"--release-prefix also frees the prefix claim, and deletes this node's gateway\n" +
+			"peer records and address claims, so the prefix can be reused.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadNodeConfig(cmd)
@@ -45,10 +49,14 @@ func newLeaveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Gateway records first: their addresses are inside the prefix.
+			if err := gateway.RemoveAll(ctx, consul, cfg.NodeName); err != nil {
+				return err
+			}
 			if err := prefixalloc.Release(ctx, consul.KV(), cfg.NodeName, cfg.Prefix); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "released prefix %s\n", cfg.Prefix)
+			fmt.Fprintf(cmd.OutOrStdout(), "released prefix %s and gateway records of %s\n", cfg.Prefix, cfg.NodeName)
 			return nil
 		},
 	}
@@ -76,10 +84,21 @@ func leave(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	if err := catalogsync.Deregister(ctx, consul, cfg.NodeName); err != nil {
 		errs = append(errs, err)
 	}
-	link, err := netlinkx.Open(netlinkx.Options{Name: cfg.Interface, Logger: newLogger(cfg)})
-	if err != nil {
-		errs = append(errs, err)
-	} else {
+	names := []string{cfg.Interface}
+	if cfg.Gateway.Enabled {
+		names = append(names, cfg.Gateway.Interface)
+		if fw, err := firewall.Open(); err != nil {
+			errs = append(errs, err)
+		} else {
+			errs = append(errs, fw.Remove())
+		}
+	}
+	for _, name := range names {
+		link, err := netlinkx.Open(netlinkx.Options{Name: name, Logger: newLogger(cfg)})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		errs = append(errs, link.Remove())
 		link.Close()
 	}

@@ -12,6 +12,7 @@ import (
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/control"
+	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/keystore"
 )
 
@@ -70,5 +71,13 @@ func publish(ctx context.Context, cfg *config.Config, key keystore.PrivateKey) e
 	if err != nil {
 		return err
 	}
-	return catalogsync.Register(ctx, consul, registration(cfg, key))
+	var gw *gateway.Info
+	if cfg.Gateway.Enabled {
+		gwKey, err := keystore.Load(cfg.Gateway.KeyFile)
+		if err != nil {
+			return err
+		}
+		gw = gatewayInfo(cfg, gwKey)
+	}
+	return catalogsync.Register(ctx, consul, registration(cfg, key, gw))
 }

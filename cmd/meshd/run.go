@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
@@ -21,6 +23,8 @@ import (
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/control"
+	"meshd.dev/meshd/firewall"
+	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/keystore"
 	"meshd.dev/meshd/metrics"
 	"meshd.dev/meshd/netlinkx"
@@ -87,6 +91,17 @@ func run(ctx context.Context, cfg *config.Config) error {
 	}
 	defer link.Close()
 
+	var gw *gateway.Runner
+	var gwInfo *gateway.Info
+	if cfg.Gateway.Enabled {
+		gw, gwInfo, err = newGateway(cfg, consul, logger, exe)
+		if err != nil {
+			return err
+		}
+		logger.Info("gateway role", "interface", cfg.Gateway.Interface, "endpoint", gwInfo.Endpoint,
+			"pool", gwInfo.Pool, "public_key", gwInfo.PublicKey)
+	}
+
 	sock, err := control.Listen(cfg.StatusSocket)
 	if err != nil {
 		return err
@@ -94,7 +109,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 	defer os.Remove(cfg.StatusSocket)
 
 	a := agent.New(agent.Options{
-		Registration:       registration(cfg, key),
+		Registration:       registration(cfg, key, gwInfo),
 		Prefix:             cfg.Prefix,
 		ListenPort:         cfg.ListenPort,
 		Rules:              cfg.Rules(),
@@ -106,6 +121,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		Consul:             consul,
 		Datacenter:         cfg.Consul.Datacenter,
 		Link:               link,
+		Gateway:            gw,
 		Logger:             logger,
 	})
 	logger.Info("starting", "node", cfg.NodeName, "interface", cfg.Interface, "prefix", cfg.Prefix,
@@ -153,21 +169,77 @@ func serveMetrics(ctx context.Context, addr string, a *agent.Agent, logger *slog
 	return done
 }
 
-// registration is this node's catalog entry.
-func registration(cfg *config.Config, key keystore.PrivateKey) catalogsync.Registration {
-	var tags []string
-	if cfg.Gateway.Enabled {
-		tags = []string{"gateway"}
-	}
-	return catalogsync.Registration{
+// registration is this node's catalog entry; a gateway adds its role tag
+// and what users' configurations need.
+func registration(cfg *config.Config, key keystore.PrivateKey, gw *gateway.Info) catalogsync.Registration {
+	r := catalogsync.Registration{
 		Service:   cfg.Consul.Service,
 		Node:      cfg.NodeName,
 		PublicKey: key.Public(),
 		Endpoint:  cfg.Endpoint,
 		Prefix:    cfg.Prefix,
 		Keepalive: cfg.Keepalive,
-		Tags:      tags,
 	}
+	if gw != nil {
+		r.Tags = []string{gateway.Tag}
+		r.Extra = gw.Meta()
+	}
+	return r
+}
+
+// gatewayInfo is what this gateway publishes for users' configurations.
+func gatewayInfo(cfg *config.Config, key keystore.PrivateKey) *gateway.Info {
+	return &gateway.Info{
+		Node:      cfg.NodeName,
+		PublicKey: key.Public(),
+		Endpoint:  netip.AddrPortFrom(cfg.Endpoint.Addr(), uint16(cfg.Gateway.ListenPort)),
+		Pool:      cfg.Gateway.Pool,
+		Prefix:    cfg.Prefix,
+	}
+}
+
+// newGateway prepares the gateway role: its own key (users' configurations
+// name it, so rotating the mesh key does not cut them off), its user link
+// on gateway.listen_port at this host's underlay address, and meshd's
+// firewall table.
+func newGateway(cfg *config.Config, consul *api.Client, logger *slog.Logger, exe string) (*gateway.Runner, *gateway.Info, error) {
+	key, created, err := keystore.LoadOrCreate(cfg.Gateway.KeyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	if created {
+		logger.Info("created gateway private key", "key_file", cfg.Gateway.KeyFile, "public_key", key.Public())
+	}
+	link, err := netlinkx.Open(netlinkx.Options{
+		Name:       cfg.Gateway.Interface,
+		MTU:        cfg.MTU,
+		ListenPort: cfg.Gateway.ListenPort,
+		PrivateKey: key.WG(),
+		StartUserspace: netlinkx.UserspaceStarter([]string{exe, "wireguard-userspace"},
+			filepath.Join(cfg.StateDir, "userspace-"+cfg.Gateway.Interface+".log")),
+		Logger: logger,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	fw, err := firewall.Open()
+	if err != nil {
+		link.Close()
+		return nil, nil, err
+	}
+	info := gatewayInfo(cfg, key)
+	r := gateway.NewRunner(gateway.Options{
+		Node:           cfg.NodeName,
+		Pool:           cfg.Gateway.Pool,
+		Supernet:       cfg.MeshSupernet,
+		Link:           link,
+		Firewall:       fw,
+		Consul:         consul,
+		Datacenter:     cfg.Consul.Datacenter,
+		ResyncInterval: cfg.ResyncInterval,
+		Logger:         logger.With("role", "gateway"),
+	})
+	return r, info, nil
 }
 
 // breakerFloor is how many removals at once never trip the circuit breaker,

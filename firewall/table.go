@@ -1,0 +1,200 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is meshd's nftables table (family ip6).
+const TableName = "meshd"
+
+// Table is meshd's nftables table. Its methods are not safe for concurrent
+// use.
+type Table struct {
+	conn  *nftables.Conn
+	table *nftables.Table
+	// applied is what the last successful Apply wrote; nil when unknown
+	// (at start, or after a failure), which makes the next Apply rebuild
+	// the whole table.
+	applied *Ruleset
+	sets    []*nftables.Set // the sources set of each applied rule
+	writes  atomic.Uint64
+}
+
+// Open prepares to manage the table in the current network namespace. It
+// changes nothing.
+func Open() (*Table, error) {
+	conn, err := nftables.New()
+	if err != nil {
+		return nil, fmt.Errorf("open nftables: %w", err)
+	}
+	return &Table{conn: conn, table: &nftables.Table{Family: nftables.TableFamilyIPv6, Name: TableName}}, nil
+}
+
+// Writes counts the nftables transactions committed.
+func (t *Table) Writes() uint64 { return t.writes.Load() }
+
+// Apply makes the table enforce rs. When only the sources of rules changed
+// since the last Apply, and the table is still there, just those set
+// elements are written; otherwise the whole table is replaced in one
+// atomic transaction, so that no packet ever sees a half-built policy.
+// Applying what is already applied writes nothing.
+func (t *Table) Apply(rs Ruleset) error {
+	exists, err := t.exists()
+	if err != nil {
+		return err
+	}
+	if exists && t.applied != nil && sameShape(*t.applied, rs) {
+		return t.update(rs)
+	}
+	return t.rebuild(rs)
+}
+
+func (t *Table) exists() (bool, error) {
+	_, err := t.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv6)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read nftables table %s: %w", TableName, err)
+	}
+	return true, nil
+}
+
+func (t *Table) update(rs Ruleset) error {
+	changed := false
+	for i, r := range rs.Rules {
+		add, del := diffSources(t.applied.Rules[i].Sources, r.Sources)
+		if len(add) > 0 {
+			if err := t.conn.SetAddElements(t.sets[i], elements(add)); err != nil {
+				return t.fail(fmt.Errorf("add %d sources to %s: %w", len(add), t.sets[i].Name, err))
+			}
+			changed = true
+		}
+		if len(del) > 0 {
+			if err := t.conn.SetDeleteElements(t.sets[i], elements(del)); err != nil {
+				return t.fail(fmt.Errorf("delete %d sources from %s: %w", len(del), t.sets[i].Name, err))
+			}
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := t.conn.Flush(); err != nil {
+		return t.fail(fmt.Errorf("update nftables table %s: %w", TableName, err))
+	}
+	t.writes.Add(1)
+	t.applied = clone(rs)
+	return nil
+}
+
+// rebuild replaces the table in one transaction: add (so that the delete
+// cannot fail on a missing table), delete, add anew.
+func (t *Table) rebuild(rs Ruleset) error {
+	c := t.conn
+	c.AddTable(t.table)
+	c.DelTable(t.table)
+	c.AddTable(t.table)
+	users := c.AddChain(&nftables.Chain{Name: "users", Table: t.table})
+	accept := nftables.ChainPolicyAccept
+	for _, hook := range []struct {
+		name string
+		hook *nftables.ChainHook
+	}{{"input", nftables.ChainHookInput}, {"forward", nftables.ChainHookForward}} {
+		base := c.AddChain(&nftables.Chain{
+			Name: hook.name, Table: t.table, Type: nftables.ChainTypeFilter,
+			Hooknum: hook.hook, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+		})
+		// iifname "<interface>" jump users
+		c.AddRule(&nftables.Rule{Table: t.table, Chain: base, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(rs.Interface)},
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: users.Name},
+		}})
+	}
+	sets := make([]*nftables.Set, len(rs.Rules))
+	for i, r := range rs.Rules {
+		s := &nftables.Set{Table: t.table, Name: fmt.Sprintf("sources%d", i), KeyType: nftables.TypeIP6Addr}
+		if err := c.AddSet(s, elements(r.Sources)); err != nil {
+			return t.fail(fmt.Errorf("add set %s: %w", s.Name, err))
+		}
+		sets[i] = s
+		// ip6 saddr @sources<i> ip6 daddr & mask == net accept, per
+		// destination.
+		for _, d := range r.Destinations {
+			mask := net.CIDRMask(d.Bits(), 128)
+			c.AddRule(&nftables.Rule{Table: t.table, Chain: users, Exprs: []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+				&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: mask, Xor: make([]byte, 16)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d.Masked().Addr().AsSlice()},
+				&expr.Verdict{Kind: expr.VerdictAccept},
+			}})
+		}
+	}
+	// Everything else from the user link: counter drop.
+	c.AddRule(&nftables.Rule{Table: t.table, Chain: users, Exprs: []expr.Any{
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}})
+	if err := c.Flush(); err != nil {
+		return t.fail(fmt.Errorf("write nftables table %s: %w", TableName, err))
+	}
+	t.writes.Add(1)
+	t.applied, t.sets = clone(rs), sets
+	return nil
+}
+
+// Remove deletes the table; a missing table is not an error.
+func (t *Table) Remove() error {
+	t.applied, t.sets = nil, nil
+	exists, err := t.exists()
+	if err != nil || !exists {
+		return err
+	}
+	t.conn.DelTable(t.table)
+	if err := t.conn.Flush(); err != nil {
+		return fmt.Errorf("delete nftables table %s: %w", TableName, err)
+	}
+	t.writes.Add(1)
+	return nil
+}
+
+// fail forgets what was applied, so that the next Apply rebuilds.
+func (t *Table) fail(err error) error {
+	t.applied, t.sets = nil, nil
+	return err
+}
+
+func clone(rs Ruleset) *Ruleset {
+	c := Ruleset{Interface: rs.Interface, Rules: make([]Rule, len(rs.Rules))}
+	for i, r := range rs.Rules {
+		c.Rules[i] = Rule{Sources: append([]netip.Addr(nil), r.Sources...), Destinations: append([]netip.Prefix(nil), r.Destinations...)}
+	}
+	return &c
+}
+
+func elements(addrs []netip.Addr) []nftables.SetElement {
+	out := make([]nftables.SetElement, len(addrs))
+	for i, a := range addrs {
+		out[i] = nftables.SetElement{Key: a.AsSlice()}
+	}
+	return out
+}
+
+// ifname is an interface name as the kernel compares it: NUL-padded to
+// IFNAMSIZ.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}

@@ -1,0 +1,152 @@
+package firewall_test
+
+import (
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"meshd.dev/meshd/firewall"
+	"meshd.dev/meshd/internal/testlab"
+)
+
+func TestMain(m *testing.M) { testlab.Main(m) }
+
+func nft(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("nft", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	// One space for every run of white space: nft wraps long lines.
+	return strings.Join(strings.Fields(string(out)), " ")
+}
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+// TestTable applies rulesets to the kernel and reads them back with the nft
+// command: the rules say what they should, only changed sources are
+// written, an unchanged ruleset writes nothing, and other tables are never
+// touched.
+func TestTable(t *testing.T) {
+	testlab.RequireRoot(t)
+	// A table of someone else's, with a rule, must survive everything.
+	nft(t, "add", "table", "ip6", "other")
+	nft(t, "add", "chain", "ip6", "other", "c")
+	nft(t, "add", "rule", "ip6", "other", "c", "ip6", "daddr", "fdaa::1", "accept")
+	foreign := nft(t, "list", "table", "ip6", "other")
+
+	tbl, err := firewall.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tbl.Remove() })
+
+	rs := firewall.Ruleset{Interface: "wg-gw", Rules: []firewall.Rule{
+		{Sources: addrs("fdaa:1:0:8000::1", "fdaa:1:0:8000::2"), Destinations: prefixes("fdaa::/16")},
+		{Sources: addrs("fdaa:1:0:8000::3"), Destinations: prefixes("fdaa:2::/48", "fdaa:3::/48")},
+	}}
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	got := nft(t, "list", "table", "ip6", "meshd")
+	for _, want := range []string{
+		`iifname "wg-gw" jump users`,
+		"type filter hook input priority filter; policy accept;",
+		"type filter hook forward priority filter; policy accept;",
+		"ip6 saddr @sources0 ip6 daddr fdaa::/16 accept",
+		"ip6 saddr @sources1 ip6 daddr fdaa:2::/48 accept",
+		"ip6 saddr @sources1 ip6 daddr fdaa:3::/48 accept",
+		"counter packets 0 bytes 0 drop",
+		"elements = { fdaa:1:0:8000::1, fdaa:1:0:8000::2 }",
+		"elements = { fdaa:1:0:8000::3 }",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("table lacks %q:\n%s", want, got)
+		}
+	}
+	writes := tbl.Writes()
+
+	// The same ruleset again: nothing written.
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	if n := tbl.Writes() - writes; n != 0 {
+		t.Errorf("unchanged ruleset made %d writes, want 0", n)
+	}
+
+	// One more source: one transaction, the rest of the table as it was.
+	rs.Rules[0].Sources = append(rs.Rules[0].Sources, netip.MustParseAddr("fdaa:1:0:8000::4"))
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	if n := tbl.Writes() - writes; n != 1 {
+		t.Errorf("one new source made %d writes, want 1", n)
+	}
+	got = nft(t, "list", "set", "ip6", "meshd", "sources0")
+	if !strings.Contains(got, "fdaa:1:0:8000::4") || !strings.Contains(got, "fdaa:1:0:8000::1") {
+		t.Errorf("sources0 after adding ::4:\n%s", got)
+	}
+
+	// Removing a source and a whole policy rebuilds, leaving only what
+	// is asked for.
+	rs.Rules = rs.Rules[:1]
+	rs.Rules[0].Sources = addrs("fdaa:1:0:8000::2")
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	got = nft(t, "list", "table", "ip6", "meshd")
+	if strings.Contains(got, "sources1") || strings.Contains(got, "8000::1") || !strings.Contains(got, "elements = { fdaa:1:0:8000::2 }") {
+		t.Errorf("table after dropping a policy:\n%s", got)
+	}
+
+	// A table deleted behind meshd's back comes back on the next Apply.
+	nft(t, "delete", "table", "ip6", "meshd")
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	if got := nft(t, "list", "table", "ip6", "meshd"); !strings.Contains(got, "elements = { fdaa:1:0:8000::2 }") {
+		t.Errorf("table not rebuilt:\n%s", got)
+	}
+
+	// A second Table (meshd restarted) rebuilds once, then is idle.
+	tbl2, err := firewall.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := tbl2.Apply(rs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tbl2.Writes() != 1 {
+		t.Errorf("restarted table made %d writes for two equal applies, want 1", tbl2.Writes())
+	}
+
+	if err := tbl.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("nft", "list", "table", "ip6", "meshd").CombinedOutput(); err == nil {
+		t.Errorf("table still there after Remove:\n%s", out)
+	}
+	if err := tbl.Remove(); err != nil {
+		t.Errorf("second Remove: %v", err)
+	}
+	if got := nft(t, "list", "table", "ip6", "other"); got != foreign {
+		t.Errorf("foreign table changed:\nbefore:\n%s\nafter:\n%s", foreign, got)
+	}
+}

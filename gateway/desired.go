@@ -1,0 +1,156 @@
+package gateway
+
+import (
+	"cmp"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/firewall"
+	"meshd.dev/meshd/peers"
+)
+
+var bigOne = big.NewInt(1)
+
+// Pair is one KV pair under a gateway's peers folder, as read.
+type Pair struct {
+	Key         string
+	Value       []byte
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+// Rejection is a record that does not become a peer, and why.
+type Rejection struct {
+	Key    string
+	Reason string
+}
+
+// Stored is a valid record with the KV index it was read at.
+type Stored struct {
+	Record
+	ModifyIndex uint64
+}
+
+// State is the desired state of a gateway's user link at one moment.
+type State struct {
+	// Peers are the user peers to configure, each with its address as a
+	// /128 and no endpoint (users roam; WireGuard learns where they are).
+	Peers []peers.Peer
+	// Records are the records behind Peers, in the same order.
+	Records []Stored
+	// Rules are the firewall rules that let each peer reach only its
+	// allow list.
+	Rules []firewall.Rule
+	// Expired records are past their expiry: the gateway deletes them.
+	Expired []Stored
+	// Rejected records are invalid or conflict with an older one.
+	Rejected []Rejection
+	// NextExpiry is the earliest expiry of a live peer, or zero.
+	NextExpiry time.Time
+}
+
+// Desire computes the desired state of gateway gw's user link from its
+// peers folder at time now. Records are taken oldest first (KV
+// CreateIndex); one whose address or key an older record holds is
+// rejected, as is one whose address is outside pool or whose allow list
+// leaves supernet.
+func Desire(gw string, pairs []Pair, pool, supernet netip.Prefix, now time.Time) State {
+	sorted := slices.Clone(pairs)
+	slices.SortFunc(sorted, func(a, b Pair) int {
+		return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), strings.Compare(a.Key, b.Key))
+	})
+	var st State
+	byAddr := map[netip.Addr]string{}
+	byKey := map[wgtypes.Key]string{}
+	for _, p := range sorted {
+		r, err := Decode(gw, p.Key, p.Value)
+		if err == nil {
+			err = checkRecord(r, pool, supernet)
+		}
+		if err != nil {
+			st.Rejected = append(st.Rejected, Rejection{Key: p.Key, Reason: err.Error()})
+			continue
+		}
+		s := Stored{Record: r, ModifyIndex: p.ModifyIndex}
+		if r.Expired(now) {
+			st.Expired = append(st.Expired, s)
+			continue
+		}
+		k := r.Key()
+		if other, ok := byAddr[r.Address]; ok {
+			st.Rejected = append(st.Rejected, Rejection{Key: p.Key, Reason: fmt.Sprintf("address %s is held by %s", r.Address, other)})
+			continue
+		}
+		if other, ok := byKey[k]; ok {
+			st.Rejected = append(st.Rejected, Rejection{Key: p.Key, Reason: fmt.Sprintf("public key is held by %s", other)})
+			continue
+		}
+		byAddr[r.Address], byKey[k] = r.ID(), r.ID()
+		st.Records = append(st.Records, s)
+		if r.Expires != nil && (st.NextExpiry.IsZero() || r.Expires.Before(st.NextExpiry)) {
+			st.NextExpiry = *r.Expires
+		}
+	}
+	slices.SortFunc(st.Records, func(a, b Stored) int { return strings.Compare(a.ID(), b.ID()) })
+	for _, s := range st.Records {
+		st.Peers = append(st.Peers, peers.Peer{
+			Node:      s.ID(),
+			PublicKey: s.Key(),
+			Prefix:    netip.PrefixFrom(s.Address, 128),
+		})
+	}
+	st.Rules = rules(st.Records)
+	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Key, b.Key) })
+	return st
+}
+
+// checkRecord checks a record against its gateway.
+func checkRecord(r Record, pool, supernet netip.Prefix) error {
+	if !pool.Contains(r.Address) || r.Address == pool.Addr() {
+		return fmt.Errorf("address %s is not a usable address of the pool %s", r.Address, pool)
+	}
+	return CheckAllow(r.Allow, supernet)
+}
+
+// CheckAllow checks that every allowed destination lies in the supernet.
+func CheckAllow(allow []netip.Prefix, supernet netip.Prefix) error {
+	for _, p := range allow {
+		if p.Bits() < supernet.Bits() || !supernet.Contains(p.Addr()) {
+			return fmt.Errorf("allow %s is outside the mesh supernet %s", p, supernet)
+		}
+	}
+	return nil
+}
+
+// rules groups peers by allow list: one rule per distinct list, so that the
+// firewall holds as many rules as there are policies, not peers.
+func rules(recs []Stored) []firewall.Rule {
+	byAllow := map[string]*firewall.Rule{}
+	for _, s := range recs {
+		allow := slices.Clone(s.Allow)
+		slices.SortFunc(allow, netip.Prefix.Compare)
+		allow = slices.Compact(allow)
+		key := fmt.Sprint(allow)
+		r, ok := byAllow[key]
+		if !ok {
+			r = &firewall.Rule{Destinations: allow}
+			byAllow[key] = r
+		}
+		r.Sources = append(r.Sources, s.Address)
+	}
+	out := make([]firewall.Rule, 0, len(byAllow))
+	for _, r := range byAllow {
+		slices.SortFunc(r.Sources, netip.Addr.Compare)
+		out = append(out, *r)
+	}
+	slices.SortFunc(out, func(a, b firewall.Rule) int {
+		return slices.CompareFunc(a.Destinations, b.Destinations, netip.Prefix.Compare)
+	})
+	return out
+}

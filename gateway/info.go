@@ -1,0 +1,61 @@
+package gateway
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/peers"
+	"meshd.dev/meshd/prefixalloc"
+)
+
+// Info is what a user's configuration needs from a gateway's catalog entry.
+type Info struct {
+	Node string
+	// PublicKey and Endpoint are those of the gateway's user link, not of
+	// its mesh link: rotating the mesh key leaves users' configurations
+	// working.
+	PublicKey wgtypes.Key
+	Endpoint  netip.AddrPort
+	// Pool is where users' addresses come from: inside the gateway's node
+	// prefix, so the mesh already routes replies to the gateway.
+	Pool   netip.Prefix
+	Prefix netip.Prefix
+}
+
+// Meta is what a gateway adds to its service instance's Meta.
+func (i Info) Meta() map[string]string {
+	return map[string]string{
+		MetaGatewayPublicKey: i.PublicKey.String(),
+		MetaGatewayEndpoint:  i.Endpoint.String(),
+		MetaGatewayPool:      i.Pool.String(),
+	}
+}
+
+// ParseInfo reads a gateway's catalog entry. An entry that is not a valid
+// mesh node, lacks the gateway tag or has bad gateway Meta is an error.
+func ParseInfo(e peers.Entry, r peers.Rules) (Info, error) {
+	p, err := peers.ParseEntry(e, r)
+	if err != nil {
+		return Info{}, fmt.Errorf("gateway entry %s is invalid: %w", e.ServiceID, err)
+	}
+	if !slices.Contains(e.Tags, Tag) {
+		return Info{}, fmt.Errorf("node %s is not a gateway (its instance has no %q tag)", p.Node, Tag)
+	}
+	info := Info{Node: p.Node, Prefix: p.Prefix}
+	if info.PublicKey, err = peers.ParsePublicKey(e.Meta[MetaGatewayPublicKey]); err != nil {
+		return Info{}, fmt.Errorf("gateway %s: %s: %w", p.Node, MetaGatewayPublicKey, err)
+	}
+	if info.Endpoint, err = peers.ParseEndpoint(e.Meta[MetaGatewayEndpoint]); err != nil {
+		return Info{}, fmt.Errorf("gateway %s: %s: %w", p.Node, MetaGatewayEndpoint, err)
+	}
+	if info.Pool, err = netip.ParsePrefix(e.Meta[MetaGatewayPool]); err != nil {
+		return Info{}, fmt.Errorf("gateway %s: %s %q is not a CIDR", p.Node, MetaGatewayPool, e.Meta[MetaGatewayPool])
+	}
+	if err := prefixalloc.ValidatePool(info.Pool, info.Prefix); err != nil {
+		return Info{}, fmt.Errorf("gateway %s: %w", p.Node, err)
+	}
+	return info, nil
+}

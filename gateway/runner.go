@@ -1,0 +1,237 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/firewall"
+	"meshd.dev/meshd/netlinkx"
+	"meshd.dev/meshd/peers"
+)
+
+// ForwardingSysctl is the switch a gateway turns on: IPv6 forwarding
+// between its user link and its mesh link.
+const ForwardingSysctl = "/proc/sys/net/ipv6/conf/all/forwarding"
+
+// Options configure a Runner.
+type Options struct {
+	// Node is the gateway's node name: it watches only its own folder.
+	Node     string
+	Pool     netip.Prefix
+	Supernet netip.Prefix
+	// Link is the user link (no address: users' addresses are routed to it
+	// one /128 each).
+	Link     *netlinkx.Link
+	Firewall *firewall.Table
+	Consul   *api.Client
+	// Datacenter is passed to the watch.
+	Datacenter     string
+	ResyncInterval time.Duration
+	Logger         *slog.Logger
+}
+
+// Status is what the gateway reports in `meshd status`.
+type Status struct {
+	Interface string `json:"interface"`
+	// Synced is false until the peers folder was read once; until then
+	// the kernel is left as it was.
+	Synced   bool        `json:"synced"`
+	Peers    int         `json:"peers"`
+	Rejected []Rejection `json:"rejected,omitempty"`
+	// Writes counts kernel writes to the user link and the firewall.
+	Writes    uint64 `json:"writes"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// Runner keeps a gateway's user link, routes and firewall in line with its
+// peer records, and deletes expired records.
+type Runner struct {
+	opts    Options
+	watcher *catalogsync.Watcher
+
+	mu     sync.Mutex
+	pairs  []Pair
+	synced bool
+	status Status
+}
+
+// NewRunner returns a runner; Run starts it.
+func NewRunner(opts Options) *Runner {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	opts.Logger = opts.Logger.With("link", opts.Link.Name())
+	return &Runner{
+		opts:    opts,
+		watcher: &catalogsync.Watcher{Client: opts.Consul, Datacenter: opts.Datacenter, Logger: opts.Logger},
+		status:  Status{Interface: opts.Link.Name()},
+	}
+}
+
+// Status returns the runner's current status.
+func (r *Runner) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
+	s.Writes = r.opts.Link.Writes() + r.opts.Firewall.Writes()
+	return s
+}
+
+// Run keeps the user link converged until ctx is done. The link and its
+// peers outlive it (a restart drops no user's traffic); Remove takes them
+// down.
+func (r *Runner) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	dirty := make(chan struct{}, 1)
+	mark := func() {
+		select {
+		case dirty <- struct{}{}:
+		default:
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.watcher.RunKV(ctx, PeersKey(r.opts.Node), func(kvs api.KVPairs, _ uint64) {
+			pairs := make([]Pair, 0, len(kvs))
+			for _, p := range kvs {
+				pairs = append(pairs, Pair{Key: p.Key, Value: p.Value, CreateIndex: p.CreateIndex, ModifyIndex: p.ModifyIndex})
+			}
+			r.mu.Lock()
+			r.pairs, r.synced = pairs, true
+			r.mu.Unlock()
+			mark()
+		})
+	}()
+	if err := enableForwarding(); err != nil {
+		r.opts.Logger.Error("gateway cannot forward", "err", err)
+	}
+	resync := time.NewTicker(r.opts.ResyncInterval)
+	defer resync.Stop()
+	wake := time.NewTimer(time.Hour)
+	wake.Stop()
+	defer wake.Stop()
+	mark()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+			mark()
+			continue
+		case <-wake.C:
+			mark()
+			continue
+		case <-dirty:
+		}
+		next := r.reconcile(ctx, time.Now())
+		wake.Stop()
+		if !next.IsZero() {
+			wake.Reset(max(time.Until(next), 0))
+		}
+	}
+}
+
+// reconcile applies the records once and returns when to look again (the
+// next expiry, or a retry after a failure), or zero.
+func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
+	r.mu.Lock()
+	pairs, synced := r.pairs, r.synced
+	r.mu.Unlock()
+	err := r.opts.Link.Ensure()
+	if !synced {
+		// Nothing read yet (Consul is slow or down): keep what the kernel
+		// has; users keep their access.
+		r.setStatus(func(s *Status) { s.LastError = errString(err) })
+		if err != nil {
+			return now.Add(time.Second)
+		}
+		return time.Time{}
+	}
+	st := Desire(r.opts.Node, pairs, r.opts.Pool, r.opts.Supernet, now)
+	errs := []error{err}
+	// The firewall first: a new or narrowed policy holds before the peer
+	// it is for can send; a removed peer's traffic is dropped either way.
+	if err := r.opts.Firewall.Apply(firewall.Ruleset{Interface: r.opts.Link.Name(), Rules: st.Rules}); err != nil {
+		errs = append(errs, err)
+	}
+	obs, err := r.opts.Link.Observe()
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		// User peers go as soon as their record does: removal and expiry
+		// are the point, and no grace or breaker applies.
+		plan := peers.Diff(st.Peers, obs, peers.Removal{Now: now})
+		if !plan.Empty() {
+			errs = append(errs, r.opts.Link.Apply(plan))
+		}
+	}
+	for _, s := range st.Expired {
+		if err := Delete(ctx, r.opts.Consul, r.opts.Node, s); err != nil {
+			errs = append(errs, fmt.Errorf("delete expired peer %s: %w", s.ID(), err))
+			continue
+		}
+		r.opts.Logger.Info("deleted expired peer", "peer", s.ID(), "address", s.Address, "expired", s.Expires)
+	}
+	for _, rej := range st.Rejected {
+		r.opts.Logger.Debug("rejected peer record", "key", rej.Key, "reason", rej.Reason)
+	}
+	err = errors.Join(errs...)
+	r.setStatus(func(s *Status) {
+		s.Synced, s.Peers, s.Rejected, s.LastError = true, len(st.Peers), st.Rejected, errString(err)
+	})
+	if err != nil {
+		r.opts.Logger.Error("gateway reconcile failed", "err", err)
+		return now.Add(time.Second)
+	}
+	return st.NextExpiry
+}
+
+func (r *Runner) setStatus(f func(*Status)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(&r.status)
+}
+
+// Remove takes the gateway's user link, its routes and its firewall table
+// down (when the node leaves the mesh).
+func (r *Runner) Remove() error {
+	return errors.Join(r.opts.Link.Remove(), r.opts.Firewall.Remove())
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+// enableForwarding turns IPv6 forwarding on, if it is not on already.
+func enableForwarding() error {
+	b, err := os.ReadFile(ForwardingSysctl)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", ForwardingSysctl, err)
+	}
+	if strings.TrimSpace(string(b)) == "1" {
+		return nil
+	}
+	if err := os.WriteFile(ForwardingSysctl, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enable IPv6 forwarding: %w", err)
+	}
+	return nil
+}

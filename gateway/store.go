@@ -1,0 +1,249 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/peers"
+	"meshd.dev/meshd/prefixalloc"
+)
+
+// Errors of the user-facing operations; each is bad input, not a fault.
+var (
+	ErrUnknownGateway = errors.New("no such gateway in the catalog")
+	ErrNameTaken      = errors.New("a peer of that name exists on this gateway (use --replace to replace it)")
+	ErrExhausted      = errors.New("the gateway's address pool is exhausted")
+	ErrNotFound       = errors.New("no such peer on this gateway")
+)
+
+// Lookup reads gateway gw's entry from the catalog.
+func Lookup(ctx context.Context, c *api.Client, service, gw string, rules peers.Rules) (Info, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	svcs, _, err := c.Catalog().Service(service, "", q)
+	if err != nil {
+		return Info{}, fmt.Errorf("read service %s: %w", service, err)
+	}
+	for _, s := range svcs {
+		if s.ServiceID != catalogsync.ServiceID(gw) {
+			continue
+		}
+		return ParseInfo(peers.Entry{ServiceID: s.ServiceID, Meta: s.ServiceMeta, Tags: s.ServiceTags, CreateIndex: s.CreateIndex}, rules)
+	}
+	return Info{}, fmt.Errorf("gateway %q: %w", gw, ErrUnknownGateway)
+}
+
+// Request asks for a user peer.
+type Request struct {
+	Org, Name string
+	PublicKey wgtypes.Key
+	Allow     []netip.Prefix
+	// Expires is the peer's lifetime; zero means no expiry.
+	Expires time.Duration
+	// Replace replaces a peer of the same name (keeping its address)
+	// instead of failing.
+	Replace bool
+}
+
+// maxConflicts bounds how many addresses Create tries that concurrent
+// creates took first.
+const maxConflicts = 256
+
+// Create writes a new peer record on gateway gw, with an address claimed
+// from its pool. The claim and the record are written in one Consul
+// transaction with check-and-set index 0 on both: two creates can never get
+// one address, a name is never taken twice, and a failed create writes
+// nothing.
+func Create(ctx context.Context, c *api.Client, gw Info, req Request, now time.Time) (Record, error) {
+	rec := Record{Org: req.Org, Name: req.Name, PublicKey: req.PublicKey.String(), Allow: req.Allow, Created: now.UTC().Truncate(time.Second)}
+	if req.Expires > 0 {
+		exp := rec.Created.Add(req.Expires)
+		rec.Expires = &exp
+	}
+	kv := c.KV()
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	key := RecordKey(gw.Node, req.Org, req.Name)
+	old, _, err := kv.Get(key, q)
+	if err != nil {
+		return Record{}, fmt.Errorf("read %s: %w", key, err)
+	}
+	if old != nil {
+		if !req.Replace {
+			return Record{}, fmt.Errorf("%s/%s on %s: %w", req.Org, req.Name, gw.Node, ErrNameTaken)
+		}
+		prev, err := Decode(gw.Node, key, old.Value)
+		if err != nil {
+			return Record{}, fmt.Errorf("cannot replace: %w", err)
+		}
+		rec.Address = prev.Address
+		ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: key, Value: rec.Encode(), Index: old.ModifyIndex}}}
+		if _, err := txn(ctx, c, ops); err != nil {
+			return Record{}, fmt.Errorf("replace %s: %w", key, err)
+		}
+		return rec, nil
+	}
+
+	pairs, _, err := kv.List(AddressesKey(gw.Node), q)
+	if err != nil {
+		return Record{}, fmt.Errorf("read address claims of %s: %w", gw.Node, err)
+	}
+	taken := map[netip.Addr]bool{}
+	for _, p := range pairs {
+		if a, err := netip.ParseAddr(p.Key[len(AddressesKey(gw.Node)):]); err == nil && gw.Pool.Contains(a) {
+			taken[a] = true
+		}
+	}
+	usable := new(big.Int).Sub(new(big.Int).Lsh(bigOne, uint(128-gw.Pool.Bits())), bigOne)
+	if big.NewInt(int64(len(taken))).Cmp(usable) >= 0 {
+		return Record{}, fmt.Errorf("%s (%s, %d addresses): %w", gw.Node, gw.Pool, len(taken), ErrExhausted)
+	}
+	var (
+		conflicts int
+		created   bool
+		opErr     error
+	)
+	prefixalloc.Candidates(gw.Pool, 128, rec.ID(), len(taken)+maxConflicts+1, func(p netip.Prefix) bool {
+		a := p.Addr()
+		if taken[a] {
+			return true
+		}
+		rec.Address = a
+		ops := api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: AddressKey(gw.Node, a), Value: []byte(rec.ID()), Index: 0}},
+			{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: key, Value: rec.Encode(), Index: 0}},
+		}
+		failed, err := txn(ctx, c, ops)
+		switch {
+		case err == nil:
+			created = true
+			return false
+		case slices.Contains(failed, 1):
+			opErr = fmt.Errorf("%s/%s on %s: %w", req.Org, req.Name, gw.Node, ErrNameTaken)
+			return false
+		case slices.Contains(failed, 0):
+			// Another create took a; try the next.
+			taken[a] = true
+			conflicts++
+			return conflicts < maxConflicts
+		default:
+			opErr = fmt.Errorf("create %s: %w", key, err)
+			return false
+		}
+	})
+	if opErr != nil {
+		return Record{}, opErr
+	}
+	if !created {
+		if conflicts >= maxConflicts {
+			return Record{}, fmt.Errorf("create %s: %d addresses were taken by concurrent creates; try again", key, conflicts)
+		}
+		return Record{}, fmt.Errorf("%s (%s): %w", gw.Node, gw.Pool, ErrExhausted)
+	}
+	return rec, nil
+}
+
+// txnError is a rolled-back transaction: which operations failed, and why.
+type txnError struct{ errs []*api.TxnError }
+
+func (e *txnError) Error() string {
+	s := "transaction rolled back:"
+	for _, te := range e.errs {
+		s += fmt.Sprintf(" op %d: %s;", te.OpIndex, te.What)
+	}
+	return s
+}
+
+// txn runs ops atomically. On a rollback it returns the failed operations'
+// indexes along with the error.
+func txn(ctx context.Context, c *api.Client, ops api.TxnOps) ([]int, error) {
+	ok, resp, _, err := c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		return nil, nil
+	}
+	var failed []int
+	for _, te := range resp.Errors {
+		failed = append(failed, te.OpIndex)
+	}
+	return failed, &txnError{resp.Errors}
+}
+
+// List reads gateway gw's peers folder.
+func List(ctx context.Context, c *api.Client, gw string) ([]Pair, uint64, error) {
+	return list(ctx, c, gw, &api.QueryOptions{})
+}
+
+func list(ctx context.Context, c *api.Client, gw string, q *api.QueryOptions) ([]Pair, uint64, error) {
+	kvs, meta, err := c.KV().List(PeersKey(gw), q.WithContext(ctx))
+	if err != nil {
+		return nil, 0, fmt.Errorf("read peers of gateway %s: %w", gw, err)
+	}
+	out := make([]Pair, 0, len(kvs))
+	for _, p := range kvs {
+		out = append(out, Pair{Key: p.Key, Value: p.Value, CreateIndex: p.CreateIndex, ModifyIndex: p.ModifyIndex})
+	}
+	return out, meta.LastIndex, nil
+}
+
+// Remove deletes peer org/name of gateway gw and frees its address, in one
+// transaction. It returns the record removed.
+func Remove(ctx context.Context, c *api.Client, gw, org, name string) (Record, error) {
+	key := RecordKey(gw, org, name)
+	pair, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return Record{}, fmt.Errorf("read %s: %w", key, err)
+	}
+	if pair == nil {
+		return Record{}, fmt.Errorf("%s/%s on %s: %w", org, name, gw, ErrNotFound)
+	}
+	rec, decodeErr := Decode(gw, key, pair.Value)
+	s := Stored{Record: rec, ModifyIndex: pair.ModifyIndex}
+	if decodeErr != nil {
+		// A broken record still goes; its address claim (if any) stays
+		// until an operator looks.
+		s.Record = Record{Org: org, Name: name}
+	}
+	if err := Delete(ctx, c, gw, s); err != nil {
+		return Record{}, err
+	}
+	return s.Record, nil
+}
+
+// Delete removes a stored record, if it is unchanged since it was read,
+// together with its address claim, if the claim is the record's.
+func Delete(ctx context.Context, c *api.Client, gw string, s Stored) error {
+	key := RecordKey(gw, s.Org, s.Name)
+	ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: s.ModifyIndex}}}
+	if s.Address.IsValid() {
+		claim, _, err := c.KV().Get(AddressKey(gw, s.Address), (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("read claim of %s: %w", s.Address, err)
+		}
+		if claim != nil && string(claim.Value) == s.ID() {
+			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: claim.Key, Index: claim.ModifyIndex}})
+		}
+	}
+	if _, err := txn(ctx, c, ops); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// RemoveAll deletes everything gateway gw owns in KV: records and address
+// claims (a decommissioned gateway's users lose access).
+func RemoveAll(ctx context.Context, c *api.Client, gw string) error {
+	if _, err := c.KV().DeleteTree(TreeKey(gw), (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("delete records of gateway %s: %w", gw, err)
+	}
+	return nil
+}
