@@ -15,7 +15,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/agent"
@@ -131,12 +130,7 @@ func (n *node) status(t *testing.T) (agent.Status, error) {
 // userspace device) has it, not as meshd reports it.
 func (n *node) device(t *testing.T) (*wgtypes.Device, error) {
 	t.Helper()
-	wg, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer wg.Close()
-	return wg.Device(n.iface)
+	return deviceByName(n.iface)
 }
 
 // publicKey is the node's key as its device has it.

@@ -19,7 +19,7 @@ import (
 
 // Errors of the user-facing operations; each is bad input, not a fault.
 var (
-	ErrUnknownGateway = errors.New("no such gateway in the catalog")
+	ErrUnknownGateway = errors.New("no usable gateway of that name in the catalog")
 	ErrNameTaken      = errors.New("a peer of that name exists on this gateway (use --replace to replace it)")
 	ErrExhausted      = errors.New("the gateway's address pool is exhausted")
 	ErrNotFound       = errors.New("no such peer on this gateway")
@@ -36,7 +36,11 @@ func Lookup(ctx context.Context, c *api.Client, service, gw string, rules peers.
 		if s.ServiceID != catalogsync.ServiceID(gw) {
 			continue
 		}
-		return ParseInfo(peers.Entry{ServiceID: s.ServiceID, Meta: s.ServiceMeta, Tags: s.ServiceTags, CreateIndex: s.CreateIndex}, rules)
+		info, err := ParseInfo(peers.Entry{ServiceID: s.ServiceID, Meta: s.ServiceMeta, Tags: s.ServiceTags, CreateIndex: s.CreateIndex}, rules)
+		if err != nil {
+			return Info{}, fmt.Errorf("%w: %v", ErrUnknownGateway, err)
+		}
+		return info, nil
 	}
 	return Info{}, fmt.Errorf("gateway %q: %w", gw, ErrUnknownGateway)
 }

@@ -270,42 +270,57 @@ func (c *Consul) WaitLeader(t testing.TB) {
 // returns to the test's own.
 func DialInNetns(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type result struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan result, 1)
-		go func() {
-			runtime.LockOSThread()
-			orig, err := netns.Get()
-			if err != nil {
-				ch <- result{nil, err}
-				return
-			}
-			defer orig.Close()
-			target, err := netns.GetFromName(name)
-			if err != nil {
-				ch <- result{nil, err}
-				runtime.UnlockOSThread()
-				return
-			}
-			defer target.Close()
-			if err := netns.Set(target); err != nil {
-				ch <- result{nil, err}
-				runtime.UnlockOSThread()
-				return
-			}
+		var c net.Conn
+		err := inNetns(name, func() (err error) {
 			var d net.Dialer
-			c, err := d.DialContext(ctx, network, addr)
-			ch <- result{c, err}
-			// A thread that cannot go back stays locked and dies with
-			// this goroutine, instead of serving other goroutines in the
-			// wrong namespace.
-			if netns.Set(orig) == nil {
-				runtime.UnlockOSThread()
-			}
-		}()
-		r := <-ch
-		return r.c, r.err
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
 	}
+}
+
+// ListenPacketInNetns opens a packet socket inside the named namespace.
+func ListenPacketInNetns(name, network, addr string) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := inNetns(name, func() (err error) {
+		c, err = net.ListenPacket(network, addr)
+		return err
+	})
+	return c, err
+}
+
+// inNetns runs f on a thread inside the named namespace. Sockets f opens
+// keep that namespace.
+func inNetns(name string, f func() error) error {
+	ch := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(name)
+		if err != nil {
+			ch <- err
+			runtime.UnlockOSThread()
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- err
+			runtime.UnlockOSThread()
+			return
+		}
+		ch <- f()
+		// A thread that cannot go back stays locked and dies with this
+		// goroutine, instead of serving other goroutines in the wrong
+		// namespace.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	return <-ch
 }

@@ -1,0 +1,443 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/gateway"
+	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/peers"
+)
+
+// laptop is an end user's machine: a namespace on the underlay with nothing
+// but wg-quick and the configuration `gateway peer create` printed.
+type laptop struct {
+	*testlab.Host
+	iface string
+	conf  string
+}
+
+// userspaceWrapper is what wg-quick runs where the kernel has no WireGuard
+// module (WG_QUICK_USERSPACE_IMPLEMENTATION): like wireguard-go, it starts
+// the device in the background and returns once its UAPI socket answers.
+func userspaceWrapper(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "wg-userspace")
+	script := fmt.Sprintf(`#!/bin/sh
+setsid %s wireguard-userspace "$1" 1420 >>%s 2>&1 </dev/null &
+i=0
+while [ $i -lt 200 ]; do
+	[ -S "/var/run/wireguard/$1.sock" ] && exit 0
+	sleep 0.05
+	i=$((i+1))
+done
+echo "userspace device $1 did not come up" >&2
+exit 1
+`, meshd(t), filepath.Join(dir, "wg-userspace.log"))
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// up brings the laptop's tunnel up from conf alone, with wg-quick.
+func (l *laptop) up(t *testing.T, conf string) {
+	t.Helper()
+	l.conf = filepath.Join(l.Dir, l.iface+".conf")
+	if err := os.WriteFile(l.conf, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := l.Command("wg-quick", "up", l.conf)
+	cmd.Env = append(os.Environ(), "WG_QUICK_USERSPACE_IMPLEMENTATION="+userspaceWrapper(t, l.Dir))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("wg-quick up on %s: %v: %s\nconfig:\n%s", l.Name, err, out, conf)
+	}
+	t.Cleanup(func() { l.Exec("wg-quick", "down", l.conf) })
+}
+
+// pingWithin sends an echo every 200ms (each waiting 200ms for its reply)
+// until one comes back or d passes.
+func (l *laptop) pingWithin(to netip.Addr, d time.Duration, from ...string) bool {
+	argv := []string{"ping", "-n", "-q", "-c", "1", "-W", "0.2"}
+	if len(from) > 0 {
+		argv = append(argv, "-I", from[0])
+	}
+	argv = append(argv, to.String())
+	deadline := time.Now().Add(d)
+	for {
+		if _, err := l.Exec(argv...); err == nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+// cannotPing checks that three echoes in three seconds all go unanswered.
+func (l *laptop) cannotPing(to netip.Addr, from ...string) bool {
+	argv := []string{"ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1"}
+	if len(from) > 0 {
+		argv = append(argv, "-I", from[0])
+	}
+	out, _ := l.Exec(append(argv, to.String())...)
+	return strings.Contains(out, " 0 received")
+}
+
+func gatewayPeerCmd(n *node, t *testing.T, args ...string) *exec.Cmd {
+	return n.Command(append([]string{meshd(t), "gateway", "peer"}, append(args[:1:1], append([]string{"--config", n.config}, args[1:]...)...)...)...)
+}
+
+type createResult struct {
+	Address string `json:"address"`
+	Config  string `json:"config"`
+	Org     string `json:"org"`
+	Name    string `json:"name"`
+}
+
+func createPeer(t *testing.T, n *node, args ...string) createResult {
+	t.Helper()
+	out, err := gatewayPeerCmd(n, t, append([]string{"create", "--json"}, args...)...).Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("gateway peer create %v: %v: %s", args, err, stderr)
+	}
+	var res createResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("create --json printed %s: %v", out, err)
+	}
+	return res
+}
+
+// gatewayKV lists everything under the gateways' KV root, key -> value.
+func gatewayKV(t *testing.T, c *api.Client) map[string]string {
+	t.Helper()
+	pairs, _, err := c.KV().List(gateway.KVRoot, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, p := range pairs {
+		out[p.Key] = string(p.Value)
+	}
+	return out
+}
+
+// userPeers reads the gateway's user link as the device has it.
+func userPeers(t *testing.T, iface string) map[wgtypes.Key]string {
+	t.Helper()
+	out := map[wgtypes.Key]string{}
+	dev, err := deviceByName(iface)
+	if err != nil {
+		return out
+	}
+	for _, p := range dev.Peers {
+		var ips []string
+		for _, a := range p.AllowedIPs {
+			ips = append(ips, a.String())
+		}
+		out[p.PublicKey] = strings.Join(ips, ",")
+	}
+	return out
+}
+
+var privateKeyLine = regexp.MustCompile(`(?m)^PrivateKey = (\S+)$`)
+
+func configKey(t *testing.T, conf string) wgtypes.Key {
+	t.Helper()
+	m := privateKeyLine.FindStringSubmatch(conf)
+	if m == nil {
+		t.Fatalf("config has no PrivateKey line:\n%s", conf)
+	}
+	k, err := wgtypes.ParseKey(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey()
+}
+
+// TestGateway: a gateway node provisions end users. Laptops brought up from
+// the printed configuration alone reach mesh hosts through the gateway,
+// seen with their assigned address; allow lists, source addresses, removal,
+// expiry and address reuse are enforced in the kernel; concurrent creates
+// get distinct addresses; bad input writes nothing.
+func TestGateway(t *testing.T) {
+	lab := testlab.NewLab(t)
+	server := lab.StartConsulServer("consul")
+	servers := []*testlab.Consul{server}
+	gwIface := fmt.Sprintf("wg%dgw", os.Getpid()%10000)
+	// A pool of 32 addresses (31 usable: the first is never handed out),
+	// small enough to run out of.
+	gw := newNode(t, lab, servers, 1, fmt.Sprintf("gateway:\n  enabled: true\n  interface: %s\n  pool: fdaa:0:1:ffff::/123\n", gwIface))
+	b := newNode(t, lab, servers, 2, "")
+	c := newNode(t, lab, servers, 3, "")
+	nodes := []*node{gw, b, c}
+	for _, n := range nodes {
+		n.start(t)
+	}
+	defer checkNoRace(t, nodes)
+	converged(t, nodes)
+	pingAll(t, nodes)
+	kv := server.Client(t)
+	testlab.Eventually(t, 30*time.Second, "the gateway is in the catalog with its role", func() bool {
+		_, err := gateway.Lookup(context.Background(), kv, "meshd", gw.Name, meshRules)
+		return err == nil
+	})
+
+	newLaptop := func(name string) *laptop {
+		return &laptop{Host: lab.AddHost(name), iface: fmt.Sprintf("wl%d%s", os.Getpid()%10000, name)}
+	}
+
+	// A laptop with the default allow list reaches B through the gateway
+	// within 2 seconds of create returning.
+	lap := newLaptop("lap1")
+	res := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "laptop")
+	created := time.Now()
+	lap.up(t, res.Config)
+	if !lap.pingWithin(b.meshAddr(), 2*time.Second-time.Since(created)) {
+		t.Fatalf("laptop did not reach %s within 2s of create returning; config:\n%s\ngateway log:\n%s", b.Name, res.Config, tail(gw.proc.Log(), 40))
+	}
+	t.Logf("laptop pinged %s %s after create returned", b.Name, time.Since(created).Round(time.Millisecond))
+	if !lap.pingWithin(c.meshAddr(), 5*time.Second) {
+		t.Fatalf("laptop with the default allow list cannot reach %s", c.Name)
+	}
+	// B sees the laptop's assigned address as the source.
+	sink, err := testlab.ListenPacketInNetns(b.Netns, "udp6", net.JoinHostPort(b.meshAddr().String(), "7001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	out, err := lap.Exec("bash", "-c", "echo hello >/dev/udp/"+b.meshAddr().String()+"/7001")
+	if err != nil {
+		t.Fatalf("send from laptop: %v: %s", err, out)
+	}
+	sink.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	_, from, err := sink.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("B got nothing from the laptop: %v", err)
+	}
+	if got := from.(*net.UDPAddr).AddrPort().Addr(); got.String() != res.Address {
+		t.Errorf("B saw source %s, want the laptop's assigned address %s", got, res.Address)
+	}
+
+	// A peer allowed only B's prefix: it reaches B, and not C even when it
+	// routes C into the tunnel itself (the gateway's firewall drops it);
+	// nor can it send from an address that is not its own.
+	narrow := newLaptop("lap2")
+	res2 := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "narrow", "--allow", b.prefix.String())
+	narrow.up(t, res2.Config)
+	if !narrow.pingWithin(b.meshAddr(), 5*time.Second) {
+		t.Fatalf("narrow peer cannot reach %s, which it is allowed", b.Name)
+	}
+	gwKey := lookupGatewayKey(t, kv, gw.Name)
+	for _, argv := range [][]string{
+		{"wg", "set", narrow.iface, "peer", gwKey.String(), "allowed-ips", "fdaa::/16"},
+		{"ip", "-6", "route", "add", c.prefix.String(), "dev", narrow.iface},
+	} {
+		if out, err := narrow.Exec(argv...); err != nil {
+			t.Fatalf("%v: %v: %s", argv, err, out)
+		}
+	}
+	if !narrow.cannotPing(c.meshAddr()) {
+		t.Errorf("a peer whose allow list excludes %s reached it", c.Name)
+	}
+	if drops := dropCounter(t, gw); drops == 0 {
+		t.Errorf("the gateway's drop rule counted no packets; the laptop's own routing, not the gateway, stopped them")
+	}
+	// Another address of the gateway's pool, used as the source: the
+	// gateway's WireGuard drops it (cryptokey routing).
+	spoofed := "fdaa:0:1:ffff::1e"
+	if out, err := narrow.Exec("ip", "-6", "addr", "add", spoofed+"/128", "dev", narrow.iface, "nodad"); err != nil {
+		t.Fatalf("add %s: %v: %s", spoofed, err, out)
+	}
+	if !narrow.cannotPing(b.meshAddr(), spoofed) {
+		t.Errorf("a peer sent from an address that is not its own and got through")
+	}
+	if out, err := narrow.Exec("ip", "-6", "addr", "del", spoofed+"/128", "dev", narrow.iface); err != nil {
+		t.Fatalf("delete %s: %v: %s", spoofed, err, out)
+	}
+	if !narrow.pingWithin(b.meshAddr(), 5*time.Second) {
+		t.Errorf("narrow peer lost %s after the hostile attempts", b.Name)
+	}
+
+	// Expiry cuts a peer off; its record and address claim go.
+	temp := newLaptop("lap3")
+	res3 := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "temp", "--expires", "4s")
+	temp.up(t, res3.Config)
+	if !temp.pingWithin(b.meshAddr(), 3*time.Second) {
+		t.Fatalf("expiring peer never reached %s", b.Name)
+	}
+	tempKey := configKey(t, res3.Config)
+	testlab.Eventually(t, 20*time.Second, "the expired peer leaves the gateway's device, route and KV", func() bool {
+		_, inKernel := userPeers(t, gwIface)[tempKey]
+		routes, _ := gw.Exec("ip", "-6", "route", "show", "proto", "77", "dev", gwIface)
+		_, record := gatewayKV(t, kv)[gateway.RecordKey(gw.Name, "acme", "temp")]
+		_, claim := gatewayKV(t, kv)[gateway.AddressKey(gw.Name, netip.MustParseAddr(res3.Address))]
+		return !inKernel && !strings.Contains(routes, res3.Address) && !record && !claim
+	})
+	if !temp.cannotPing(b.meshAddr()) {
+		t.Errorf("expired peer still reaches %s", b.Name)
+	}
+
+	// 20 concurrent creates on one gateway get 20 distinct addresses.
+	const concurrent = 20
+	addrs := make([]string, concurrent)
+	var wg sync.WaitGroup
+	for i := range concurrent {
+		wg.Go(func() {
+			addrs[i] = createPeer(t, b, "--gateway", gw.Name, "--org", "burst", "--name", fmt.Sprintf("p%d", i)).Address
+		})
+	}
+	wg.Wait()
+	seen := map[string]bool{res.Address: true, res2.Address: true}
+	pool := netip.MustParsePrefix("fdaa:0:1:ffff::/123")
+	for _, a := range addrs {
+		if seen[a] {
+			t.Errorf("address %s handed out twice (all: %v)", a, addrs)
+		}
+		if p, err := netip.ParseAddr(a); err != nil || !pool.Contains(p) {
+			t.Errorf("address %q is not in the pool %s", a, pool)
+		}
+		seen[a] = true
+	}
+	testlab.Eventually(t, 20*time.Second, "the gateway holds all 22 user peers", func() bool {
+		return len(userPeers(t, gwIface)) == 2+concurrent
+	})
+
+	// Fill the pool: 31 usable addresses, 22 taken.
+	for i := range 31 - 2 - concurrent {
+		createPeer(t, b, "--gateway", gw.Name, "--org", "fill", "--name", fmt.Sprintf("f%d", i))
+	}
+
+	// Bad input: a clear one-line error, exit 2, nothing written.
+	before := gatewayKV(t, kv)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"malformed public key", []string{"--gateway", gw.Name, "--org", "acme", "--name", "x", "--public-key", "not-a-key"}, "--public-key"},
+		{"unknown gateway", []string{"--gateway", "nosuch", "--org", "acme", "--name", "x"}, "no usable gateway"},
+		{"node that is not a gateway", []string{"--gateway", b.Name, "--org", "acme", "--name", "x"}, "not a gateway"},
+		{"name clash", []string{"--gateway", gw.Name, "--org", "acme", "--name", "laptop"}, "exists"},
+		{"allow outside the supernet", []string{"--gateway", gw.Name, "--org", "acme", "--name", "x", "--allow", "fdbb::/16"}, "inside the mesh supernet"},
+		{"allow not a CIDR", []string{"--gateway", gw.Name, "--org", "acme", "--name", "x", "--allow", "fdaa::1"}, "--allow"},
+		{"org not a DNS label", []string{"--gateway", gw.Name, "--org", "Acme_Corp", "--name", "x"}, "--org"},
+		{"negative expiry", []string{"--gateway", gw.Name, "--org", "acme", "--name", "x", "--expires", "-1h"}, "--expires"},
+		{"pool exhausted", []string{"--gateway", gw.Name, "--org", "acme", "--name", "x"}, "exhausted"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := gatewayPeerCmd(b, t, append([]string{"create"}, tt.args...)...)
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 2 {
+				t.Fatalf("exit %v, want status 2; output: %s", err, out)
+			}
+			msg := strings.TrimSpace(string(out))
+			if strings.Contains(msg, "\n") || !strings.Contains(msg, tt.want) {
+				t.Errorf("output %q: want one line mentioning %q", msg, tt.want)
+			}
+		})
+	}
+	if diff := cmp.Diff(before, gatewayKV(t, kv)); diff != "" {
+		t.Errorf("bad input changed KV (-before +after):\n%s", diff)
+	}
+
+	// Remove cuts the laptop off at once, and its address is free again:
+	// the pool is full, so the next create gets exactly that address.
+	lapKey := configKey(t, res.Config)
+	out2, err := gatewayPeerCmd(b, t, "remove", "--gateway", gw.Name, "--org", "acme", "--name", "laptop").CombinedOutput()
+	if err != nil {
+		t.Fatalf("remove: %v: %s", err, out2)
+	}
+	testlab.Eventually(t, 10*time.Second, "the removed peer leaves the gateway's device and routes", func() bool {
+		_, inKernel := userPeers(t, gwIface)[lapKey]
+		routes, _ := gw.Exec("ip", "-6", "route", "show", "proto", "77", "dev", gwIface)
+		return !inKernel && !strings.Contains(routes, res.Address+" ")
+	})
+	if !lap.cannotPing(b.meshAddr()) {
+		t.Errorf("removed peer still reaches %s", b.Name)
+	}
+	again := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "again")
+	if again.Address != res.Address {
+		t.Errorf("after remove, the only free address is %s, but create got %s", res.Address, again.Address)
+	}
+
+	// list shows what is there.
+	out3, err := gatewayPeerCmd(b, t, "list", "--gateway", gw.Name, "--org", "acme", "--json").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []struct{ Name, State, Address string }
+	if err := json.Unmarshal(out3, &listed); err != nil {
+		t.Fatalf("list --json: %v: %s", err, out3)
+	}
+	var names []string
+	for _, p := range listed {
+		names = append(names, p.Name+"="+p.State)
+	}
+	if got, want := strings.Join(names, " "), "again=active narrow=active"; got != want {
+		t.Errorf("list --org acme = %q, want %q", got, want)
+	}
+}
+
+// meshRules are the rules every test node runs with (the default supernet).
+var meshRules = peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")}
+
+// deviceByName reads a WireGuard device as the kernel (or the userspace
+// device) has it.
+func deviceByName(name string) (*wgtypes.Device, error) {
+	wg, err := wgctrl.New()
+	if err != nil {
+		return nil, err
+	}
+	defer wg.Close()
+	return wg.Device(name)
+}
+
+func lookupGatewayKey(t *testing.T, c *api.Client, gw string) wgtypes.Key {
+	t.Helper()
+	info, err := gateway.Lookup(context.Background(), c, "meshd", gw, meshRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.PublicKey
+}
+
+var counterPackets = regexp.MustCompile(`counter packets (\d+) bytes \d+ drop`)
+
+// dropCounter reads how many packets the gateway's drop rule counted.
+func dropCounter(t *testing.T, gw *node) int {
+	t.Helper()
+	out, err := gw.Exec("nft", "list", "table", "ip6", "meshd")
+	if err != nil {
+		t.Fatalf("nft list table: %v: %s", err, out)
+	}
+	m := counterPackets.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no drop counter in the gateway's table:\n%s", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
