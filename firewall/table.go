@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,7 +33,7 @@ type Table struct {
 // Open prepares to manage the table in the current network namespace. It
 // changes nothing.
 func Open() (*Table, error) {
-	conn, err := nftables.New()
+	conn, err := nftables.New(nftables.WithSockOptions(bigSendBuffer))
 	if err != nil {
 		return nil, fmt.Errorf("open nftables: %w", err)
 	}
@@ -73,14 +75,14 @@ func (t *Table) update(rs Ruleset) error {
 	for i, r := range rs.Rules {
 		add, del := diffSources(t.applied.Rules[i].Sources, r.Sources)
 		if len(add) > 0 {
-			if err := t.conn.SetAddElements(t.sets[i], elements(add)); err != nil {
-				return t.fail(fmt.Errorf("add %d sources to %s: %w", len(add), t.sets[i].Name, err))
+			if err := t.addElements(t.sets[i], add); err != nil {
+				return t.fail(err)
 			}
 			changed = true
 		}
-		if len(del) > 0 {
-			if err := t.conn.SetDeleteElements(t.sets[i], elements(del)); err != nil {
-				return t.fail(fmt.Errorf("delete %d sources from %s: %w", len(del), t.sets[i].Name, err))
+		for c := range slices.Chunk(del, chunk) {
+			if err := t.conn.SetDeleteElements(t.sets[i], elements(c)); err != nil {
+				return t.fail(fmt.Errorf("delete %d sources from %s: %w", len(c), t.sets[i].Name, err))
 			}
 			changed = true
 		}
@@ -123,8 +125,11 @@ func (t *Table) rebuild(rs Ruleset) error {
 	sets := make([]*nftables.Set, len(rs.Rules))
 	for i, r := range rs.Rules {
 		s := &nftables.Set{Table: t.table, Name: fmt.Sprintf("sources%d", i), KeyType: nftables.TypeIP6Addr}
-		if err := c.AddSet(s, elements(r.Sources)); err != nil {
+		if err := c.AddSet(s, nil); err != nil {
 			return t.fail(fmt.Errorf("add set %s: %w", s.Name, err))
+		}
+		if err := t.addElements(s, r.Sources); err != nil {
+			return t.fail(err)
 		}
 		sets[i] = s
 		// ip6 saddr @sources<i> ip6 daddr & mask == net accept, per
@@ -151,6 +156,45 @@ func (t *Table) rebuild(rs Ruleset) error {
 	}
 	t.writes.Add(1)
 	t.applied, t.sets = clone(rs), sets
+	return nil
+}
+
+// chunk is how many set elements go in one netlink message: the element
+// list is one attribute, whose length field has 16 bits.
+const chunk = 1024
+
+// addElements queues adding addrs to s, a message per chunk; they are
+// still written in one transaction.
+func (t *Table) addElements(s *nftables.Set, addrs []netip.Addr) error {
+	for c := range slices.Chunk(addrs, chunk) {
+		if err := t.conn.SetAddElements(s, elements(c)); err != nil {
+			return fmt.Errorf("add %d sources to %s: %w", len(c), s.Name, err)
+		}
+	}
+	return nil
+}
+
+// sendBuffer is the netlink socket's send buffer: a transaction is one
+// message batch, and a rebuild with many peers' addresses outgrows the
+// default (about 200 KiB; 16 MiB holds some 400,000 addresses).
+const sendBuffer = 16 << 20
+
+// bigSendBuffer raises the send buffer past the system's limit, which
+// CAP_NET_ADMIN allows (SO_SNDBUFFORCE), or to that limit without it.
+func bigSendBuffer(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var sockErr error
+	if err := raw.Control(func(fd uintptr) {
+		sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+	}); err != nil {
+		return err
+	}
+	if sockErr != nil {
+		return c.SetWriteBuffer(sendBuffer)
+	}
 	return nil
 }
 

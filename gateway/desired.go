@@ -55,12 +55,49 @@ type State struct {
 	NextExpiry time.Time
 }
 
-// Desire computes the desired state of gateway gw's user link from its
-// peers folder at time now. Records are taken oldest first (KV
-// CreateIndex); one whose address or key an older record holds is
-// rejected, as is one whose address is outside pool or whose allow list
-// leaves supernet.
-func Desire(gw string, pairs []Pair, pool, supernet netip.Prefix, now time.Time) State {
+// Decoder decodes a gateway's records and keeps each result while its
+// key's ModifyIndex stays the same, so that a wake of a gateway with many
+// peers decodes only the records that changed. It is not safe for
+// concurrent use.
+type Decoder struct {
+	gw   string
+	prev map[string]decoded
+}
+
+type decoded struct {
+	modify uint64
+	value  string
+	rec    Record
+	key    wgtypes.Key
+	err    error
+}
+
+// NewDecoder returns a decoder for gateway gw's records.
+func NewDecoder(gw string) *Decoder { return &Decoder{gw: gw, prev: map[string]decoded{}} }
+
+func (d *Decoder) decode(p Pair, next map[string]decoded) decoded {
+	// A pair read from Consul changes its ModifyIndex with every write;
+	// the value is compared too, so pairs made up without indexes (tests)
+	// are never confused.
+	if c, ok := d.prev[p.Key]; ok && p.ModifyIndex != 0 && c.modify == p.ModifyIndex && c.value == string(p.Value) {
+		next[p.Key] = c
+		return c
+	}
+	r, err := Decode(d.gw, p.Key, p.Value)
+	c := decoded{modify: p.ModifyIndex, value: string(p.Value), rec: r, err: err}
+	if err == nil {
+		c.key = r.Key()
+	}
+	next[p.Key] = c
+	return c
+}
+
+// Desire computes the desired state of a gateway's user link from its
+// peers folder at time now, decoding records with d. Records are taken
+// oldest first (KV CreateIndex); one whose address or key an older record
+// holds is rejected, as is one whose address is outside pool or whose
+// allow list leaves supernet.
+func Desire(d *Decoder, pairs []Pair, pool, supernet netip.Prefix, now time.Time) State {
 	sorted := slices.Clone(pairs)
 	slices.SortFunc(sorted, func(a, b Pair) int {
 		return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), strings.Compare(a.Key, b.Key))
@@ -68,8 +105,17 @@ func Desire(gw string, pairs []Pair, pool, supernet netip.Prefix, now time.Time)
 	var st State
 	byAddr := map[netip.Addr]string{}
 	byKey := map[wgtypes.Key]string{}
+	type item struct {
+		kvKey, id string
+		key       wgtypes.Key
+		s         Stored
+	}
+	live := make([]item, 0, len(pairs))
+	next := make(map[string]decoded, len(pairs))
+	defer func() { d.prev = next }()
 	for _, p := range sorted {
-		r, err := Decode(gw, p.Key, p.Value)
+		c := d.decode(p, next)
+		r, err := c.rec, c.err
 		if err == nil {
 			err = checkRecord(r, pool, supernet)
 		}
@@ -82,7 +128,7 @@ func Desire(gw string, pairs []Pair, pool, supernet netip.Prefix, now time.Time)
 			st.Expired = append(st.Expired, s)
 			continue
 		}
-		k := r.Key()
+		k := c.key
 		if other, ok := byAddr[r.Address]; ok {
 			st.Rejected = append(st.Rejected, Rejection{Key: p.Key, Reason: fmt.Sprintf("address %s is held by %s", r.Address, other)})
 			continue
@@ -91,19 +137,20 @@ func Desire(gw string, pairs []Pair, pool, supernet netip.Prefix, now time.Time)
 			st.Rejected = append(st.Rejected, Rejection{Key: p.Key, Reason: fmt.Sprintf("public key is held by %s", other)})
 			continue
 		}
-		byAddr[r.Address], byKey[k] = r.ID(), r.ID()
-		st.Records = append(st.Records, s)
+		id := r.ID()
+		byAddr[r.Address], byKey[k] = id, id
+		live = append(live, item{p.Key, id, k, s})
 		if r.Expires != nil && (st.NextExpiry.IsZero() || r.Expires.Before(st.NextExpiry)) {
 			st.NextExpiry = *r.Expires
 		}
 	}
-	slices.SortFunc(st.Records, func(a, b Stored) int { return strings.Compare(a.ID(), b.ID()) })
-	for _, s := range st.Records {
-		st.Peers = append(st.Peers, peers.Peer{
-			Node:      s.ID(),
-			PublicKey: s.Key(),
-			Prefix:    netip.PrefixFrom(s.Address, 128),
-		})
+	// By org, then name: their KV keys sort alike, and are already built.
+	slices.SortFunc(live, func(a, b item) int { return strings.Compare(a.kvKey, b.kvKey) })
+	st.Records = make([]Stored, 0, len(live))
+	st.Peers = make([]peers.Peer, 0, len(live))
+	for _, it := range live {
+		st.Records = append(st.Records, it.s)
+		st.Peers = append(st.Peers, peers.Peer{Node: it.id, PublicKey: it.key, Prefix: netip.PrefixFrom(it.s.Address, 128)})
 	}
 	st.Rules = rules(st.Records)
 	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Key, b.Key) })

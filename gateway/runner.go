@@ -58,6 +58,13 @@ type Status struct {
 type Runner struct {
 	opts    Options
 	watcher *catalogsync.Watcher
+	decoder *Decoder // owned by the loop
+	// applied is what the user link holds as far as meshd knows: what the
+	// last successful reconcile left. A change from the watch is diffed
+	// against it, without reading a device of thousands of peers; the
+	// kernel itself is read at start, every ResyncInterval and after any
+	// failure (applied is then nil). Owned by the loop.
+	applied *peers.Observed
 
 	mu     sync.Mutex
 	pairs  []Pair
@@ -74,6 +81,7 @@ func NewRunner(opts Options) *Runner {
 	return &Runner{
 		opts:    opts,
 		watcher: &catalogsync.Watcher{Client: opts.Consul, Datacenter: opts.Datacenter, Logger: opts.Logger},
+		decoder: NewDecoder(opts.Node),
 		status:  Status{Interface: opts.Link.Name()},
 	}
 }
@@ -132,6 +140,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-resync.C:
+			r.applied = nil // read the kernel this time
 			mark()
 			continue
 		case <-wake.C:
@@ -153,24 +162,24 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
 	r.mu.Lock()
 	pairs, synced := r.pairs, r.synced
 	r.mu.Unlock()
-	err := r.opts.Link.Ensure()
 	if !synced {
 		// Nothing read yet (Consul is slow or down): keep what the kernel
 		// has; users keep their access.
+		err := r.opts.Link.Ensure()
 		r.setStatus(func(s *Status) { s.LastError = errString(err) })
 		if err != nil {
 			return now.Add(time.Second)
 		}
 		return time.Time{}
 	}
-	st := Desire(r.opts.Node, pairs, r.opts.Pool, r.opts.Supernet, now)
-	errs := []error{err}
+	st := Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
+	var errs []error
 	// The firewall first: a new or narrowed policy holds before the peer
 	// it is for can send; a removed peer's traffic is dropped either way.
 	if err := r.opts.Firewall.Apply(firewall.Ruleset{Interface: r.opts.Link.Name(), Rules: st.Rules}); err != nil {
 		errs = append(errs, err)
 	}
-	obs, err := r.opts.Link.Observe()
+	obs, err := r.observe()
 	if err != nil {
 		errs = append(errs, err)
 	} else {
@@ -180,6 +189,11 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
 		if !plan.Empty() {
 			errs = append(errs, r.opts.Link.Apply(plan))
 		}
+	}
+	if errors.Join(errs...) == nil {
+		r.applied = asObserved(st.Peers)
+	} else {
+		r.applied = nil
 	}
 	for _, s := range st.Expired {
 		if err := Delete(ctx, r.opts.Consul, r.opts.Node, s); err != nil {
@@ -200,6 +214,29 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
 		return now.Add(time.Second)
 	}
 	return st.NextExpiry
+}
+
+// observe returns what the user link holds: read from the kernel (after
+// making sure the link is there) when a full reconcile is due, else what
+// the last reconcile left.
+func (r *Runner) observe() (peers.Observed, error) {
+	if r.applied != nil {
+		return *r.applied, nil
+	}
+	if err := r.opts.Link.Ensure(); err != nil {
+		return peers.Observed{}, err
+	}
+	return r.opts.Link.Observe()
+}
+
+// asObserved is what the kernel holds once desired is applied.
+func asObserved(desired []peers.Peer) *peers.Observed {
+	obs := &peers.Observed{Peers: make([]peers.KernelPeer, len(desired)), Routes: make([]netip.Prefix, len(desired))}
+	for i, p := range desired {
+		obs.Peers[i] = peers.KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}, Keepalive: p.Keepalive}
+		obs.Routes[i] = p.Prefix
+	}
+	return obs
 }
 
 func (r *Runner) setStatus(f func(*Status)) {

@@ -14,12 +14,18 @@ import (
 )
 
 // Observe reads what the kernel has: every peer of the device and meshd's
-// tagged routes through the link.
+// tagged routes through the link. Right after an Ensure that wrote nothing,
+// it uses the device as Ensure read it: one read of a large device per
+// reconcile, not two.
 func (l *Link) Observe() (peers.Observed, error) {
 	var obs peers.Observed
-	dev, err := l.wg.Device(l.opts.Name)
-	if err != nil {
-		return obs, fmt.Errorf("read WireGuard device %s: %w", l.opts.Name, err)
+	dev := l.read
+	l.read = nil
+	if dev == nil {
+		var err error
+		if dev, err = l.wg.Device(l.opts.Name); err != nil {
+			return obs, fmt.Errorf("read WireGuard device %s: %w", l.opts.Name, err)
+		}
 	}
 	for _, p := range deviceStats(dev).Peers {
 		obs.Peers = append(obs.Peers, peers.KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint,

@@ -59,6 +59,13 @@ type Link struct {
 	wg     *wgctrl.Client
 	mode   Mode
 	writes atomic.Uint64
+	// index is the link's index when its mode was last detected: the same
+	// index is the same device, so the mode need not be probed again.
+	index int
+	// read is the device as the last Ensure read it, when Ensure wrote
+	// nothing after: the next Observe uses it instead of reading a device
+	// of thousands of peers again. Any write drops it.
+	read *wgtypes.Device
 }
 
 // Open prepares to manage the link described by opts. It changes nothing.
@@ -111,6 +118,7 @@ func DetectMode(link netlink.Link, uapiAnswers bool) (Mode, error) {
 // private key and listen port, and up. An existing link is adopted as it is
 // and only what differs is written; a working link is never recreated.
 func (l *Link) Ensure() error {
+	l.read = nil
 	link, err := l.ensureLink()
 	if err != nil {
 		return err
@@ -161,7 +169,7 @@ func (l *Link) ensureLink() (netlink.Link, error) {
 	if l.mode != mode {
 		l.opts.Logger.Info("adopted existing link", "interface", l.opts.Name, "mode", mode)
 	}
-	l.mode = mode
+	l.mode, l.index = mode, link.Attrs().Index
 	return link, nil
 }
 
@@ -187,6 +195,7 @@ func (l *Link) create() (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up new link %s: %w", l.opts.Name, err)
 	}
+	l.index = link.Attrs().Index
 	return link, nil
 }
 
@@ -244,6 +253,7 @@ func (l *Link) ensureDevice() error {
 		cfg.ListenPort = &l.opts.ListenPort
 	}
 	if cfg.PrivateKey == nil && cfg.ListenPort == nil {
+		l.read = dev
 		return nil
 	}
 	if err := l.count(l.wg.ConfigureDevice(l.opts.Name, cfg)); err != nil {
@@ -282,8 +292,9 @@ func (l *Link) Remove() error {
 	return errors.Join(errs...)
 }
 
-// count records a successful write.
+// count records a write; the device read by Ensure is stale after it.
 func (l *Link) count(err error) error {
+	l.read = nil
 	if err == nil {
 		l.writes.Add(1)
 	}
