@@ -324,6 +324,17 @@ func TestGateway(t *testing.T) {
 	testlab.Eventually(t, 20*time.Second, "the gateway holds all 22 user peers", func() bool {
 		return len(userPeers(t, gwIface)) == 2+concurrent
 	})
+	// Status and metrics say so.
+	st, err := gw.status(t)
+	if err != nil || st.Gateway == nil || st.Gateway.Peers != 2+concurrent || !st.Gateway.Synced || st.Gateway.LastError != "" {
+		t.Errorf("gateway status: %+v, %v; want 22 peers, synced, no error", st.Gateway, err)
+	}
+	values := scrape(t, gw)
+	for series, want := range map[string]float64{"meshd_gateway_peers": 2 + concurrent, "meshd_gateway_synced": 1, "meshd_gateway_rejected_records": 0} {
+		if got, ok := values[series]; !ok || got != want {
+			t.Errorf("%s = %v (present: %v), want %v", series, got, ok, want)
+		}
+	}
 
 	// Fill the pool: 31 usable addresses, 22 taken.
 	for i := range 31 - 2 - concurrent {

@@ -193,10 +193,47 @@ var (
 	promtoolErr  error
 )
 
-// checkMetrics scrapes n's metrics endpoint (its default, loopback inside
-// n's namespace), lints the exposition with promtool check metrics, and
-// checks the values against what the mesh is.
+// checkMetrics checks n's metrics against what the mesh is.
 func checkMetrics(t *testing.T, n *node, peers int) {
+	values := scrape(t, n)
+	checks := []struct {
+		series string
+		ok     func(float64) bool
+		want   string
+	}{
+		{`meshd_peers{state="applied"}`, func(v float64) bool { return v == float64(peers) }, fmt.Sprint(peers)},
+		{`meshd_peers{state="rejected"}`, func(v float64) bool { return v == 0 }, "0"},
+		{`meshd_converged`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_link_present`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_catalog_reachable`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_catalog_index`, func(v float64) bool { return v > 0 }, "> 0"},
+		{`meshd_catalog_last_read_age_seconds`, func(v float64) bool { return v >= 0 && v < 60 }, "0 to 60"},
+		{`meshd_reconciles_total`, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{`meshd_reconcile_errors_total`, func(v float64) bool { return v == 0 }, "0"},
+		{`meshd_reconcile_duration_seconds_count`, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{`meshd_kernel_writes_total`, func(v float64) bool { return v >= float64(peers) }, ">= peers"},
+		{`meshd_catalog_registrations_total`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_breaker_tripped`, func(v float64) bool { return v == 0 }, "0"},
+		{`meshd_snapshot_age_seconds`, func(v float64) bool { return v >= 0 && v < 600 }, "0 to 600"},
+		{`meshd_peer_handshake_age_seconds{node="h2"}`, func(v float64) bool { return v >= 0 && v < 180 }, "0 to 180"},
+		{`meshd_peer_receive_bytes_total{node="h2"}`, func(v float64) bool { return v > 0 }, "> 0"},
+		{`meshd_peer_transmit_bytes_total{node="h2"}`, func(v float64) bool { return v > 0 }, "> 0"},
+	}
+	for _, c := range checks {
+		v, ok := values[c.series]
+		if !ok {
+			t.Errorf("metrics lack %s", c.series)
+		} else if !c.ok(v) {
+			t.Errorf("%s = %v, want %s", c.series, v, c.want)
+		}
+	}
+}
+
+// scrape reads n's metrics endpoint (its default, loopback inside n's
+// namespace), lints the exposition with promtool check metrics, and returns
+// every series' value.
+func scrape(t *testing.T, n *node) map[string]float64 {
+	t.Helper()
 	client := &http.Client{Transport: &http.Transport{DialContext: testlab.DialInNetns(n.Netns)}, Timeout: 10 * time.Second}
 	resp, err := client.Get("http://127.0.0.1:9474/metrics")
 	if err != nil {
@@ -234,35 +271,5 @@ func checkMetrics(t *testing.T, n *node, peers int) {
 			values[name] = v
 		}
 	}
-	checks := []struct {
-		series string
-		ok     func(float64) bool
-		want   string
-	}{
-		{`meshd_peers{state="applied"}`, func(v float64) bool { return v == float64(peers) }, fmt.Sprint(peers)},
-		{`meshd_peers{state="rejected"}`, func(v float64) bool { return v == 0 }, "0"},
-		{`meshd_converged`, func(v float64) bool { return v == 1 }, "1"},
-		{`meshd_link_present`, func(v float64) bool { return v == 1 }, "1"},
-		{`meshd_catalog_reachable`, func(v float64) bool { return v == 1 }, "1"},
-		{`meshd_catalog_index`, func(v float64) bool { return v > 0 }, "> 0"},
-		{`meshd_catalog_last_read_age_seconds`, func(v float64) bool { return v >= 0 && v < 60 }, "0 to 60"},
-		{`meshd_reconciles_total`, func(v float64) bool { return v >= 1 }, ">= 1"},
-		{`meshd_reconcile_errors_total`, func(v float64) bool { return v == 0 }, "0"},
-		{`meshd_reconcile_duration_seconds_count`, func(v float64) bool { return v >= 1 }, ">= 1"},
-		{`meshd_kernel_writes_total`, func(v float64) bool { return v >= float64(peers) }, ">= peers"},
-		{`meshd_catalog_registrations_total`, func(v float64) bool { return v == 1 }, "1"},
-		{`meshd_breaker_tripped`, func(v float64) bool { return v == 0 }, "0"},
-		{`meshd_snapshot_age_seconds`, func(v float64) bool { return v >= 0 && v < 600 }, "0 to 600"},
-		{`meshd_peer_handshake_age_seconds{node="h2"}`, func(v float64) bool { return v >= 0 && v < 180 }, "0 to 180"},
-		{`meshd_peer_receive_bytes_total{node="h2"}`, func(v float64) bool { return v > 0 }, "> 0"},
-		{`meshd_peer_transmit_bytes_total{node="h2"}`, func(v float64) bool { return v > 0 }, "> 0"},
-	}
-	for _, c := range checks {
-		v, ok := values[c.series]
-		if !ok {
-			t.Errorf("metrics lack %s", c.series)
-		} else if !c.ok(v) {
-			t.Errorf("%s = %v, want %s", c.series, v, c.want)
-		}
-	}
+	return values
 }

@@ -32,6 +32,9 @@ var (
 	snapshotInUseDesc = desc("snapshot_in_use", "1 while the desired state comes from the saved snapshot.")
 	convergedDesc     = desc("converged", "1 if the device holds what the catalog asks for.")
 	linkDesc          = desc("link_present", "1 if the WireGuard device can be read.")
+	gwPeersDesc       = desc("gateway_peers", "User peers a gateway holds (gateway nodes only).")
+	gwRejectedDesc    = desc("gateway_rejected_records", "Gateway peer records rejected (gateway nodes only).")
+	gwSyncedDesc      = desc("gateway_synced", "1 once the gateway has read its peer records (gateway nodes only).")
 )
 
 // Collector reports an agent's status at every scrape.
@@ -104,4 +107,9 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(snapshotInUseDesc, b2f(st.Catalog.SnapshotInUse))
 	gauge(convergedDesc, b2f(st.Converged))
 	gauge(linkDesc, b2f(st.LinkPresent))
+	if g := st.Gateway; g != nil {
+		gauge(gwPeersDesc, float64(g.Peers))
+		gauge(gwRejectedDesc, float64(len(g.Rejected)))
+		gauge(gwSyncedDesc, b2f(g.Synced))
+	}
 }

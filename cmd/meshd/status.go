@@ -132,6 +132,16 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 			clipText(bytesIEC(p.RxBytes)+"/"+bytesIEC(p.TxBytes), 14), clipText(p.State, 12))
 	}
 	tw.Flush()
+	if g := st.Gateway; g != nil {
+		fmt.Fprintf(w, "gateway: interface %s, %d user peers, %d rejected records, synced: %v, kernel writes %d\n",
+			g.Interface, g.Peers, len(g.Rejected), g.Synced, g.Writes)
+		if g.LastError != "" {
+			fmt.Fprintln(w, clipText("  last error: "+g.LastError, 100))
+		}
+		for _, r := range g.Rejected {
+			fmt.Fprintln(w, clipText("  "+r.Key+": "+r.Reason, 100))
+		}
+	}
 	if len(rejected) > 0 {
 		fmt.Fprintf(w, "rejected catalog entries (%d):\n", len(rejected))
 		for _, p := range rejected {
