@@ -62,6 +62,12 @@ type Agent struct {
 
 	// Owned by the loop goroutine.
 	stopGateway  func() // stops the gateway role's loop and waits for it
+	// applied is what the kernel holds as far as the loop knows: what the
+	// last successful reconcile left (peers.Applied). A change from the
+	// watch is diffed against it without reading a device of thousands of
+	// peers; the kernel itself is read at start, every ResyncInterval,
+	// after a failure or a write outside reconcile (applied is then nil).
+	applied *peers.Observed
 	absentSince  map[wgtypes.Key]time.Time
 	released     map[wgtypes.Key]bool
 	lastRegister time.Time
@@ -182,9 +188,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			return ErrLeft
 		case r := <-a.rotate:
+			a.applied = nil
 			r.done <- a.doRotate(ctx, r.key)
 			continue
 		case <-a.kick:
+			a.applied = nil
 			a.kickStalePeers()
 			continue
 		case done := <-a.release:
@@ -192,6 +200,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.markDirty()
 			continue
 		case <-resync.C:
+			a.applied = nil // read the kernel this time
 			a.markDirty()
 			continue
 		case <-wake.C:
@@ -431,8 +440,13 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	var res result
 	before := a.opts.Link.Writes()
 	defer func() { res.writes = a.opts.Link.Writes() - before }()
-	if err := a.opts.Link.Ensure(); err != nil {
-		return res, fmt.Errorf("ensure link: %w", err)
+	// Whatever fails below, the next reconcile reads the kernel again.
+	trusted := a.applied
+	a.applied = nil
+	if trusted == nil || snap == nil {
+		if err := a.opts.Link.Ensure(); err != nil {
+			return res, fmt.Errorf("ensure link: %w", err)
+		}
 	}
 	if snap == nil {
 		// No catalog read yet: the link is up, and peers already in the
@@ -441,9 +455,14 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	}
 	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
 	res.desired, res.rejected = peers.Desire(snap.Entries, self, a.opts.Rules)
-	obs, err := a.opts.Link.Observe()
-	if err != nil {
-		return res, fmt.Errorf("observe kernel: %w", err)
+	var obs peers.Observed
+	if trusted != nil {
+		obs = *trusted
+	} else {
+		var err error
+		if obs, err = a.opts.Link.Observe(); err != nil {
+			return res, fmt.Errorf("observe kernel: %w", err)
+		}
 	}
 	res.obs = obs
 	a.absentSince = peers.Track(a.absentSince, res.desired, obs, now)
@@ -462,6 +481,7 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	}
 	if res.plan.Empty() {
 		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.desired), "held", len(res.plan.Held))
+		a.applied = &obs
 		return res, nil
 	}
 	a.logger.Info("applying plan", "upsert", len(res.plan.Upsert), "remove", len(res.plan.Remove),
@@ -469,6 +489,8 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	if err := a.opts.Link.Apply(res.plan); err != nil {
 		return res, fmt.Errorf("apply plan: %w", err)
 	}
+	next := peers.Applied(obs, res.plan)
+	a.applied = &next
 	return res, nil
 }
 

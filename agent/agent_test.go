@@ -110,12 +110,13 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 
 func (h *harness) kernelPeers(t *testing.T) map[wgtypes.Key]bool {
 	t.Helper()
-	obs, err := h.link.Observe()
+	// Read the device on its own: the agent's Link belongs to its loop.
+	dev, err := netlinkx.ReadDevice(h.link.Name())
 	if err != nil {
 		return nil
 	}
 	m := map[wgtypes.Key]bool{}
-	for _, p := range obs.Peers {
+	for _, p := range dev.Peers {
 		m[p.PublicKey] = true
 	}
 	return m
@@ -268,7 +269,7 @@ func TestStartsWithoutConsul(t *testing.T) {
 	h := start(t, c, "wga1", time.Minute)
 	testlab.Eventually(t, 20*time.Second, "link up and catalog reported unreachable", func() bool {
 		st := h.a.Status()
-		_, devErr := h.link.Observe()
+		_, devErr := netlinkx.ReadDevice(h.link.Name())
 		return devErr == nil && !st.Catalog.Reachable && st.Catalog.LastError != "" && !st.LastReconcile.IsZero()
 	})
 	if st := h.a.Status(); st.Converged {
@@ -295,7 +296,7 @@ func TestLeave(t *testing.T) {
 	if err := h.stop(); !errors.Is(err, agent.ErrLeft) {
 		t.Errorf("Run after Leave returned %v, want ErrLeft", err)
 	}
-	if _, err := h.link.Observe(); err == nil {
+	if _, err := netlinkx.ReadDevice(h.link.Name()); err == nil {
 		t.Error("the link still exists after Leave")
 	}
 	svcs, err := c.Agent().Services()

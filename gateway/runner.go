@@ -189,11 +189,11 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
 		if !plan.Empty() {
 			errs = append(errs, r.opts.Link.Apply(plan))
 		}
+		obs = peers.Applied(obs, plan)
 	}
+	r.applied = nil
 	if errors.Join(errs...) == nil {
-		r.applied = asObserved(st.Peers)
-	} else {
-		r.applied = nil
+		r.applied = &obs
 	}
 	for _, s := range st.Expired {
 		if err := Delete(ctx, r.opts.Consul, r.opts.Node, s); err != nil {
@@ -227,16 +227,6 @@ func (r *Runner) observe() (peers.Observed, error) {
 		return peers.Observed{}, err
 	}
 	return r.opts.Link.Observe()
-}
-
-// asObserved is what the kernel holds once desired is applied.
-func asObserved(desired []peers.Peer) *peers.Observed {
-	obs := &peers.Observed{Peers: make([]peers.KernelPeer, len(desired)), Routes: make([]netip.Prefix, len(desired))}
-	for i, p := range desired {
-		obs.Peers[i] = peers.KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}, Keepalive: p.Keepalive}
-		obs.Routes[i] = p.Prefix
-	}
-	return obs
 }
 
 func (r *Runner) setStatus(f func(*Status)) {

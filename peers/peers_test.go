@@ -468,3 +468,53 @@ func TestBreaker(t *testing.T) {
 		}
 	})
 }
+
+// TestApplied: the kernel as Applied predicts it needs nothing more, and
+// holds exactly the desired peers (plus those held), with their routes.
+func TestApplied(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	moved := peer(3)
+	moved.Endpoint = netip.MustParseAddrPort("198.18.1.3:51820")
+	rotated := peer(3)
+	rotated.PublicKey = mustKey(33)
+	renumbered := peer(3)
+	renumbered.Prefix = netip.MustParsePrefix("fdaa:0:33::/48")
+	roaming := peer(4)
+	roaming.Endpoint = netip.AddrPort{}
+	learnt := kernelPeer(4)
+	learnt.Endpoint = netip.MustParseAddrPort("203.0.113.9:40000")
+	full := Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: []netip.Prefix{peer(2).Prefix, peer(3).Prefix}}
+	tests := []struct {
+		name    string
+		desired []Peer
+		obs     Observed
+		grace   time.Duration
+	}{
+		{"empty kernel", []Peer{peer(2), peer(3)}, Observed{}, 0},
+		{"endpoint change", []Peer{peer(2), moved}, full, 0},
+		{"rotation", []Peer{peer(2), rotated}, full, 0},
+		{"renumbering", []Peer{peer(2), renumbered}, full, 0},
+		{"removal past grace", []Peer{peer(2)}, full, 0},
+		{"removal held", []Peer{peer(2)}, full, time.Hour},
+		{"roaming peer keeps its learnt endpoint", []Peer{roaming}, Observed{Peers: []KernelPeer{learnt}, Routes: []netip.Prefix{roaming.Prefix}}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rm := Removal{Grace: tt.grace, Now: t0}
+			plan := Diff(tt.desired, tt.obs, rm)
+			next := Applied(tt.obs, plan)
+			if again := Diff(tt.desired, next, rm); !again.Empty() {
+				t.Errorf("after Applied, Diff still plans %+v", again)
+			}
+			want := len(tt.desired) + len(plan.Held)
+			if len(next.Peers) != want || len(next.Routes) != want {
+				t.Errorf("Applied holds %d peers and %d routes, want %d of each: %+v", len(next.Peers), len(next.Routes), want, next)
+			}
+			for _, kp := range next.Peers {
+				if kp.PublicKey == learnt.PublicKey && kp.Endpoint != learnt.Endpoint {
+					t.Errorf("roaming peer's endpoint = %v, want the learnt %v", kp.Endpoint, learnt.Endpoint)
+				}
+			}
+		})
+	}
+}

@@ -216,3 +216,45 @@ func Track(absentSince map[wgtypes.Key]time.Time, desired []Peer, obs Observed, 
 	}
 	return next
 }
+
+// Applied is what the kernel holds once plan, computed against obs, is
+// written: obs with the plan's peers upserted and removed and its routes
+// added and deleted. An agent that trusts it may diff the next change
+// against it without reading a device of thousands of peers; it must still
+// read the kernel from time to time, as nothing else changes it back.
+func Applied(obs Observed, plan Plan) Observed {
+	kernel := make(map[wgtypes.Key]KernelPeer, len(obs.Peers)+len(plan.Upsert))
+	for _, kp := range obs.Peers {
+		kernel[kp.PublicKey] = kp
+	}
+	for _, p := range plan.Upsert {
+		kp := KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}, Keepalive: p.Keepalive}
+		if !p.Endpoint.IsValid() {
+			kp.Endpoint = kernel[p.PublicKey].Endpoint // WireGuard keeps what it learnt
+		}
+		kernel[p.PublicKey] = kp
+	}
+	for _, k := range plan.Remove {
+		delete(kernel, k)
+	}
+	routes := make(map[netip.Prefix]bool, len(obs.Routes)+len(plan.AddRoutes))
+	for _, r := range obs.Routes {
+		routes[r] = true
+	}
+	for _, r := range plan.AddRoutes {
+		routes[r] = true
+	}
+	for _, r := range plan.DelRoutes {
+		delete(routes, r)
+	}
+	out := Observed{Peers: make([]KernelPeer, 0, len(kernel)), Routes: make([]netip.Prefix, 0, len(routes))}
+	for _, kp := range kernel {
+		out.Peers = append(out.Peers, kp)
+	}
+	for r := range routes {
+		out.Routes = append(out.Routes, r)
+	}
+	slices.SortFunc(out.Peers, func(a, b KernelPeer) int { return compareKeys(a.PublicKey, b.PublicKey) })
+	slices.SortFunc(out.Routes, netip.Prefix.Compare)
+	return out
+}
