@@ -61,13 +61,13 @@ type Agent struct {
 	kick    chan struct{}
 
 	// Owned by the loop goroutine.
-	stopGateway  func() // stops the gateway role's loop and waits for it
+	stopGateway func() // stops the gateway role's loop and waits for it
 	// applied is what the kernel holds as far as the loop knows: what the
 	// last successful reconcile left (peers.Applied). A change from the
 	// watch is diffed against it without reading a device of thousands of
 	// peers; the kernel itself is read at start, every ResyncInterval,
 	// after a failure or a write outside reconcile (applied is then nil).
-	applied *peers.Observed
+	applied      *peers.Observed
 	absentSince  map[wgtypes.Key]time.Time
 	released     map[wgtypes.Key]bool
 	lastRegister time.Time
