@@ -153,17 +153,24 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-gwDone
 	}
 	defer a.stopGateway()
-	wg.Add(1)
+	saves := make(chan struct{}, 1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		a.watcher.Run(ctx, func(s catalogsync.Snapshot) {
-			now := time.Now()
 			a.mu.Lock()
 			a.snapshot, a.fromDisk = &s, false
 			a.mu.Unlock()
 			a.markDirty()
-			a.saveSnapshot(s, now)
+			select {
+			case saves <- struct{}{}:
+			default:
+			}
 		})
+	}()
+	go func() {
+		defer wg.Done()
+		a.saveSnapshots(ctx, saves)
 	}()
 
 	resync := time.NewTicker(a.opts.ResyncInterval)
@@ -361,6 +368,50 @@ func (a *Agent) loadSnapshot() {
 	a.mu.Unlock()
 	a.logger.Info("applying saved catalog snapshot until the catalog answers",
 		"entries", len(saved.Entries), "index", saved.Index, "saved_at", saved.SavedAt)
+}
+
+// snapshotInterval spaces snapshot writes: a large catalog is megabytes of
+// JSON, and a churning one must not cost a file write per change. The
+// kernel keeps whatever was applied since; a snapshot a few seconds old
+// only means a node added since is held through its grace after a restart
+// without Consul, not removed.
+const snapshotInterval = 5 * time.Second
+
+// saveSnapshots writes the newest catalog read whenever one is signalled on
+// saves, at most once per snapshotInterval, and once more when ctx ends if
+// a read is still unsaved.
+func (a *Agent) saveSnapshots(ctx context.Context, saves <-chan struct{}) {
+	var saved *catalogsync.Snapshot
+	save := func() {
+		a.mu.Lock()
+		s := a.snapshot
+		a.mu.Unlock()
+		if s != nil && s != saved && !a.fromDiskNow() {
+			a.saveSnapshot(*s, time.Now())
+			saved = s
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			save()
+			return
+		case <-saves:
+			save()
+		}
+		select {
+		case <-ctx.Done():
+			save()
+			return
+		case <-time.After(snapshotInterval):
+		}
+	}
+}
+
+func (a *Agent) fromDiskNow() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.fromDisk
 }
 
 func (a *Agent) saveSnapshot(s catalogsync.Snapshot, now time.Time) {

@@ -1,0 +1,94 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Systems, in the order tables show them.
+const (
+	Floor   = "floor"
+	Meshd   = "meshd"
+	Classic = "classic"
+)
+
+// Point is everything measured at one catalog size.
+type Point struct {
+	N int
+	// Latency holds, per system, one convergence time per event: from the
+	// write's acknowledgement until every kernel of that system has it
+	// (for the floor: until the blocking query returns).
+	Latency map[string][]time.Duration
+	// Unconverged counts events a system had not applied within the
+	// event timeout (its latency is then the timeout).
+	Unconverged map[string]int
+	// CPUPerEvent and PeakRSS are meshd's, per host (max over hosts).
+	CPUPerEvent time.Duration
+	PeakRSS     uint64
+	// RxPerEvent is what each host received per event on its underlay
+	// link, meshd hosts and the classic host.
+	RxPerEvent map[string]float64
+	// InitialSync is how long a fresh meshd host took to hold all N
+	// peers; PollPeriod is the median time one kernel poll took at this
+	// size (the resolution of the latencies).
+	InitialSync time.Duration
+	PollPeriod  time.Duration
+}
+
+// Quantile is the q-quantile (nearest rank) of ds.
+func Quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(q*float64(len(s))+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
+
+func ratio(a, b time.Duration) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", float64(a)/float64(b))
+}
+
+// WriteTables writes one markdown table per point.
+func WriteTables(w io.Writer, points []Point) {
+	for _, p := range points {
+		fmt.Fprintf(w, "### N = %d simulated nodes\n\n", p.N)
+		fmt.Fprintln(w, "| system | events | p50 ms | p99 ms | max ms | not converged |")
+		fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- |")
+		for _, s := range []string{Floor, Meshd, Classic} {
+			l := p.Latency[s]
+			if len(l) == 0 {
+				continue
+			}
+			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %d |\n", s, len(l), ms(Quantile(l, 0.5)), ms(Quantile(l, 0.99)), ms(slices.Max(l)), p.Unconverged[s])
+		}
+		m50 := Quantile(p.Latency[Meshd], 0.5)
+		fmt.Fprintf(w, "\nmeshd/classic p50: %s; meshd/floor p50: %s. ", ratio(m50, Quantile(p.Latency[Classic], 0.5)), ratio(m50, Quantile(p.Latency[Floor], 0.5)))
+		fmt.Fprintf(w, "meshd CPU per event: %s ms; meshd peak RSS: %.1f MB. ", ms(p.CPUPerEvent), float64(p.PeakRSS)/(1<<20))
+		var rx []string
+		for _, h := range slices.Sorted(mapKeys(p.RxPerEvent)) {
+			rx = append(rx, fmt.Sprintf("%s %.0f", h, p.RxPerEvent[h]))
+		}
+		fmt.Fprintf(w, "Bytes received per event per host: %s. ", strings.Join(rx, ", "))
+		fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms. Kernel poll period (latency resolution): %s ms.\n\n", ms(p.InitialSync), ms(p.PollPeriod))
+	}
+}
+
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}

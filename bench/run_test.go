@@ -1,0 +1,304 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/internal/testlab"
+)
+
+// TestBench runs the benchmark: it needs -sizes and friends (see the flags)
+// and writes its report with -out; `make bench` and `make bench-quick` set
+// them.
+func TestBench(t *testing.T) {
+	testlab.RequireRoot(t)
+	var sizes []int
+	for _, s := range strings.Split(*sizesFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			t.Fatalf("-sizes %q: want positive numbers", *sizesFlag)
+		}
+		sizes = append(sizes, n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lab := testlab.NewLab(t)
+	server := lab.StartConsulServer("consul")
+	c := server.Client(t)
+	bin := buildMeshd(t)
+
+	var hosts []*meshHost
+	var targets []*target
+	for i := 1; i <= *hostsFlag; i++ {
+		h := startMeshHost(t, lab, server, bin, fmt.Sprintf("h%d", i), i)
+		hosts = append(hosts, h)
+		targets = append(targets, &target{system: Meshd, name: h.Name, iface: h.iface, nsName: h.Netns})
+	}
+	var classic *testlab.Host
+	if *classicFlag {
+		var iface string
+		classic, iface = startClassic(t, lab, server, bin)
+		targets = append(targets, &target{system: Classic, name: classic.Name, iface: iface})
+	}
+	for _, tg := range targets {
+		go tg.poll(ctx, t)
+	}
+	fl := &floor{}
+	go fl.run(ctx, hosts[0].Netns)
+
+	var sims []Sim
+	next := 0
+	var points []Point
+	for _, n := range sizes {
+		// Grow the catalog to n simulated nodes, 40 to a transaction.
+		start := time.Now()
+		for len(sims) < n {
+			batch := min(40, n-len(sims))
+			var all = make([]Sim, 0, batch)
+			for range batch {
+				s, err := NewSim(next)
+				if err != nil {
+					t.Fatal(err)
+				}
+				next++
+				all = append(all, s)
+			}
+			if err := txnSims(ctx, c, all); err != nil {
+				t.Fatalf("register simulated nodes: %v", err)
+			}
+			sims = append(sims, all...)
+		}
+		t.Logf("N=%d: catalog filled in %s", n, time.Since(start).Round(time.Millisecond))
+		waitCount(t, targets, len(sims), len(hosts))
+		t.Logf("N=%d: every kernel holds every node after %s", n, time.Since(start).Round(time.Millisecond))
+		for _, tg := range targets {
+			tg.medianPeriod() // forget the periods of the fill
+		}
+
+		p := Point{N: n, Latency: map[string][]time.Duration{}, Unconverged: map[string]int{}, RxPerEvent: map[string]float64{}}
+		before := map[string]procStat{}
+		rx0 := map[string]uint64{}
+		for _, h := range hosts {
+			ps, err := readProc(h.proc.Cmd.Process.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[h.Name] = ps
+			rx0[h.Name] = rxBytes(t, h.Host)
+		}
+		if classic != nil {
+			rx0[classic.Name] = rxBytes(t, classic)
+		}
+		for e := range *eventsFlag {
+			var s Sim
+			var cond func(system string) func(*snapshot) bool
+			kind := []string{"join", "rotate", "endpoint", "leave"}[e%4]
+			var ops = func() error { return nil }
+			switch kind {
+			case "join":
+				s, _ = NewSim(next)
+				next++
+				sims = append(sims, s)
+				ops = func() error { return txnSims(ctx, c, []Sim{s}) }
+				cond = func(sys string) func(*snapshot) bool {
+					return func(sn *snapshot) bool { return sn.has(s, sys == Meshd) }
+				}
+			case "rotate", "endpoint":
+				i := rand.IntN(len(sims))
+				old := sims[i]
+				s = old
+				if kind == "rotate" {
+					k, _ := wgtypes.GeneratePrivateKey()
+					s.Key = k.PublicKey()
+				} else {
+					s.Endpoint = netipAddrPortNext(s.Endpoint)
+				}
+				sims[i] = s
+				ops = func() error { return txnSims(ctx, c, []Sim{s}) }
+				cond = func(string) func(*snapshot) bool {
+					return func(sn *snapshot) bool {
+						return sn.has(s, false) && (old.Key == s.Key || sn.gone(old.Key, old.Prefix, false))
+					}
+				}
+			case "leave":
+				i := rand.IntN(len(sims))
+				s = sims[i]
+				sims = slices.Delete(sims, i, i+1)
+				ops = func() error { return Txn(ctx, c, s.DeleteOps()) }
+				cond = func(sys string) func(*snapshot) bool {
+					return func(sn *snapshot) bool { return sn.gone(s.Key, s.Prefix, sys == Meshd) }
+				}
+			}
+			// Events come one at a time, a random 200-400ms apart: the
+			// benchmark measures the latency of a change, not how a burst
+			// is absorbed (meshd spaces its wakes at 10/s after a burst of
+			// 5, by design).
+			time.Sleep(200*time.Millisecond + rand.N(200*time.Millisecond))
+			for _, tg := range targets {
+				tg.arm(cond(tg.system))
+			}
+			sent := time.Now()
+			if err := ops(); err != nil {
+				t.Fatalf("%s event: %v", kind, err)
+			}
+			acked := time.Now()
+			deadline := acked.Add(*timeoutFlag)
+			for time.Now().Before(deadline) {
+				all := true
+				for _, tg := range targets {
+					if tg.result().IsZero() {
+						all = false
+					}
+				}
+				if all && !fl.wakeAfter(sent).IsZero() {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			worst := map[string]time.Duration{}
+			for _, tg := range targets {
+				d := tg.result().Sub(acked)
+				if tg.result().IsZero() {
+					d = *timeoutFlag
+					p.Unconverged[tg.system]++
+					t.Logf("N=%d %s of %s: %s did not converge within %s", n, kind, s.Name(), tg.name, *timeoutFlag)
+				}
+				worst[tg.system] = max(worst[tg.system], d)
+				tg.arm(nil)
+			}
+			for sys, d := range worst {
+				p.Latency[sys] = append(p.Latency[sys], max(d, 0))
+			}
+			if w := fl.wakeAfter(sent); !w.IsZero() {
+				p.Latency[Floor] = append(p.Latency[Floor], max(w.Sub(acked), 0))
+			} else {
+				p.Unconverged[Floor]++
+			}
+			t.Logf("N=%d %-8s %s: meshd %s classic %s", n, kind, s.Name(), worst[Meshd].Round(time.Microsecond), worst[Classic].Round(time.Microsecond))
+		}
+		for _, h := range hosts {
+			ps, err := readProc(h.proc.Cmd.Process.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.CPUPerEvent = max(p.CPUPerEvent, (ps.cpu-before[h.Name].cpu)/time.Duration(*eventsFlag))
+			p.PeakRSS = max(p.PeakRSS, ps.hwm)
+			p.RxPerEvent[h.Name] = float64(rxBytes(t, h.Host)-rx0[h.Name]) / float64(*eventsFlag)
+		}
+		if classic != nil {
+			p.RxPerEvent[classic.Name] = float64(rxBytes(t, classic)-rx0[classic.Name]) / float64(*eventsFlag)
+		}
+		for _, tg := range targets {
+			if tg.system == Meshd {
+				p.PollPeriod = max(p.PollPeriod, tg.medianPeriod())
+			}
+		}
+		p.InitialSync = initialSync(t, ctx, lab, server, bin, len(sims)+len(hosts), n)
+		points = append(points, p)
+	}
+
+	// An idle catalog: no kernel writes, and every device as it was.
+	writes := map[string]uint64{}
+	for _, h := range hosts {
+		writes[h.Name] = status(t, h).KernelWrites
+	}
+	snaps := map[string]*snapshot{}
+	for _, tg := range targets {
+		snaps[tg.name] = tg.snapshot()
+	}
+	time.Sleep(*idleFlag)
+	idleWrites := uint64(0)
+	for _, h := range hosts {
+		idleWrites += status(t, h).KernelWrites - writes[h.Name]
+	}
+	idleChanged := 0
+	for _, tg := range targets {
+		if tg.system == Meshd && !sameDevice(snaps[tg.name], tg.snapshot()) {
+			idleChanged++
+		}
+	}
+	if idleWrites != 0 || idleChanged != 0 {
+		t.Errorf("idle catalog for %s: %d kernel writes, %d devices changed; want none", *idleFlag, idleWrites, idleChanged)
+	}
+
+	var sb strings.Builder
+	WriteTables(&sb, points)
+	fmt.Fprintf(&sb, "Idle catalog for %s after the last size: %d kernel writes by meshd (its counter), %d meshd devices changed (read from outside).\n", *idleFlag, idleWrites, idleChanged)
+	t.Logf("\n%s", sb.String())
+	if *outFlag != "" {
+		if err := writeReport(*outFlag, *plotFlag, sb.String(), points); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// waitCount waits until every meshd device holds the n simulated nodes and
+// the other meshd hosts, and the classic device the n nodes.
+func waitCount(t *testing.T, targets []*target, n, hosts int) {
+	t.Helper()
+	for _, tg := range targets {
+		want := n
+		if tg.system == Meshd {
+			want += hosts - 1
+		}
+		testlab.Eventually(t, 10*time.Minute, fmt.Sprintf("%s holds %d peers", tg.name, want), func() bool {
+			s := tg.snapshot()
+			return s != nil && len(s.peers) == want
+		})
+	}
+}
+
+// initialSync starts a fresh meshd host and times until its device holds
+// every node; the host then leaves the mesh.
+func initialSync(t *testing.T, ctx context.Context, lab *testlab.Lab, server *testlab.Consul, bin string, peers, n int) time.Duration {
+	name := fmt.Sprintf("f%d", n%100000)
+	h := lab.AddHost(name)
+	h.StartConsulClient(server)
+	start := time.Now()
+	mh := startMeshHostOn(t, h, bin, 200+n%50)
+	tg := &target{system: Meshd, name: name, iface: mh.iface}
+	pctx, stop := context.WithCancel(ctx)
+	go tg.poll(pctx, t)
+	testlab.Eventually(t, 10*time.Minute, name+" holds every node", func() bool {
+		s := tg.snapshot()
+		return s != nil && len(s.peers) >= peers
+	})
+	d := time.Since(start)
+	stop()
+	if out, err := h.Exec(bin, "leave", "--config", mh.config); err != nil {
+		t.Fatalf("leave %s: %v: %s", name, err, out)
+	}
+	mh.proc.Wait(10 * time.Second)
+	return d
+}
+
+func sameDevice(a, b *snapshot) bool {
+	if a == nil || b == nil || len(a.peers) != len(b.peers) {
+		return false
+	}
+	for k, p := range a.peers {
+		q, ok := b.peers[k]
+		if !ok || fmt.Sprint(p.Endpoint, p.AllowedIPs, p.PersistentKeepaliveInterval) != fmt.Sprint(q.Endpoint, q.AllowedIPs, q.PersistentKeepaliveInterval) {
+			return false
+		}
+	}
+	return true
+}
+
+func writeReport(path, plotPath, tables string, points []Point) error {
+	if plotPath != "" {
+		if err := PlotCDF(plotPath, points[len(points)-1]); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(path, []byte(tables), 0o644)
+}
