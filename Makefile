@@ -12,7 +12,7 @@ FUZZTIME ?= 10s
 # Debian package version: a release sets it; otherwise 0.0.0~git<commit>.
 PKG_VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && echo $${v#v} || echo 0.0.0~git$$(git rev-parse --short HEAD 2>/dev/null || echo dev))
 
-.PHONY: all build deps consul promtool lint test unit fuzz demo package clean
+.PHONY: all build deps consul promtool lint test unit fuzz bench bench-quick demo package clean
 
 all: build
 
@@ -32,6 +32,7 @@ lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	.bin/staticcheck $(PKGS)
+	cd bench && $(GO) vet ./... && ../.bin/staticcheck ./...
 
 # The whole suite with the race detector: unit tests, tests against a real
 # Consul, and (as root) the privileged namespace end-to-end tests.
@@ -44,7 +45,24 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./snapshot
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./gateway
 
-test: lint unit fuzz
+test: lint unit fuzz bench-quick
+
+# Convergence of meshd against the classic approach (consul-template + wg
+# syncconf) and the floor (a bare blocking query), in one run: writes
+# BENCHMARKS.md and benchmarks-cdf.png. About 30 minutes on 2 cores.
+BENCH_FLAGS ?= -sizes 1000,5000,10000 -events 32 -hosts 3 -idle 10m
+bench: deps consul
+	@scripts/consul-template-bin >/dev/null
+	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 85m -v . \
+		-args $(BENCH_FLAGS) -out ../BENCHMARKS.md -plot ../benchmarks-cdf.png
+
+# The same at small sizes, under 2 minutes: CI runs it as part of make test;
+# its report goes to out/.
+bench-quick: deps consul
+	@scripts/consul-template-bin >/dev/null
+	mkdir -p out
+	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 10m -v . \
+		-args -sizes 100,300 -events 8 -hosts 2 -idle 10s -out ../out/BENCHMARKS.quick.md -plot ../out/benchmarks-quick-cdf.png
 
 demo: deps consul build
 	scripts/demo

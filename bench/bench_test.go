@@ -228,6 +228,9 @@ func (f *floor) wakeAfter(t time.Time) time.Time {
 	return time.Time{}
 }
 
+// consulTemplatePath is the consul-template binary in use.
+var consulTemplatePath string
+
 type meshHost struct {
 	*testlab.Host
 	iface, config, sock string
@@ -281,6 +284,7 @@ func startClassic(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin st
 		t.Fatalf("scripts/consul-template-bin: %v", err)
 	}
 	ctBin := strings.TrimSpace(string(out))
+	consulTemplatePath = ctBin
 	if out, err := h.Exec("sh", "-c", fmt.Sprintf("setsid %s wireguard-userspace %s 1420 >%s/wg.log 2>&1 </dev/null &", bin, iface, h.Dir)); err != nil {
 		t.Fatalf("start classic device: %v: %s", err, out)
 	}

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -202,6 +205,11 @@ func TestBench(t *testing.T) {
 				p.PollPeriod = max(p.PollPeriod, tg.medianPeriod())
 			}
 		}
+		for sys, k := range p.Unconverged {
+			if k > 0 {
+				t.Errorf("N=%d: %s did not converge in %d of %d events", n, sys, k, *eventsFlag)
+			}
+		}
 		p.InitialSync = initialSync(t, ctx, lab, server, bin, len(sims)+len(hosts), n)
 		points = append(points, p)
 	}
@@ -295,10 +303,115 @@ func sameDevice(a, b *snapshot) bool {
 }
 
 func writeReport(path, plotPath, tables string, points []Point) error {
+	var b strings.Builder
+	b.WriteString("# meshd benchmarks\n\n")
+	b.WriteString("Written by `make bench` (bench/run_test.go); every figure below comes from one run of it, on\n")
+	b.WriteString("the machine below, with meshd, the classic approach and the floor measured side by side.\n\n")
+	b.WriteString("## Machine and versions\n\n")
+	for _, l := range machine() {
+		b.WriteString("- " + l + "\n")
+	}
+	b.WriteString("\n## Method\n\n" + method + "\n")
+	b.WriteString("## Results\n\n")
 	if plotPath != "" {
 		if err := PlotCDF(plotPath, points[len(points)-1]); err != nil {
 			return err
 		}
+		fmt.Fprintf(&b, "![latency CDF at N = %d](%s)\n\n", points[len(points)-1].N, filepath.Base(plotPath))
 	}
-	return os.WriteFile(path, []byte(tables), 0o644)
+	b.WriteString(tables)
+	b.WriteString("\n## Targets\n\n")
+	for _, l := range targetsMet(points) {
+		b.WriteString("- " + l + "\n")
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+const method = `- One Consul server (dev mode) and, on every host, its own Consul client agent; every host is
+  a network namespace on a bridge. The hosts: ` + "`-hosts`" + ` real meshd hosts (meshd run, userspace
+  WireGuard device, removal_grace 0 so that a leave is applied at once; everything else as
+  default), and one classic host.
+- N simulated nodes are external nodes in the catalog, each with a meshd instance (valid key,
+  endpoint, prefix) and the same data as a KV record under bench/classic/, written 40 to a
+  transaction.
+- Events, one at a time, 200-400 ms apart, in turn: a node joins, rotates its key, changes its
+  endpoint, leaves. Each is one Consul transaction that changes the catalog and the KV record
+  together; its latency counts from the moment the transaction is acknowledged.
+- meshd: until every meshd host's device holds the change (read through wgctrl from outside
+  meshd) and, for joins and leaves, the route to the node's prefix points into (or no longer
+  into) the WireGuard link (read through netlink in the host's namespace). The slowest host
+  counts. Devices are read continuously while an event is pending; the kernel poll period
+  (median time of one read) is the resolution.
+- classic: consul-template (v0.41.1, built from the Go module proxy) on the classic host
+  watches bench/classic/ through its own agent, renders a wg-quick style file of every node
+  and runs ` + "`wg syncconf`" + ` on a userspace device; until that device holds the change.
+- floor: a bare blocking query on /v1/health/service/meshd (stale, the endpoint and agent
+  meshd's first host watches), reading the whole response; until it returns after the write.
+- CPU per event: meshd's user+system time over the events of a size, divided by the events
+  (the userspace WireGuard device runs in a process of its own and is not counted); peak RSS
+  is the process's VmHWM. Bytes per event: what the host's underlay link received over the
+  events, divided by the events (Consul RPC, gossip and everything else on that host).
+- Initial sync: a fresh meshd host with its own agent, started after the events, until its
+  device holds every node; it then leaves.
+- Idle: after the last size, the catalog untouched for ` + "`-idle`" + `: meshd's own kernel-write
+  counter, and every meshd device read from outside before and after.
+`
+
+// machine describes this machine and the versions in the run.
+func machine() []string {
+	run := func(name string, args ...string) string {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			return "unknown"
+		}
+		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	cpu := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	consul := os.Getenv("MESHD_CONSUL_BIN")
+	return []string{
+		fmt.Sprintf("CPU: %s, %d cores; kernel %s; date %s", cpu, runtime.NumCPU(), run("uname", "-r"), time.Now().UTC().Format("2006-01-02")),
+		"Go: " + runtime.Version(),
+		"Consul: " + run(consul, "version"),
+		"consul-template: " + run(consulTemplatePath, "-v"),
+		"meshd: " + run("git", "-C", "..", "describe", "--always", "--dirty"),
+		fmt.Sprintf("Flags: -sizes %s -events %d -hosts %d -idle %s", *sizesFlag, *eventsFlag, *hostsFlag, *idleFlag),
+	}
+}
+
+// targetsMet states where each target of the benchmark stands in this run.
+func targetsMet(points []Point) []string {
+	last := points[len(points)-1]
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	var out []string
+	p99 := Quantile(last.Latency[Meshd], 0.99)
+	out = append(out, fmt.Sprintf("meshd p99 at N = %d under 1 s: %s ms, %s.", last.N, ms(p99), verdict(p99 < time.Second)))
+	if c := Quantile(last.Latency[Classic], 0.5); c > 0 {
+		m := Quantile(last.Latency[Meshd], 0.5)
+		out = append(out, fmt.Sprintf("meshd p50 at least 3x faster than classic at N = %d: %s ms vs %s ms (x%.2f), %s.", last.N, ms(m), ms(c), float64(c)/float64(max(m, 1)), verdict(3*m <= c)))
+	}
+	for _, p := range points {
+		m, f := Quantile(p.Latency[Meshd], 0.5), Quantile(p.Latency[Floor], 0.5)
+		out = append(out, fmt.Sprintf("meshd p50 / floor p50 <= 1.25 at N = %d: %s, %s.", p.N, ratio(m, f), verdict(f > 0 && float64(m) <= 1.25*float64(f))))
+	}
+	var rx []string
+	for _, p := range points {
+		rx = append(rx, fmt.Sprintf("N=%d: meshd host %.0f B, classic host %.0f B", p.N, p.RxPerEvent["h1"], p.RxPerEvent["classic"]))
+	}
+	out = append(out, "Bytes received per event per host (must not grow with N for meshd): "+strings.Join(rx, "; ")+".")
+	out = append(out, fmt.Sprintf("meshd CPU per event at N = %d under 30 ms: %s ms, %s.", last.N, ms(last.CPUPerEvent), verdict(last.CPUPerEvent < 30*time.Millisecond)))
+	out = append(out, fmt.Sprintf("meshd RSS at N = %d under 100 MB: %.1f MB, %s.", last.N, float64(last.PeakRSS)/(1<<20), verdict(last.PeakRSS < 100<<20)))
+	return out
 }
