@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./peers
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./snapshot
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./gateway
+	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecode$$' -fuzztime $(FUZZTIME) ./catalogsync
 
 test: lint unit fuzz bench-quick
 

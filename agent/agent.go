@@ -40,8 +40,11 @@ type Options struct {
 	SnapshotPath   string
 	ResyncInterval time.Duration
 	Consul         *api.Client
-	Datacenter     string
-	Link           *netlinkx.Link
+	// ConsulHTTP, when set, reads the watch's responses (see
+	// catalogsync.HTTP).
+	ConsulHTTP *catalogsync.HTTP
+	Datacenter string
+	Link       *netlinkx.Link
 	// Gateway, when set, runs this node's gateway role beside the mesh
 	// loop: it starts and stops with Run, shows in Status, and is taken
 	// down by Leave.
@@ -106,6 +109,7 @@ func New(opts Options) *Agent {
 		logger: logger,
 		watcher: &catalogsync.Watcher{
 			Client:     opts.Consul,
+			HTTP:       opts.ConsulHTTP,
 			Service:    opts.Registration.Service,
 			Datacenter: opts.Datacenter,
 			Logger:     logger,

@@ -28,14 +28,16 @@ import (
 )
 
 var (
-	sizesFlag   = flag.String("sizes", "100", "comma-separated catalog sizes (simulated nodes)")
-	eventsFlag  = flag.Int("events", 8, "events per size: join, rotate, endpoint change, leave in turn")
-	hostsFlag   = flag.Int("hosts", 2, "real meshd hosts, each with its own Consul client agent")
-	idleFlag    = flag.Duration("idle", 10*time.Second, "idle catalog at the end: kernel writes must stay 0")
-	classicFlag = flag.Bool("classic", true, "run the classic approach (consul-template + wg syncconf) too")
-	timeoutFlag = flag.Duration("event-timeout", 60*time.Second, "how long an event may take to converge")
-	outFlag     = flag.String("out", "", "write the report (markdown) to this file")
-	plotFlag    = flag.String("plot", "", "write the latency CDF of the largest size (PNG) to this file")
+	sizesFlag    = flag.String("sizes", "100", "comma-separated catalog sizes (simulated nodes)")
+	eventsFlag   = flag.Int("events", 8, "events per size: join, rotate, endpoint change, leave in turn")
+	hostsFlag    = flag.Int("hosts", 2, "real meshd hosts, each with its own Consul client agent")
+	idleFlag     = flag.Duration("idle", 10*time.Second, "idle catalog at the end: kernel writes must stay 0")
+	classicFlag  = flag.Bool("classic", true, "run the classic approach (consul-template + wg syncconf) too")
+	timeoutFlag  = flag.Duration("event-timeout", 60*time.Second, "how long an event may take to converge")
+	outFlag      = flag.String("out", "", "write the report (markdown) to this file")
+	plotFlag     = flag.String("plot", "", "write the latency CDF of the largest size (PNG) to this file")
+	profileFlag  = flag.String("cpuprofile", "", "save a CPU profile of the first meshd host during the events of the largest size")
+	logLevelFlag = flag.String("meshd-log-level", "warn", "log_level of the meshd hosts (their logs stay in the lab directory)")
 )
 
 func TestMain(m *testing.M) { testlab.Main(m) }
@@ -56,24 +58,40 @@ type target struct {
 	last    *snapshot
 }
 
+// snapshot is one look at a target's kernel. The device is read when
+// first needed: a route check costs one netlink request, a device of
+// 10,000 peers a read of them all.
 type snapshot struct {
-	peers  map[wgtypes.Key]wgtypes.Peer
-	routes func(netip.Prefix) bool // reports whether the prefix is routed into the link
+	readDevice func() map[wgtypes.Key]wgtypes.Peer
+	once       sync.Once
+	peersRead  map[wgtypes.Key]wgtypes.Peer
+	routes     func(netip.Prefix) bool // reports whether the prefix is routed into the link
 }
 
+func (s *snapshot) peers() map[wgtypes.Key]wgtypes.Peer {
+	s.once.Do(func() { s.peersRead = s.readDevice() })
+	return s.peersRead
+}
+
+// has reports whether the kernel holds sim as it is; withRoute checks its
+// route first (meshd adds a route after its peer, so a missing route spares
+// the device read).
 func (s *snapshot) has(sim Sim, withRoute bool) bool {
-	p, ok := s.peers[sim.Key]
-	if !ok || p.Endpoint == nil || p.Endpoint.String() != sim.Endpoint.String() || len(p.AllowedIPs) != 1 || p.AllowedIPs[0].String() != sim.Prefix.String() {
+	if withRoute && !s.routes(sim.Prefix) {
 		return false
 	}
-	return !withRoute || s.routes(sim.Prefix)
+	p, ok := s.peers()[sim.Key]
+	return ok && p.Endpoint != nil && p.Endpoint.String() == sim.Endpoint.String() && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == sim.Prefix.String()
 }
 
+// gone reports whether the kernel no longer holds the node; withRoute
+// checks its route first (meshd deletes the route before the peer).
 func (s *snapshot) gone(key wgtypes.Key, prefix netip.Prefix, withRoute bool) bool {
-	if _, ok := s.peers[key]; ok {
+	if withRoute && s.routes(prefix) {
 		return false
 	}
-	return !withRoute || !s.routes(prefix)
+	_, ok := s.peers()[key]
+	return !ok
 }
 
 // poll reads the target's kernel state until ctx ends.
@@ -111,15 +129,21 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 			continue
 		}
 		start := time.Now()
-		dev, err := wg.Device(tg.iface)
-		if err != nil {
+		if _, err := wg.Device(tg.iface); err != nil && tg.last == nil {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		s := &snapshot{peers: make(map[wgtypes.Key]wgtypes.Peer, len(dev.Peers))}
-		for _, p := range dev.Peers {
-			s.peers[p.PublicKey] = p
-		}
+		s := &snapshot{readDevice: func() map[wgtypes.Key]wgtypes.Peer {
+			out := map[wgtypes.Key]wgtypes.Peer{}
+			dev, err := wg.Device(tg.iface)
+			if err != nil {
+				return out
+			}
+			for _, p := range dev.Peers {
+				out[p.PublicKey] = p
+			}
+			return out
+		}}
 		s.routes = func(p netip.Prefix) bool {
 			if handle == nil {
 				return false
@@ -131,11 +155,18 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 			rs, err := handle.RouteGet(p.Addr().AsSlice())
 			return err == nil && len(rs) > 0 && rs[0].LinkIndex == link.Attrs().Index
 		}
+		tg.mu.Lock()
+		cond := tg.cond
+		tg.mu.Unlock()
+		if cond == nil {
+			s.peers() // a full look, for snapshot()
+		}
+		ok := cond != nil && cond(s)
 		now := time.Now()
 		tg.mu.Lock()
 		tg.periods = append(tg.periods, now.Sub(start))
 		tg.last = s
-		if tg.cond != nil && tg.done.IsZero() && tg.cond(s) {
+		if ok && tg.cond != nil && tg.done.IsZero() {
 			tg.done = now
 		}
 		tg.mu.Unlock()
@@ -262,8 +293,8 @@ func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost
 	name := h.Name
 	mh := &meshHost{Host: h, iface: fmt.Sprintf("wb%d%s", os.Getpid()%1000, name),
 		config: filepath.Join(h.Dir, "meshd.yaml"), sock: filepath.Join(h.Dir, "meshd.sock")}
-	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: fdaa:0:%x::/48\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: warn\nconsul:\n  address: 127.0.0.1:8500\n",
-		name, mh.iface, h.Addr, n, filepath.Join(h.Dir, "state"), mh.sock)
+	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: fdaa:0:%x::/48\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n",
+		name, mh.iface, h.Addr, n, filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag)
 	if err := os.WriteFile(mh.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/internal/testlab"
@@ -55,8 +58,24 @@ func TestBench(t *testing.T) {
 	for _, tg := range targets {
 		go tg.poll(ctx, t)
 	}
-	fl := &floor{}
-	go fl.run(ctx, hosts[0].Netns)
+	// One floor per meshd host, each on that host's agent, like meshd.
+	var floors []*floor
+	for _, h := range hosts {
+		fl := &floor{}
+		floors = append(floors, fl)
+		go fl.run(ctx, h.Netns)
+	}
+	floorWake := func(sent time.Time) time.Time {
+		var last time.Time
+		for _, fl := range floors {
+			w := fl.wakeAfter(sent)
+			if w.IsZero() {
+				return w
+			}
+			last = maxTime(last, w)
+		}
+		return last
+	}
 
 	var sims []Sim
 	next := 0
@@ -100,6 +119,17 @@ func TestBench(t *testing.T) {
 		}
 		if classic != nil {
 			rx0[classic.Name] = rxBytes(t, classic)
+		}
+		profiled := make(chan struct{})
+		if *profileFlag != "" && n == sizes[len(sizes)-1] {
+			go func() {
+				defer close(profiled)
+				if err := saveProfile(hosts[0], *profileFlag, time.Duration(*eventsFlag)*400*time.Millisecond); err != nil {
+					t.Errorf("profile: %v", err)
+				}
+			}()
+		} else {
+			close(profiled)
 		}
 		for e := range *eventsFlag {
 			var s Sim
@@ -162,7 +192,7 @@ func TestBench(t *testing.T) {
 						all = false
 					}
 				}
-				if all && !fl.wakeAfter(sent).IsZero() {
+				if all && !floorWake(sent).IsZero() {
 					break
 				}
 				time.Sleep(5 * time.Millisecond)
@@ -181,13 +211,14 @@ func TestBench(t *testing.T) {
 			for sys, d := range worst {
 				p.Latency[sys] = append(p.Latency[sys], max(d, 0))
 			}
-			if w := fl.wakeAfter(sent); !w.IsZero() {
+			if w := floorWake(sent); !w.IsZero() {
 				p.Latency[Floor] = append(p.Latency[Floor], max(w.Sub(acked), 0))
 			} else {
 				p.Unconverged[Floor]++
 			}
-			t.Logf("N=%d %-8s %s: meshd %s classic %s", n, kind, s.Name(), worst[Meshd].Round(time.Microsecond), worst[Classic].Round(time.Microsecond))
+			t.Logf("N=%d %-8s %s acked %s: meshd %s classic %s", n, kind, s.Name(), acked.UTC().Format("15:04:05.000000"), worst[Meshd].Round(time.Microsecond), worst[Classic].Round(time.Microsecond))
 		}
+		<-profiled
 		for _, h := range hosts {
 			ps, err := readProc(h.proc.Cmd.Process.Pid)
 			if err != nil {
@@ -210,8 +241,20 @@ func TestBench(t *testing.T) {
 				t.Errorf("N=%d: %s did not converge in %d of %d events", n, sys, k, *eventsFlag)
 			}
 		}
-		p.InitialSync = initialSync(t, ctx, lab, server, bin, len(sims)+len(hosts), n)
+		var meshTargets []*target
+		for _, tg := range targets {
+			if tg.system == Meshd {
+				meshTargets = append(meshTargets, tg)
+			}
+		}
+		p.InitialSync = initialSync(t, ctx, lab, server, bin, len(sims)+len(hosts), n, meshTargets)
 		points = append(points, p)
+	}
+
+	if *logLevelFlag == "debug" {
+		for _, h := range hosts {
+			t.Logf("meshd log of %s:\n%s", h.Name, h.proc.Log())
+		}
 	}
 
 	// An idle catalog: no kernel writes, and every device as it was.
@@ -249,6 +292,31 @@ func TestBench(t *testing.T) {
 	}
 }
 
+// saveProfile saves a CPU profile of h's meshd over d (its pprof endpoint
+// on the metrics listener).
+func saveProfile(h *meshHost, path string, d time.Duration) error {
+	client := &http.Client{Transport: &http.Transport{DialContext: testlab.DialInNetns(h.Netns)}}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:9474/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // waitCount waits until every meshd device holds the n simulated nodes and
 // the other meshd hosts, and the classic device the n nodes.
 func waitCount(t *testing.T, targets []*target, n, hosts int) {
@@ -260,14 +328,14 @@ func waitCount(t *testing.T, targets []*target, n, hosts int) {
 		}
 		testlab.Eventually(t, 10*time.Minute, fmt.Sprintf("%s holds %d peers", tg.name, want), func() bool {
 			s := tg.snapshot()
-			return s != nil && len(s.peers) == want
+			return s != nil && len(s.peers()) == want
 		})
 	}
 }
 
 // initialSync starts a fresh meshd host and times until its device holds
 // every node; the host then leaves the mesh.
-func initialSync(t *testing.T, ctx context.Context, lab *testlab.Lab, server *testlab.Consul, bin string, peers, n int) time.Duration {
+func initialSync(t *testing.T, ctx context.Context, lab *testlab.Lab, server *testlab.Consul, bin string, peers, n int, others []*target) time.Duration {
 	name := fmt.Sprintf("f%d", n%100000)
 	h := lab.AddHost(name)
 	h.StartConsulClient(server)
@@ -278,23 +346,44 @@ func initialSync(t *testing.T, ctx context.Context, lab *testlab.Lab, server *te
 	go tg.poll(pctx, t)
 	testlab.Eventually(t, 10*time.Minute, name+" holds every node", func() bool {
 		s := tg.snapshot()
-		return s != nil && len(s.peers) >= peers
+		return s != nil && len(s.peers()) >= peers
 	})
 	d := time.Since(start)
 	stop()
+	dev, err := wgctrlDevice(mh.iface)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if out, err := h.Exec(bin, "leave", "--config", mh.config); err != nil {
 		t.Fatalf("leave %s: %v: %s", name, err, out)
 	}
 	mh.proc.Wait(10 * time.Second)
+	// The other hosts remove it (removal_grace is 0) before anything else
+	// is measured.
+	for _, other := range others {
+		testlab.Eventually(t, 5*time.Minute, other.name+" removes "+name, func() bool {
+			_, ok := other.snapshot().peers()[dev.PublicKey]
+			return !ok
+		})
+	}
 	return d
 }
 
+func wgctrlDevice(name string) (*wgtypes.Device, error) {
+	wg, err := wgctrl.New()
+	if err != nil {
+		return nil, err
+	}
+	defer wg.Close()
+	return wg.Device(name)
+}
+
 func sameDevice(a, b *snapshot) bool {
-	if a == nil || b == nil || len(a.peers) != len(b.peers) {
+	if a == nil || b == nil || len(a.peers()) != len(b.peers()) {
 		return false
 	}
-	for k, p := range a.peers {
-		q, ok := b.peers[k]
+	for k, p := range a.peers() {
+		q, ok := b.peers()[k]
 		if !ok || fmt.Sprint(p.Endpoint, p.AllowedIPs, p.PersistentKeepaliveInterval) != fmt.Sprint(q.Endpoint, q.AllowedIPs, q.PersistentKeepaliveInterval) {
 			return false
 		}
@@ -345,8 +434,9 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
 - classic: consul-template (v0.41.1, built from the Go module proxy) on the classic host
   watches bench/classic/ through its own agent, renders a wg-quick style file of every node
   and runs ` + "`wg syncconf`" + ` on a userspace device; until that device holds the change.
-- floor: a bare blocking query on /v1/health/service/meshd (stale, the endpoint and agent
-  meshd's first host watches), reading the whole response; until it returns after the write.
+- floor: a bare blocking query on /v1/health/service/meshd (stale), on every meshd host through
+  that host's agent (the endpoint and agent meshd watches there), reading the whole response;
+  until the slowest of them returns after the write.
 - CPU per event: meshd's user+system time over the events of a size, divided by the events
   (the userspace WireGuard device runs in a process of its own and is not counted); peak RSS
   is the process's VmHWM. Bytes per event: what the host's underlay link received over the

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -49,9 +50,12 @@ func registration(t *testing.T, node string, n byte) catalogsync.Registration {
 }
 
 // watch runs a Watcher in the background and returns its snapshots.
-func watch(t *testing.T, c *api.Client) (*catalogsync.Watcher, <-chan catalogsync.Snapshot, func()) {
+func watch(t *testing.T, c *api.Client, h ...*catalogsync.HTTP) (*catalogsync.Watcher, <-chan catalogsync.Snapshot, func()) {
 	t.Helper()
 	w := &catalogsync.Watcher{Client: c, Service: "meshd", MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	if len(h) > 0 {
+		w.HTTP = h[0]
+	}
 	ch := make(chan catalogsync.Snapshot, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -95,12 +99,43 @@ func ids(s catalogsync.Snapshot) map[string]peers.Entry {
 	return m
 }
 
-func TestRegisterAndWatch(t *testing.T) {
-	consul := testlab.StartDevConsul(t)
-	c := consul.Client(t)
-	ctx := context.Background()
+// clients returns an API client of consul and a raw reader through the
+// same configuration.
+func clients(t *testing.T, consul *testlab.Consul) (*api.Client, *catalogsync.HTTP) {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = consul.HTTPAddr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, catalogsync.NewHTTP(cfg)
+}
 
-	w, ch, _ := watch(t, c)
+// TestRegisterAndWatch runs the watch through the API client and through
+// the raw reader meshd run uses.
+func TestRegisterAndWatch(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(map[bool]string{false: "api", true: "raw"}[raw], func(t *testing.T) {
+			consul := testlab.StartDevConsul(t)
+			c, h := clients(t, consul)
+			if !raw {
+				h = nil
+			}
+			testRegisterAndWatch(t, c, h)
+		})
+	}
+}
+
+func testRegisterAndWatch(t *testing.T, c *api.Client, h *catalogsync.HTTP) {
+	ctx := context.Background()
+	var w *catalogsync.Watcher
+	var ch <-chan catalogsync.Snapshot
+	if h != nil {
+		w, ch, _ = watch(t, c, h)
+	} else {
+		w, ch, _ = watch(t, c)
+	}
 	first := next(t, ch, "the empty catalog", func(s catalogsync.Snapshot) bool { return true })
 	if len(first.Entries) != 0 {
 		t.Fatalf("first snapshot has %d entries, want 0", len(first.Entries))
@@ -162,6 +197,50 @@ func TestRegisterAndWatch(t *testing.T) {
 	st := w.State()
 	if !st.Reachable || st.LastIndex == 0 || st.LastGoodRead.IsZero() {
 		t.Errorf("state = %+v, want reachable with an index and a read time", st)
+	}
+}
+
+// TestHTTPMatchesAPI reads the same instances, one of them with a
+// critical check and one in maintenance, through the raw reader (twice, the
+// second time from its cache) and through the API client: the entries are
+// the same.
+func TestHTTPMatchesAPI(t *testing.T) {
+	consul := testlab.StartDevConsul(t)
+	c, h := clients(t, consul)
+	ctx := context.Background()
+	for i, node := range []string{"h1", "h2", "h3"} {
+		r := registration(t, node, byte(i+1))
+		r.Tags = []string{"gateway", "x"}
+		if err := catalogsync.Register(ctx, c, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := &api.AgentCheckRegistration{ID: "c2", Name: "c2", ServiceID: "meshd-h2", AgentServiceCheck: api.AgentServiceCheck{TTL: "1h", Status: api.HealthCritical}}
+	if err := c.Agent().CheckRegister(check); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Agent().EnableServiceMaintenance("meshd-h3", "test"); err != nil {
+		t.Fatal(err)
+	}
+	q := &api.QueryOptions{AllowStale: true}
+	for round := range 2 {
+		got, index, err := h.Service(ctx, "meshd", q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries, meta, err := c.Health().Service("meshd", "", false, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(catalogsync.Convert(entries), got); diff != "" {
+			t.Errorf("round %d: raw read differs from the API's (-api +raw):\n%s", round, diff)
+		}
+		if index == 0 || index > meta.LastIndex {
+			t.Errorf("round %d: index %d, API says %d", round, index, meta.LastIndex)
+		}
+	}
+	if _, _, err := h.Service(ctx, "meshd", &api.QueryOptions{Datacenter: "nowhere"}); err == nil {
+		t.Error("a read from an unknown datacenter succeeded")
 	}
 }
 

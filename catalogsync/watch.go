@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -38,7 +37,10 @@ type State struct {
 // Watcher watches the instances of one service (Run) or a KV folder
 // (RunKV); one Watcher runs one watch.
 type Watcher struct {
-	Client     *api.Client
+	Client *api.Client
+	// HTTP, when set, reads the service watch's responses directly (see
+	// HTTP); Client still serves everything else.
+	HTTP       *HTTP
 	Service    string
 	Datacenter string
 	Logger     *slog.Logger
@@ -79,13 +81,16 @@ func NextIndex(prev, got uint64) uint64 {
 // deliver runs on Run's goroutine and must not block for long.
 func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 	read := func(q *api.QueryOptions) ([]peers.Entry, uint64, error) {
+		if w.HTTP != nil {
+			return w.HTTP.Service(q.Context(), w.Service, q)
+		}
 		entries, meta, err := w.Client.Health().Service(w.Service, "", false, q)
 		if err != nil {
 			return nil, 0, err
 		}
 		return Convert(entries), meta.LastIndex, nil
 	}
-	return follow(ctx, w, "service "+w.Service, read, func(a, b []peers.Entry) bool { return reflect.DeepEqual(a, b) },
+	return follow(ctx, w, "service "+w.Service, read, sameEntries,
 		func(entries []peers.Entry, index uint64) { deliver(Snapshot{Index: index, Entries: entries}) })
 }
 
@@ -174,6 +179,7 @@ func follow[T any](ctx context.Context, w *Watcher, what string, read func(*api.
 			continue
 		}
 		last, delivered = got, true
+		logger.Debug("catalog changed", "watch", what, "index", lastIndex)
 		deliver(got, lastIndex)
 	}
 }
@@ -197,6 +203,7 @@ func Convert(in []*api.ServiceEntry) []peers.Entry {
 			Meta:        se.Service.Meta,
 			Tags:        se.Service.Tags,
 			CreateIndex: se.Service.CreateIndex,
+			ModifyIndex: se.Service.ModifyIndex,
 			Health:      se.Checks.AggregatedStatus(),
 		})
 	}

@@ -46,6 +46,10 @@ type Entry struct {
 	Meta        map[string]string
 	Tags        []string
 	CreateIndex uint64
+	// ModifyIndex changes with every write to the instance (0 when
+	// unknown): an entry whose ModifyIndex is unchanged is unchanged, but
+	// for Health, which comes from the checks.
+	ModifyIndex uint64
 	Health      string
 }
 

@@ -39,6 +39,7 @@ type entry struct {
 	Meta        map[string]string `json:"meta"`
 	Tags        []string          `json:"tags,omitempty"`
 	CreateIndex uint64            `json:"create_index"`
+	ModifyIndex uint64            `json:"modify_index,omitempty"`
 	Health      string            `json:"health,omitempty"`
 }
 

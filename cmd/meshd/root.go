@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
+	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
 )
 
@@ -68,6 +69,13 @@ func newLogger(cfg *config.Config) *slog.Logger {
 // consulClient builds a client from the standard CONSUL_HTTP_* variables
 // (as api.DefaultConfig reads them) overridden by meshd's own keys.
 func consulClient(cfg *config.Config) (*api.Client, error) {
+	client, _, err := consulClients(cfg)
+	return client, err
+}
+
+// consulClients is consulClient, with a reader for the watch's large
+// responses through the same address, TLS and token.
+func consulClients(cfg *config.Config) (*api.Client, *catalogsync.HTTP, error) {
 	c := api.DefaultConfig()
 	if cfg.Consul.Address != "" {
 		c.Address = cfg.Consul.Address
@@ -83,9 +91,9 @@ func consulClient(cfg *config.Config) (*api.Client, error) {
 	}
 	client, err := api.NewClient(c)
 	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
+		return nil, nil, fmt.Errorf("consul client: %w", err)
 	}
-	return client, nil
+	return client, catalogsync.NewHTTP(c), nil
 }
 
 func newVersionCmd() *cobra.Command {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -68,7 +69,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 	if created {
 		logger.Info("created private key", "key_file", cfg.KeyFile, "public_key", key.Public())
 	}
-	consul, err := consulClient(cfg)
+	consul, consulHTTP, err := consulClients(cfg)
 	if err != nil {
 		return err
 	}
@@ -119,6 +120,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		SnapshotPath:       filepath.Join(cfg.StateDir, snapshot.FileName),
 		ResyncInterval:     cfg.ResyncInterval,
 		Consul:             consul,
+		ConsulHTTP:         consulHTTP,
 		Datacenter:         cfg.Consul.Datacenter,
 		Link:               link,
 		Gateway:            gw,
@@ -151,6 +153,10 @@ func serveMetrics(ctx context.Context, addr string, a *agent.Agent, logger *slog
 	reg.MustRegister(metrics.Collector{Status: a.Status})
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Go's profiler, for operators chasing CPU or memory: the listener is
+	// on loopback unless metrics_address says otherwise.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
