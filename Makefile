@@ -45,6 +45,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./snapshot
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecode$$' -fuzztime $(FUZZTIME) ./catalogsync
+	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecodeMatchesAPI$$' -fuzztime $(FUZZTIME) ./catalogsync
 
 test: lint unit fuzz bench-quick
 

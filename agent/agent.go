@@ -70,7 +70,9 @@ type Agent struct {
 	// watch is diffed against it without reading a device of thousands of
 	// peers; the kernel itself is read at start, every ResyncInterval,
 	// after a failure or a write outside reconcile (applied is then nil).
-	applied      *peers.Observed
+	applied *peers.Observed
+	// parses keeps each catalog entry's parse until it changes.
+	parses       peers.ParseCache
 	absentSince  map[wgtypes.Key]time.Time
 	released     map[wgtypes.Key]bool
 	lastRegister time.Time
@@ -96,6 +98,8 @@ type Agent struct {
 	fromDisk bool
 	savedAt  time.Time
 	status   Status
+	// peerSource makes status's peer list when it is asked for.
+	peerSource peerSource
 }
 
 // New returns an agent; Run starts it.
@@ -509,7 +513,7 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 		return res, nil
 	}
 	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
-	res.desired, res.rejected = peers.Desire(snap.Entries, self, a.opts.Rules)
+	res.desired, res.rejected = a.parses.Desire(snap.Entries, self, a.opts.Rules)
 	var obs peers.Observed
 	if trusted != nil {
 		obs = *trusted

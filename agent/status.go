@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -109,10 +110,11 @@ type PeerStatus struct {
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	st := a.status
-	st.Peers = slices.Clone(st.Peers)
+	src := a.peerSource
 	st.Differences = slices.Clone(st.Differences)
 	st.Catalog = a.catalogStatus()
 	a.mu.Unlock()
+	st.Peers = src.peers()
 	if a.opts.Gateway != nil {
 		gs := a.opts.Gateway.Status()
 		st.Gateway = &gs
@@ -180,6 +182,62 @@ func (a *Agent) catalogStatus() CatalogStatus {
 	return cs
 }
 
+// peerSource is what a status's peer list is made from: kept as it is at
+// every reconcile, and turned into strings only when a status is asked for
+// (with 10,000 peers that is most of a reconcile's work otherwise).
+type peerSource struct {
+	res result
+	err error
+}
+
+// peers builds the status's peer list.
+func (src peerSource) peers() []PeerStatus {
+	res, err := src.res, src.err
+	out := make([]PeerStatus, 0, len(res.desired)+len(res.rejected)+len(res.plan.Held))
+	// After a successful apply the kernel holds the plan's upserts, so a
+	// desired peer is pending only if the apply failed.
+	upserted := map[wgtypes.Key]bool{}
+	for _, p := range res.plan.Upsert {
+		upserted[p.PublicKey] = true
+	}
+	for _, p := range res.desired {
+		state := PeerApplied
+		if err != nil && upserted[p.PublicKey] {
+			state = PeerPending
+		}
+		out = append(out, PeerStatus{
+			Node: p.Node, PublicKey: p.PublicKey.String(), Endpoint: p.Endpoint.String(),
+			Prefix: p.Prefix.String(), Health: p.Health, State: state,
+		})
+	}
+	for _, r := range res.rejected {
+		out = append(out, PeerStatus{Node: r.Node, ServiceID: r.ServiceID, State: PeerRejected, Reason: r.Reason, Code: r.Code})
+	}
+	allowed := map[wgtypes.Key][]netip.Prefix{}
+	if len(res.plan.Held) > 0 {
+		for _, kp := range res.obs.Peers {
+			allowed[kp.PublicKey] = kp.AllowedIPs
+		}
+	}
+	for _, h := range res.plan.Held {
+		until := h.Until
+		ps := PeerStatus{PublicKey: h.PublicKey.String(), State: PeerHeld, HeldUntil: &until,
+			Reason: "gone from the catalog; removal grace until " + until.UTC().Format(time.RFC3339)}
+		if h.Breaker {
+			ps.HeldUntil = nil
+			ps.Reason = "gone from the catalog; held by the mass-removal circuit breaker (meshd release-removals)"
+		}
+		if a := allowed[h.PublicKey]; len(a) > 0 {
+			ps.Prefix = a[0].String()
+		}
+		out = append(out, ps)
+	}
+	slices.SortFunc(out, func(x, y PeerStatus) int {
+		return cmp.Or(strings.Compare(x.Node, y.Node), strings.Compare(x.PublicKey, y.PublicKey))
+	})
+	return out
+}
+
 func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now time.Time) {
 	reg := a.opts.Registration
 	st := Status{
@@ -200,47 +258,12 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	if err != nil {
 		st.LastError = err.Error()
 	}
-	// After a successful apply the kernel holds the plan's upserts, so a
-	// desired peer is pending only if the apply failed.
-	upserted := map[wgtypes.Key]bool{}
-	for _, p := range res.plan.Upsert {
-		upserted[p.PublicKey] = true
-	}
-	for _, p := range res.desired {
-		state := PeerApplied
-		if err != nil && upserted[p.PublicKey] {
-			state = PeerPending
-		}
-		st.Peers = append(st.Peers, PeerStatus{
-			Node: p.Node, PublicKey: p.PublicKey.String(), Endpoint: p.Endpoint.String(),
-			Prefix: p.Prefix.String(), Health: p.Health, State: state,
-		})
-	}
-	for _, r := range res.rejected {
-		st.Peers = append(st.Peers, PeerStatus{Node: r.Node, ServiceID: r.ServiceID, State: PeerRejected, Reason: r.Reason, Code: r.Code})
-	}
-	allowed := map[wgtypes.Key][]netip.Prefix{}
-	for _, kp := range res.obs.Peers {
-		allowed[kp.PublicKey] = kp.AllowedIPs
-	}
 	st.Breaker = Breaker{Tripped: res.plan.Breaker, Pending: res.plan.Pending, Released: len(a.released)}
 	for _, h := range res.plan.Held {
-		until := h.Until
-		ps := PeerStatus{PublicKey: h.PublicKey.String(), State: PeerHeld, HeldUntil: &until,
-			Reason: "gone from the catalog; removal grace until " + until.UTC().Format(time.RFC3339)}
 		if h.Breaker {
 			st.Breaker.Held++
-			ps.HeldUntil = nil
-			ps.Reason = "gone from the catalog; held by the mass-removal circuit breaker (meshd release-removals)"
 		}
-		if a := allowed[h.PublicKey]; len(a) > 0 {
-			ps.Prefix = a[0].String()
-		}
-		st.Peers = append(st.Peers, ps)
 	}
-	slices.SortFunc(st.Peers, func(x, y PeerStatus) int {
-		return strings.Compare(x.Node+"\x00"+x.PublicKey, y.Node+"\x00"+y.PublicKey)
-	})
 	a.mu.Lock()
 	fromDisk := a.fromDisk
 	a.mu.Unlock()
@@ -267,6 +290,6 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		st.NotConvergedSince = &since
 	}
 	a.mu.Lock()
-	a.status = st
+	a.status, a.peerSource = st, peerSource{res: res, err: err}
 	a.mu.Unlock()
 }

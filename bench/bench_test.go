@@ -225,6 +225,7 @@ func (f *floor) run(ctx context.Context, nsName string) {
 	for ctx.Err() == nil {
 		url := fmt.Sprintf("http://127.0.0.1:8500/v1/health/service/meshd?stale&wait=5m&index=%d", index)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req.Header.Set("Accept-Encoding", "identity") // as meshd asks: no compression on loopback
 		resp, err := client.Do(req)
 		if err != nil {
 			time.Sleep(100 * time.Millisecond)

@@ -127,6 +127,9 @@ func TestBench(t *testing.T) {
 				if err := saveProfile(hosts[0], *profileFlag, time.Duration(*eventsFlag)*400*time.Millisecond); err != nil {
 					t.Errorf("profile: %v", err)
 				}
+				if err := saveURL(hosts[0], "/debug/pprof/heap", *profileFlag+".heap"); err != nil {
+					t.Errorf("heap profile: %v", err)
+				}
 			}()
 		} else {
 			close(profiled)
@@ -295,8 +298,13 @@ func TestBench(t *testing.T) {
 // saveProfile saves a CPU profile of h's meshd over d (its pprof endpoint
 // on the metrics listener).
 func saveProfile(h *meshHost, path string, d time.Duration) error {
+	return saveURL(h, fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), path)
+}
+
+// saveURL saves what h's metrics listener serves at path.
+func saveURL(h *meshHost, urlPath, path string) error {
 	client := &http.Client{Transport: &http.Transport{DialContext: testlab.DialInNetns(h.Netns)}}
-	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:9474/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)))
+	resp, err := client.Get("http://127.0.0.1:9474" + urlPath)
 	if err != nil {
 		return err
 	}

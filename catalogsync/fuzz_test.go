@@ -1,9 +1,14 @@
 package catalogsync
 
 import (
+	"encoding/json"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/consul/api"
 
 	"meshd.dev/meshd/peers"
 )
@@ -33,4 +38,49 @@ func FuzzHTTPDecode(f *testing.F) {
 			t.Fatalf("second decode differs: %+v vs %+v", first, second)
 		}
 	})
+}
+
+// FuzzHTTPDecodeMatchesAPI builds health responses as Consul writes them
+// (the API's own types, marshalled) from fuzzed fields, and checks that the
+// raw decoder reads what the API client would, on a first read and on a
+// second one that goes through its cache after one instance changed.
+func FuzzHTTPDecodeMatchesAPI(f *testing.F) {
+	f.Add("meshd-h1", "public_key", "k\u00e9y\"\\/<>&\u2028", "gateway", uint64(3), uint64(9), "passing", "serfHealth", uint8(2))
+	f.Add("", "", "", "", uint64(0), uint64(0), "critical", "_node_maintenance", uint8(0))
+	f.Fuzz(func(t *testing.T, id, metaKey, metaVal, tag string, create, modify uint64, status, checkID string, n uint8) {
+		var es []*api.ServiceEntry
+		for i := range int(n%4) + 1 {
+			es = append(es, &api.ServiceEntry{
+				Node: &api.Node{Node: "n", TaggedAddresses: map[string]string{"lan": "x"}, Meta: map[string]string{"a": "b"}},
+				Service: &api.AgentService{ID: id + strconv.Itoa(i), Service: "meshd", Tags: []string{tag, "t"},
+					Meta: map[string]string{metaKey: metaVal, "v": "1"}, CreateIndex: create, ModifyIndex: modify + uint64(i),
+					Weights: api.AgentWeights{Passing: 1}},
+				Checks: api.HealthChecks{{CheckID: checkID, Status: status, Output: metaVal}},
+			})
+		}
+		h := &HTTP{}
+		checkRound(t, h, es, 1)
+		es[0].Service.Meta = map[string]string{"changed": metaVal}
+		es[0].Service.ModifyIndex++
+		checkRound(t, h, es, 2)
+	})
+}
+
+func checkRound(t *testing.T, h *HTTP, es []*api.ServiceEntry, round int) {
+	t.Helper()
+	body, err := json.Marshal(es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []*api.ServiceEntry
+	if err := json.Unmarshal(body, &back); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.decode(body)
+	if err != nil {
+		t.Fatalf("round %d: decode of %s: %v", round, body, err)
+	}
+	if want := Convert(back); !reflect.DeepEqual(want, got) {
+		t.Fatalf("round %d: decode differs from the API's:\napi %+v\nraw %+v", round, want, got)
+	}
 }

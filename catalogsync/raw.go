@@ -1,8 +1,8 @@
 package catalogsync
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/valyala/fastjson"
 
 	"meshd.dev/meshd/peers"
 )
@@ -28,7 +27,7 @@ type HTTP struct {
 	client *http.Client
 	base   url.URL
 	token  string
-	parser fastjson.Parser
+	buf    bytes.Buffer
 	cache  map[string]peers.Entry // by service ID, from the last read
 }
 
@@ -75,7 +74,10 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 		return nil, 0, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	// One buffer serves every read: decode copies out what it keeps.
+	h.buf.Reset()
+	_, err = h.buf.ReadFrom(io.LimitReader(resp.Body, maxResponse))
+	body := h.buf.Bytes()
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", u.Path, err)
 	}
@@ -93,53 +95,124 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 	return entries, index, nil
 }
 
-// decode parses a health response.
+// decode parses a health response: one pass over its bytes (see scanner),
+// taking an instance's Meta and tags from the last read when its
+// ModifyIndex is unchanged.
 func (h *HTTP) decode(body []byte) ([]peers.Entry, error) {
-	v, err := h.parser.ParseBytes(body)
-	if err != nil {
-		return nil, fmt.Errorf("response is not JSON: %w", err)
-	}
-	items, err := v.Array()
-	if err != nil {
-		return nil, errors.New("response is not a JSON array")
-	}
-	next := make(map[string]peers.Entry, len(items))
-	out := make([]peers.Entry, 0, len(items))
-	for _, item := range items {
-		svc := item.Get("Service")
-		if svc == nil || svc.Type() != fastjson.TypeObject {
-			continue
+	s := &scanner{b: body}
+	next := make(map[string]peers.Entry, len(h.cache))
+	out := make([]peers.Entry, 0, len(h.cache))
+	err := s.each('[', func([]byte) error {
+		if s.isNull() {
+			return nil
 		}
-		id := string(svc.GetStringBytes("ID"))
-		modify := svc.GetUint64("ModifyIndex")
-		e, ok := h.cache[id]
-		if !ok || modify == 0 || e.ModifyIndex != modify {
-			e = peers.Entry{ServiceID: id, CreateIndex: svc.GetUint64("CreateIndex"), ModifyIndex: modify}
-			if meta := svc.GetObject("Meta"); meta != nil {
-				e.Meta = make(map[string]string, meta.Len())
-				meta.Visit(func(k []byte, v *fastjson.Value) {
-					if b, err := v.StringBytes(); err == nil {
-						e.Meta[string(k)] = string(b)
-					}
-				})
-			}
-			for _, t := range svc.GetArray("Tags") {
-				if b, err := t.StringBytes(); err == nil {
-					e.Tags = append(e.Tags, string(b))
+		var (
+			e          peers.Entry
+			meta, tags []byte
+			hasService bool
+			checks     api.HealthChecks
+		)
+		err := s.each('{', func(key []byte) error {
+			switch string(key) {
+			case "Service":
+				if s.isNull() {
+					return nil
 				}
+				hasService = true
+				return s.each('{', func(key []byte) error {
+					var err error
+					switch string(key) {
+					case "ID":
+						e.ServiceID, err = s.text()
+					case "CreateIndex":
+						e.CreateIndex, err = s.uint()
+					case "ModifyIndex":
+						e.ModifyIndex, err = s.uint()
+					case "Meta":
+						meta, err = s.span()
+					case "Tags":
+						tags, err = s.span()
+					default:
+						err = s.skip()
+					}
+					return err
+				})
+			case "Checks":
+				if s.isNull() {
+					return nil
+				}
+				return s.each('[', func([]byte) error {
+					c := &api.HealthCheck{}
+					checks = append(checks, c)
+					return s.each('{', func(key []byte) error {
+						var err error
+						switch string(key) {
+						case "CheckID":
+							c.CheckID, err = s.text()
+						case "Status":
+							c.Status, err = s.text()
+						default:
+							err = s.skip()
+						}
+						return err
+					})
+				})
+			default:
+				return s.skip()
 			}
+		})
+		if err != nil || !hasService {
+			return err
 		}
-		var checks api.HealthChecks
-		for _, c := range item.GetArray("Checks") {
-			checks = append(checks, &api.HealthCheck{CheckID: string(c.GetStringBytes("CheckID")), Status: string(c.GetStringBytes("Status"))})
+		if c, ok := h.cache[e.ServiceID]; ok && e.ModifyIndex != 0 && c.ModifyIndex == e.ModifyIndex && c.CreateIndex == e.CreateIndex {
+			e.Meta, e.Tags = c.Meta, c.Tags
+		} else if err := parseMetaTags(&e, meta, tags); err != nil {
+			return err
 		}
 		e.Health = checks.AggregatedStatus()
-		next[id] = e
+		next[e.ServiceID] = e
 		out = append(out, e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.peek() != 0 {
+		return nil, fmt.Errorf("%w: data after the response", errSyntax)
 	}
 	h.cache = next
 	slices.SortFunc(out, func(a, b peers.Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
 	return out, nil
+}
+
+// parseMetaTags reads an instance's Meta object and Tags array.
+func parseMetaTags(e *peers.Entry, meta, tags []byte) error {
+	if m := (&scanner{b: meta}); len(meta) > 0 && !m.isNull() {
+		e.Meta = map[string]string{}
+		err := m.each('{', func(key []byte) error {
+			k, err := (&scanner{b: append(append([]byte{'"'}, key...), '"')}).text()
+			if err != nil {
+				return err
+			}
+			v, err := m.text()
+			e.Meta[k] = v
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if t := (&scanner{b: tags}); len(tags) > 0 && !t.isNull() {
+		err := t.each('[', func([]byte) error {
+			v, err := t.text()
+			e.Tags = append(e.Tags, v)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sameEntries reports whether two reads say the same to meshd: equal

@@ -241,14 +241,56 @@ type Rejection struct {
 // order and an entry whose node name, key or prefix collides with one
 // already accepted is rejected.
 func Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
+	return (*ParseCache)(nil).Desire(entries, self, r)
+}
+
+// ParseCache keeps the parse of every entry by service ID, so that a
+// catalog of thousands of entries, of which one changed, costs one parse.
+// An entry is parsed again when its ModifyIndex changed (or is 0). Use one
+// cache with one set of Rules; it is not safe for concurrent use.
+type ParseCache struct {
+	m map[string]cachedParse
+}
+
+type cachedParse struct {
+	modify uint64
+	p      Peer
+	err    error
+}
+
+// parse is ParseEntry through the cache (a nil cache parses every time).
+func (c *ParseCache) parse(e Entry, r Rules, next map[string]cachedParse) (Peer, error) {
+	if c == nil {
+		return ParseEntry(e, r)
+	}
+	hit, ok := c.m[e.ServiceID]
+	if !ok || e.ModifyIndex == 0 || hit.modify != e.ModifyIndex {
+		p, err := ParseEntry(e, r)
+		hit = cachedParse{modify: e.ModifyIndex, p: p, err: err}
+	}
+	next[e.ServiceID] = hit
+	p := hit.p
+	// Health comes from the checks and CreateIndex from the catalog, not
+	// from the instance's own writes.
+	p.Health, p.CreateIndex = e.Health, e.CreateIndex
+	return p, hit.err
+}
+
+// Desire is the package's Desire, parsing through the cache.
+func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
 	type parsed struct {
 		e   Entry
 		p   Peer
 		err error
 	}
+	var next map[string]cachedParse
+	if c != nil {
+		next = make(map[string]cachedParse, len(entries))
+		defer func() { c.m = next }()
+	}
 	ps := make([]parsed, 0, len(entries))
 	for _, e := range entries {
-		p, err := ParseEntry(e, r)
+		p, err := c.parse(e, r, next)
 		ps = append(ps, parsed{e, p, err})
 	}
 	slices.SortFunc(ps, func(a, b parsed) int {

@@ -1,6 +1,7 @@
 package peers
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -23,6 +24,23 @@ func FuzzDesire(f *testing.F) {
 		b := entry(2, meta(MetaPrefix, prefix2))
 		c := entry(3, meta(MetaPublicKey, key))
 		got, rej := Desire([]Entry{a, b, c}, self, rules)
+		// Through a cache, twice (the second time from it, with one entry
+		// changed in between), the result is the same as without.
+		var cache ParseCache
+		for i, es := range [][]Entry{{a, b, c}, {a, c}, {a, b, c}} {
+			for j := range es {
+				es[j].ModifyIndex = uint64(j + 1)
+			}
+			if i == 2 {
+				es[1].Meta = map[string]string{MetaVersion: "9"}
+				es[1].ModifyIndex = 99
+			}
+			cached, crej := cache.Desire(es, self, rules)
+			plain, prej := Desire(es, self, rules)
+			if !reflect.DeepEqual(cached, plain) || !reflect.DeepEqual(crej, prej) {
+				t.Fatalf("round %d: cached Desire differs:\n%+v %+v\n%+v %+v", i, cached, crej, plain, prej)
+			}
+		}
 		if len(got)+len(rej) > 3 {
 			t.Fatalf("%d peers and %d rejections from 3 entries", len(got), len(rej))
 		}
