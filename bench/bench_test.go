@@ -66,6 +66,9 @@ type snapshot struct {
 	once       sync.Once
 	peersRead  map[wgtypes.Key]wgtypes.Peer
 	routes     func(netip.Prefix) bool // reports whether the prefix is routed into the link
+	// at, when set by a condition, is when the decisive observation was
+	// made (else: when the look ended).
+	at time.Time
 }
 
 func (s *snapshot) peers() map[wgtypes.Key]wgtypes.Peer {
@@ -76,12 +79,24 @@ func (s *snapshot) peers() map[wgtypes.Key]wgtypes.Peer {
 // has reports whether the kernel holds sim as it is; withRoute checks its
 // route first (meshd adds a route after its peer, so a missing route spares
 // the device read).
+//
+// With the route, the route is what times the change: meshd writes it after
+// the peer, so the peer was there first; the device read that follows only
+// confirms it (reading 10,000 peers takes longer than the change itself).
 func (s *snapshot) has(sim Sim, withRoute bool) bool {
-	if withRoute && !s.routes(sim.Prefix) {
-		return false
+	var routed time.Time
+	if withRoute {
+		if !s.routes(sim.Prefix) {
+			return false
+		}
+		routed = time.Now()
 	}
 	p, ok := s.peers()[sim.Key]
-	return ok && p.Endpoint != nil && p.Endpoint.String() == sim.Endpoint.String() && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == sim.Prefix.String()
+	ok = ok && p.Endpoint != nil && p.Endpoint.String() == sim.Endpoint.String() && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == sim.Prefix.String()
+	if ok && withRoute {
+		s.at = routed
+	}
+	return ok
 }
 
 // gone reports whether the kernel no longer holds the node; withRoute
@@ -168,6 +183,9 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 		tg.last = s
 		if ok && tg.cond != nil && tg.done.IsZero() {
 			tg.done = now
+			if !s.at.IsZero() {
+				tg.done = s.at
+			}
 		}
 		tg.mu.Unlock()
 		// Leave the CPU to the systems measured for a moment.

@@ -22,6 +22,8 @@ type Point struct {
 	// write's acknowledgement until every kernel of that system has it
 	// (for the floor: until the blocking query returns).
 	Latency map[string][]time.Duration
+	// MeshdByKind is meshd's latency by kind of event.
+	MeshdByKind map[string][]time.Duration
 	// Unconverged counts events a system had not applied within the
 	// event timeout (its latency is then the timeout).
 	Unconverged map[string]int
@@ -70,6 +72,15 @@ func WriteTables(w io.Writer, points []Point) {
 				continue
 			}
 			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %d |\n", s, len(l), ms(Quantile(l, 0.5)), ms(Quantile(l, 0.99)), ms(slices.Max(l)), p.Unconverged[s])
+		}
+		var kinds []string
+		for _, k := range []string{"join", "rotate", "endpoint", "leave"} {
+			if l := p.MeshdByKind[k]; len(l) > 0 {
+				kinds = append(kinds, fmt.Sprintf("%s %s", k, ms(Quantile(l, 0.5))))
+			}
+		}
+		if len(kinds) > 0 {
+			fmt.Fprintf(w, "\nmeshd p50 by event, ms: %s.", strings.Join(kinds, ", "))
 		}
 		m50 := Quantile(p.Latency[Meshd], 0.5)
 		fmt.Fprintf(w, "\nmeshd/classic p50: %s; meshd/floor p50: %s. ", ratio(m50, Quantile(p.Latency[Classic], 0.5)), ratio(m50, Quantile(p.Latency[Floor], 0.5)))

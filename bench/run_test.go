@@ -106,7 +106,7 @@ func TestBench(t *testing.T) {
 			tg.medianPeriod() // forget the periods of the fill
 		}
 
-		p := Point{N: n, Latency: map[string][]time.Duration{}, Unconverged: map[string]int{}, RxPerEvent: map[string]float64{}}
+		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, RxPerEvent: map[string]float64{}}
 		before := map[string]procStat{}
 		rx0 := map[string]uint64{}
 		for _, h := range hosts {
@@ -214,6 +214,7 @@ func TestBench(t *testing.T) {
 			for sys, d := range worst {
 				p.Latency[sys] = append(p.Latency[sys], max(d, 0))
 			}
+			p.MeshdByKind[kind] = append(p.MeshdByKind[kind], max(worst[Meshd], 0))
 			if w := floorWake(sent); !w.IsZero() {
 				p.Latency[Floor] = append(p.Latency[Floor], max(w.Sub(acked), 0))
 			} else {
@@ -437,8 +438,12 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
 - meshd: until every meshd host's device holds the change (read through wgctrl from outside
   meshd) and, for joins and leaves, the route to the node's prefix points into (or no longer
   into) the WireGuard link (read through netlink in the host's namespace). The slowest host
-  counts. Devices are read continuously while an event is pending; the kernel poll period
-  (median time of one read) is the resolution.
+  counts. A join is timed by its route (meshd adds the route after the peer; a device read
+  then confirms the peer); the other events by the device read that shows them, so their
+  resolution is the kernel poll period (the median time of one read of the whole device,
+  which grows with N: the userspace device prints every peer). Devices are read
+  continuously while an event is pending, which also holds the userspace device's lock
+  against meshd's writes: rotate and endpoint events are measured pessimistically.
 - classic: consul-template (v0.41.1, built from the Go module proxy) on the classic host
   watches bench/classic/ through its own agent, renders a wg-quick style file of every node
   and runs ` + "`wg syncconf`" + ` on a userspace device; until that device holds the change.
