@@ -57,6 +57,13 @@ bench: deps consul
 	@scripts/consul-template-bin >/dev/null
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 85m -v . \
 		-args $(BENCH_FLAGS) -out ../BENCHMARKS.md -plot ../benchmarks-cdf.png
+	{ echo; echo '## Go benchmarks (same make bench)'; echo; \
+	  echo 'One changed mesh peer written to a device holding N (`netlinkx`), and one new user peer'; \
+	  echo 'applied by a gateway holding N (`gateway`, incremental and full reconcile); real userspace'; \
+	  echo 'devices in a network namespace of their own.'; echo; echo '```'; \
+	  $(GO) test -run '^$$' -bench 'BenchmarkApplyOneChanged|BenchmarkApplyOnePeer' -benchtime 50x ./netlinkx ./gateway \
+	    | grep -E '^(Benchmark|goos|goarch|cpu|ok)'; \
+	  echo '```'; } >> BENCHMARKS.md
 
 # The same at small sizes, under 2 minutes: CI runs it as part of make test;
 # its report goes to out/.

@@ -11,9 +11,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/peers"
 )
@@ -91,6 +93,19 @@ func (f *peerFlags) check(needName bool) error {
 	return nil
 }
 
+// open loads the configuration, checks the flags and connects to Consul.
+func (f *peerFlags) open(cmd *cobra.Command, needName bool) (*config.Config, *api.Client, error) {
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := f.check(needName); err != nil {
+		return nil, nil, err
+	}
+	consul, err := consulClient(cfg)
+	return cfg, consul, err
+}
+
 // flagError is bad input on a command-line flag, in the same one-line form
 // as a bad configuration value.
 func flagError(flag, val, expected string) error {
@@ -128,11 +143,8 @@ func newGatewayPeerCreateCmd() *cobra.Command {
 			"gateway. Runs anywhere with Consul access; bad input writes nothing and exits 2.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd)
+			cfg, consul, err := f.open(cmd, true)
 			if err != nil {
-				return err
-			}
-			if err := f.check(true); err != nil {
 				return err
 			}
 			req := gateway.Request{Org: f.org, Name: f.name, Expires: expires, Replace: replace}
@@ -154,10 +166,6 @@ func newGatewayPeerCreateCmd() *cobra.Command {
 				priv, req.PublicKey = &k, k.PublicKey()
 			}
 			if req.Allow, err = parseAllow(allow, cfg.MeshSupernet); err != nil {
-				return err
-			}
-			consul, err := consulClient(cfg)
-			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), deadline)
@@ -230,14 +238,7 @@ func newGatewayPeerListCmd() *cobra.Command {
 			"expiry, and whether each is active, expired (the gateway deletes it) or rejected (and why).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			if err := f.check(false); err != nil {
-				return err
-			}
-			consul, err := consulClient(cfg)
+			_, consul, err := f.open(cmd, false)
 			if err != nil {
 				return err
 			}
@@ -302,14 +303,7 @@ func newGatewayPeerRemoveCmd() *cobra.Command {
 			"then removes the peer from its user link and firewall at once.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			if err := f.check(true); err != nil {
-				return err
-			}
-			consul, err := consulClient(cfg)
+			_, consul, err := f.open(cmd, true)
 			if err != nil {
 				return err
 			}
