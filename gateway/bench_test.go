@@ -55,16 +55,17 @@ func BenchmarkApplyOnePeer(b *testing.B) {
 	}
 }
 
+var benchRuns int
+
 func benchApplyOnePeer(b *testing.B, n int, full bool) {
 	priv, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		b.Fatal(err)
 	}
-	// A name per run: a removed userspace device takes a moment to go.
-	name := fmt.Sprintf("gwb%d", n)
-	if full {
-		name += "f"
-	}
+	// A name per run: the testing package runs a benchmark more than once,
+	// and a removed userspace device takes a moment to go.
+	benchRuns++
+	name := fmt.Sprintf("gwb%d", benchRuns)
 	link, err := netlinkx.Open(netlinkx.Options{
 		Name: name, MTU: 1420, ListenPort: 51900, PrivateKey: priv,
 		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), ""),

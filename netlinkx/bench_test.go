@@ -16,6 +16,8 @@ import (
 	"meshd.dev/meshd/prefixalloc"
 )
 
+var benchRuns int
+
 // BenchmarkApplyOneChanged measures writing one changed peer (a new
 // endpoint) to a real userspace WireGuard device that holds n peers with
 // their routes: the plan's single upsert, nothing else. writes/op counts
@@ -28,7 +30,10 @@ func BenchmarkApplyOneChanged(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			name := fmt.Sprintf("wgb%d", n)
+			// A name per run: the testing package runs a benchmark more
+			// than once, and a removed userspace device takes a moment to go.
+			benchRuns++
+			name := fmt.Sprintf("wgb%d", benchRuns)
 			l, err := netlinkx.Open(netlinkx.Options{
 				Name: name, MTU: 1420, ListenPort: 51830, PrivateKey: key,
 				Address:        netip.MustParseAddr("fdaa:0:1::1"),

@@ -288,12 +288,17 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 		next = make(map[string]cachedParse, len(entries))
 		defer func() { c.m = next }()
 	}
-	ps := make([]parsed, 0, len(entries))
+	all := make([]parsed, 0, len(entries))
 	for _, e := range entries {
 		p, err := c.parse(e, r, next)
-		ps = append(ps, parsed{e, p, err})
+		all = append(all, parsed{e, p, err})
 	}
-	slices.SortFunc(ps, func(a, b parsed) int {
+	// Sorted by pointer: a parsed entry is hundreds of bytes to move.
+	ps := make([]*parsed, len(all))
+	for i := range all {
+		ps[i] = &all[i]
+	}
+	slices.SortFunc(ps, func(a, b *parsed) int {
 		return cmp.Or(cmp.Compare(a.e.CreateIndex, b.e.CreateIndex), strings.Compare(a.e.ServiceID, b.e.ServiceID))
 	})
 
@@ -315,7 +320,7 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	}
 	slices.Sort(lens)
 	claimed := newPrefixSet(lens)
-	reject := func(x parsed, code, reason string) {
+	reject := func(x *parsed, code, reason string) {
 		rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason, Code: code})
 	}
 	for _, x := range ps {
@@ -358,7 +363,10 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 		claimed.add(p)
 		out = append(out, p)
 	}
-	slices.SortFunc(out, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
+	byName := func(a, b Peer) int { return strings.Compare(a.Node, b.Node) }
+	if !slices.IsSortedFunc(out, byName) {
+		slices.SortFunc(out, byName)
+	}
 	slices.SortFunc(rej, func(a, b Rejection) int { return strings.Compare(a.ServiceID, b.ServiceID) })
 	return out, rej
 }
