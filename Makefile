@@ -52,7 +52,7 @@ test: lint unit fuzz bench-quick
 # Convergence of meshd against the classic approach (consul-template + wg
 # syncconf) and the floor (a bare blocking query), in one run: writes
 # BENCHMARKS.md and benchmarks-cdf.png. About 30 minutes on 2 cores.
-BENCH_FLAGS ?= -sizes 1000,5000,10000 -events 32 -hosts 3 -idle 10m
+BENCH_FLAGS ?= -sizes 1000,5000,10000 -events 32 -hosts 2 -idle 10m
 bench: deps consul
 	@scripts/consul-template-bin >/dev/null
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 85m -v . \

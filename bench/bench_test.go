@@ -109,6 +109,9 @@ func (s *snapshot) gone(key wgtypes.Key, prefix netip.Prefix, withRoute bool) bo
 	return !ok
 }
 
+// deviceReads serializes the targets' device reads.
+var deviceReads sync.Mutex
+
 // poll reads the target's kernel state until ctx ends.
 func (tg *target) poll(ctx context.Context, t *testing.T) {
 	wg, err := wgctrl.New()
@@ -149,6 +152,17 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 			continue
 		}
 		s := &snapshot{readDevice: func() map[wgtypes.Key]wgtypes.Peer {
+			// One device read at a time across all targets, each followed by
+			// a pause as long as the read: reads of large devices would
+			// otherwise take the CPU (and the devices' locks) from the
+			// systems measured.
+			deviceReads.Lock()
+			readStart := time.Now()
+			defer func() {
+				d := time.Since(readStart)
+				deviceReads.Unlock()
+				time.Sleep(d)
+			}()
 			out := map[wgtypes.Key]wgtypes.Peer{}
 			dev, err := wg.Device(tg.iface)
 			if err != nil {
