@@ -18,7 +18,9 @@ func PlotCDF(path string, p Point) error {
 	pl.X.Label.Text = "milliseconds from the write's acknowledgement (log scale)"
 	pl.Y.Label.Text = "fraction of events"
 	pl.X.Scale = plot.LogScale{}
-	pl.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	// Ticks at round values in the data's range: a log scale's own ticks
+	// label only powers of ten.
+	pl.X.Tick.Marker = plot.DefaultTicks{}
 	pl.Legend.Top = false
 	pl.Legend.Left = false
 	colors := map[string]color.RGBA{Floor: {120, 120, 120, 255}, Meshd: {0, 110, 200, 255}, Classic: {210, 80, 30, 255}}
