@@ -250,6 +250,22 @@ func Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
 // cache with one set of Rules; it is not safe for concurrent use.
 type ParseCache struct {
 	m map[string]cachedParse
+	// Maps kept from one Desire to the next, emptied and refilled: with
+	// thousands of entries, making them anew each time is most of what a
+	// wake allocates.
+	spare  map[string]cachedParse
+	byNode map[string]string
+	byKey  map[wgtypes.Key]string
+	claims *prefixSet
+	items  []parsed
+	ptrs   []*parsed
+}
+
+// parsed is one entry as Desire sees it.
+type parsed struct {
+	e   *Entry
+	p   Peer
+	err error
 }
 
 type cachedParse struct {
@@ -278,35 +294,46 @@ func (c *ParseCache) parse(e Entry, r Rules, next map[string]cachedParse) (Peer,
 
 // Desire is the package's Desire, parsing through the cache.
 func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
-	type parsed struct {
-		e   Entry
-		p   Peer
-		err error
-	}
-	var next map[string]cachedParse
+	var (
+		next    map[string]cachedParse
+		byNode  map[string]string
+		byKey   map[wgtypes.Key]string
+		claimed *prefixSet
+	)
 	if c != nil {
-		next = make(map[string]cachedParse, len(entries))
-		defer func() { c.m = next }()
+		if c.spare == nil {
+			c.spare, c.byNode, c.byKey, c.claims = map[string]cachedParse{}, map[string]string{}, map[wgtypes.Key]string{}, newPrefixSet(nil)
+		}
+		next, byNode, byKey, claimed = c.spare, c.byNode, c.byKey, c.claims
+		clear(next)
+		clear(byNode)
+		clear(byKey)
+		claimed.reset()
+		defer func() { c.m, c.spare = next, c.m }()
+	} else {
+		byNode, byKey, claimed = map[string]string{}, map[wgtypes.Key]string{}, newPrefixSet(nil)
 	}
-	all := make([]parsed, 0, len(entries))
-	for _, e := range entries {
-		p, err := c.parse(e, r, next)
-		all = append(all, parsed{e, p, err})
+	var all []parsed
+	var ps []*parsed
+	if c != nil {
+		all, ps = c.items[:0], c.ptrs[:0]
+		defer func() { c.items, c.ptrs = all[:0], ps[:0] }()
+	}
+	for i := range entries {
+		p, err := c.parse(entries[i], r, next)
+		all = append(all, parsed{&entries[i], p, err})
 	}
 	// Sorted by pointer: a parsed entry is hundreds of bytes to move.
-	ps := make([]*parsed, len(all))
 	for i := range all {
-		ps[i] = &all[i]
+		ps = append(ps, &all[i])
 	}
 	slices.SortFunc(ps, func(a, b *parsed) int {
 		return cmp.Or(cmp.Compare(a.e.CreateIndex, b.e.CreateIndex), strings.Compare(a.e.ServiceID, b.e.ServiceID))
 	})
 
 	var (
-		out     []Peer
+		out     = make([]Peer, 0, len(entries))
 		rej     []Rejection
-		byNode  = map[string]string{}
-		byKey   = map[wgtypes.Key]string{}
 		lenSeen = map[int]bool{}
 	)
 	for _, x := range ps {
@@ -319,7 +346,7 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 		lens = append(lens, l)
 	}
 	slices.Sort(lens)
-	claimed := newPrefixSet(lens)
+	claimed.lens = lens
 	reject := func(x *parsed, code, reason string) {
 		rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason, Code: code})
 	}
@@ -363,6 +390,9 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 		claimed.add(p)
 		out = append(out, p)
 	}
+	if len(out) == 0 {
+		out = nil
+	}
 	byName := func(a, b Peer) int { return strings.Compare(a.Node, b.Node) }
 	if !slices.IsSortedFunc(out, byName) {
 		slices.SortFunc(out, byName)
@@ -377,17 +407,30 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 // not cost 10^8 comparisons.
 type prefixSet struct {
 	lens  []int                 // distinct lengths of all candidates
-	exact map[netip.Prefix]Peer // claimed prefixes
-	under map[netip.Prefix]Peer // claimed prefix's ancestors, at every length in lens
+	exact map[netip.Prefix]claim // claimed prefixes
+	under map[netip.Prefix]claim // claimed prefix's ancestors, at every length in lens
+}
+
+// claim is a claimed prefix and the node claiming it.
+type claim struct {
+	Prefix netip.Prefix
+	Node   string
 }
 
 func newPrefixSet(lens []int) *prefixSet {
-	return &prefixSet{lens: lens, exact: map[netip.Prefix]Peer{}, under: map[netip.Prefix]Peer{}}
+	return &prefixSet{lens: lens, exact: map[netip.Prefix]claim{}, under: map[netip.Prefix]claim{}}
+}
+
+// reset empties the set for reuse.
+func (s *prefixSet) reset() {
+	s.lens = nil
+	clear(s.exact)
+	clear(s.under)
 }
 
 // overlap returns a claimed peer whose prefix overlaps p: p's ancestor or p
 // itself is claimed, or p is an ancestor of a claimed prefix.
-func (s *prefixSet) overlap(p netip.Prefix) (Peer, bool) {
+func (s *prefixSet) overlap(p netip.Prefix) (claim, bool) {
 	if c, ok := s.under[p]; ok {
 		return c, true
 	}
@@ -399,10 +442,11 @@ func (s *prefixSet) overlap(p netip.Prefix) (Peer, bool) {
 			return c, true
 		}
 	}
-	return Peer{}, false
+	return claim{}, false
 }
 
-func (s *prefixSet) add(c Peer) {
+func (s *prefixSet) add(p Peer) {
+	c := claim{Prefix: p.Prefix, Node: p.Node}
 	s.exact[c.Prefix] = c
 	for _, l := range s.lens {
 		if l >= c.Prefix.Bits() {
