@@ -406,7 +406,7 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 // instead of scanning every claimed prefix: a snapshot of 10,000 nodes must
 // not cost 10^8 comparisons.
 type prefixSet struct {
-	lens  []int                 // distinct lengths of all candidates
+	lens  []int                  // distinct lengths of all candidates
 	exact map[netip.Prefix]claim // claimed prefixes
 	under map[netip.Prefix]claim // claimed prefix's ancestors, at every length in lens
 }
