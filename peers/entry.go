@@ -107,10 +107,17 @@ func ParseEntry(e Entry, r Rules) (Peer, error) {
 	if len(e.Meta) > MaxMetaKeys {
 		return Peer{}, bad("meta", "meta has %d keys, more than %d", len(e.Meta), MaxMetaKeys)
 	}
+	// The first over-long value by key: the same entry always gets the
+	// same reason, whatever the map's order.
+	var tooLong []string
 	for k, v := range e.Meta {
 		if len(v) > MaxMetaValue {
-			return Peer{}, bad("meta", "meta %s is %d characters, more than %d", clip(k), len(v), MaxMetaValue)
+			tooLong = append(tooLong, k)
 		}
+	}
+	if len(tooLong) > 0 {
+		k := slices.Min(tooLong)
+		return Peer{}, bad("meta", "meta %s is %d characters, more than %d", clip(k), len(e.Meta[k]), MaxMetaValue)
 	}
 	if v := e.Meta[MetaVersion]; v != SchemaVersion {
 		return Peer{}, bad("version", "meta v is %q, want %q", clip(v), SchemaVersion)

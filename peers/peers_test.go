@@ -518,3 +518,16 @@ func TestApplied(t *testing.T) {
 		})
 	}
 }
+
+// TestParseEntryDeterministic: an entry with several over-long Meta values
+// is always rejected for the same one (the first by key), whatever the
+// map's iteration order.
+func TestParseEntryDeterministic(t *testing.T) {
+	e := entry(2, meta("zz", strings.Repeat("x", MaxMetaValue+1)), meta("aa", strings.Repeat("y", MaxMetaValue+2)))
+	for range 50 {
+		_, err := ParseEntry(e, rules)
+		if err == nil || !strings.Contains(err.Error(), "meta aa is 514 characters") {
+			t.Fatalf("ParseEntry: %v, want the over-long value of key aa", err)
+		}
+	}
+}
