@@ -70,14 +70,9 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 	}
 	prefix := netip.MustParsePrefix("fdaa:0:1::/48")
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	link, err := netlinkx.Open(netlinkx.Options{
-		Name: iface, MTU: 1420, ListenPort: 51820, PrivateKey: key, Address: prefix.Addr().Next(),
-		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), ""),
-		Logger:         logger,
+	link := testlab.OpenLink(t, netlinkx.Options{
+		Name: iface, MTU: 1420, ListenPort: 51820, PrivateKey: key, Address: prefix.Addr().Next(), Logger: logger,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	self := catalogsync.Registration{Service: "meshd", Node: "self", PublicKey: key.PublicKey(),
 		Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), Prefix: prefix}
 	a := agent.New(agent.Options{
@@ -100,11 +95,7 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		}
 		return runErr
 	}
-	t.Cleanup(func() {
-		h.stop()
-		link.Remove()
-		link.Close()
-	})
+	t.Cleanup(func() { h.stop() }) // runs before OpenLink's removal
 	return h
 }
 

@@ -11,7 +11,6 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
-	"meshd.dev/meshd/peers"
 )
 
 // ClassicKV is where the classic approach reads the same nodes from.
@@ -91,11 +90,6 @@ func Txn(ctx context.Context, c *api.Client, ops api.TxnOps) error {
 		return fmt.Errorf("transaction rolled back: %v", resp.Errors[0].What)
 	}
 	return nil
-}
-
-// Peer is what a kernel should hold for the node.
-func (s Sim) Peer() peers.Peer {
-	return peers.Peer{Node: s.Name(), PublicKey: s.Key, Endpoint: s.Endpoint, Prefix: s.Prefix}
 }
 
 // txnSims writes the simulated nodes in one transaction.

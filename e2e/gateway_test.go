@@ -101,8 +101,11 @@ func (l *laptop) cannotPing(to netip.Addr, from ...string) bool {
 	return strings.Contains(out, " 0 received")
 }
 
-func gatewayPeerCmd(n *node, t *testing.T, args ...string) *exec.Cmd {
-	return n.Command(append([]string{meshd(t), "gateway", "peer"}, append(args[:1:1], append([]string{"--config", n.config}, args[1:]...)...)...)...)
+// gatewayPeerCmd runs `meshd gateway peer SUB --config <n's> ARGS...` in
+// n's namespace.
+func gatewayPeerCmd(n *node, t *testing.T, sub string, args ...string) *exec.Cmd {
+	argv := append([]string{meshd(t), "gateway", "peer", sub, "--config", n.config}, args...)
+	return n.Command(argv...)
 }
 
 type createResult struct {
@@ -114,7 +117,7 @@ type createResult struct {
 
 func createPeer(t *testing.T, n *node, args ...string) createResult {
 	t.Helper()
-	out, err := gatewayPeerCmd(n, t, append([]string{"create", "--json"}, args...)...).Output()
+	out, err := gatewayPeerCmd(n, t, "create", append([]string{"--json"}, args...)...).Output()
 	if err != nil {
 		var stderr string
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -336,9 +339,13 @@ func TestGateway(t *testing.T) {
 		}
 	}
 
-	// Fill the pool: 31 usable addresses, 22 taken.
+	// Fill the pool: 31 usable addresses, 22 taken. Filling it needs the
+	// expired peer's address, which expiry freed: it is handed out again.
 	for i := range 31 - 2 - concurrent {
 		createPeer(t, b, "--gateway", gw.Name, "--org", "fill", "--name", fmt.Sprintf("f%d", i))
+	}
+	if owner := gatewayKV(t, kv)[gateway.AddressKey(gw.Name, netip.MustParseAddr(res3.Address))]; owner == "" || owner == "acme/temp" {
+		t.Errorf("the expired peer's address %s is not reused after expiry (claim: %q)", res3.Address, owner)
 	}
 
 	// Bad input: a clear one-line error, exit 2, nothing written.
@@ -359,7 +366,7 @@ func TestGateway(t *testing.T) {
 		{"pool exhausted", []string{"--gateway", gw.Name, "--org", "acme", "--name", "x"}, "exhausted"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			cmd := gatewayPeerCmd(b, t, append([]string{"create"}, tt.args...)...)
+			cmd := gatewayPeerCmd(b, t, "create", tt.args...)
 			out, err := cmd.CombinedOutput()
 			ee, ok := err.(*exec.ExitError)
 			if !ok || ee.ExitCode() != 2 {

@@ -2,10 +2,8 @@ package gateway
 
 import (
 	"fmt"
-	"log/slog"
 	"math/big"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -58,24 +56,11 @@ func BenchmarkApplyOnePeer(b *testing.B) {
 var benchRuns int
 
 func benchApplyOnePeer(b *testing.B, n int, full bool) {
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		b.Fatal(err)
-	}
 	// A name per run: the testing package runs a benchmark more than once,
 	// and a removed userspace device takes a moment to go.
 	benchRuns++
 	name := fmt.Sprintf("gwb%d", benchRuns)
-	link, err := netlinkx.Open(netlinkx.Options{
-		Name: name, MTU: 1420, ListenPort: 51900, PrivateKey: priv,
-		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), ""),
-		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer link.Close()
-	defer link.Remove()
+	link := testlab.OpenLink(b, netlinkx.Options{Name: name, MTU: 1420, ListenPort: 51900})
 	fw, err := firewall.Open()
 	if err != nil {
 		b.Fatal(err)

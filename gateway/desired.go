@@ -3,7 +3,6 @@ package gateway
 import (
 	"cmp"
 	"fmt"
-	"math/big"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,8 +13,6 @@ import (
 	"meshd.dev/meshd/firewall"
 	"meshd.dev/meshd/peers"
 )
-
-var bigOne = big.NewInt(1)
 
 // Pair is one KV pair under a gateway's peers folder, as read.
 type Pair struct {

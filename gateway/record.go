@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -135,23 +134,8 @@ func (r Record) Validate() error {
 	if r.Created.IsZero() {
 		errs = append(errs, errors.New("created is missing"))
 	}
-	return oneLine(errs)
-}
-
-// oneLine joins errors with "; " so that a report stays on one line.
-func oneLine(errs []error) error {
-	if len(errs) == 0 {
-		return nil
+	if err := errors.Join(errs...); err != nil {
+		return errors.New(errString(err))
 	}
-	msgs := make([]string, len(errs))
-	for i, e := range errs {
-		msgs[i] = e.Error()
-	}
-	return errors.New(strings.Join(msgs, "; "))
-}
-
-// ParseID splits "org/name".
-func ParseID(id string) (org, name string, ok bool) {
-	org, name, ok = strings.Cut(id, "/")
-	return org, name, ok && peers.IsDNSLabel(org) && peers.IsDNSLabel(name)
+	return nil
 }

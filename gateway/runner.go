@@ -116,12 +116,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		r.watcher.RunKV(ctx, PeersKey(r.opts.Node), func(kvs api.KVPairs, _ uint64) {
-			pairs := make([]Pair, 0, len(kvs))
-			for _, p := range kvs {
-				pairs = append(pairs, Pair{Key: p.Key, Value: p.Value, CreateIndex: p.CreateIndex, ModifyIndex: p.ModifyIndex})
-			}
+			read := pairs(kvs)
 			r.mu.Lock()
-			r.pairs, r.synced = pairs, true
+			r.pairs, r.synced = read, true
 			r.mu.Unlock()
 			mark()
 		})
@@ -241,6 +238,7 @@ func (r *Runner) Remove() error {
 	return errors.Join(r.opts.Link.Remove(), r.opts.Firewall.Remove())
 }
 
+// errString is err on one line: joined errors are separated by "; ".
 func errString(err error) string {
 	if err == nil {
 		return ""

@@ -105,7 +105,7 @@ func Create(ctx context.Context, c *api.Client, gw Info, req Request, now time.T
 			taken[a] = true
 		}
 	}
-	usable := new(big.Int).Sub(new(big.Int).Lsh(bigOne, uint(128-gw.Pool.Bits())), bigOne)
+	usable := prefixalloc.Usable(gw.Pool, 128)
 	if big.NewInt(int64(len(taken))).Cmp(usable) >= 0 {
 		return Record{}, fmt.Errorf("%s (%s, %d addresses): %w", gw.Node, gw.Pool, len(taken), ErrExhausted)
 	}
@@ -183,20 +183,21 @@ func txn(ctx context.Context, c *api.Client, ops api.TxnOps) ([]int, error) {
 }
 
 // List reads gateway gw's peers folder.
-func List(ctx context.Context, c *api.Client, gw string) ([]Pair, uint64, error) {
-	return list(ctx, c, gw, &api.QueryOptions{})
+func List(ctx context.Context, c *api.Client, gw string) ([]Pair, error) {
+	kvs, _, err := c.KV().List(PeersKey(gw), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read peers of gateway %s: %w", gw, err)
+	}
+	return pairs(kvs), nil
 }
 
-func list(ctx context.Context, c *api.Client, gw string, q *api.QueryOptions) ([]Pair, uint64, error) {
-	kvs, meta, err := c.KV().List(PeersKey(gw), q.WithContext(ctx))
-	if err != nil {
-		return nil, 0, fmt.Errorf("read peers of gateway %s: %w", gw, err)
-	}
+// pairs converts KV pairs as read.
+func pairs(kvs api.KVPairs) []Pair {
 	out := make([]Pair, 0, len(kvs))
 	for _, p := range kvs {
 		out = append(out, Pair{Key: p.Key, Value: p.Value, CreateIndex: p.CreateIndex, ModifyIndex: p.ModifyIndex})
 	}
-	return out, meta.LastIndex, nil
+	return out
 }
 
 // Remove deletes peer org/name of gateway gw and frees its address, in one

@@ -123,7 +123,7 @@ func TestStore(t *testing.T) {
 	}
 
 	// Delete is a check-and-set: a record changed since it was read stays.
-	pairs, _, err := List(ctx, c, "gw")
+	pairs, err := List(ctx, c, "gw")
 	if err != nil {
 		t.Fatal(err)
 	}

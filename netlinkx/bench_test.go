@@ -2,10 +2,8 @@ package netlinkx_test
 
 import (
 	"fmt"
-	"log/slog"
 	"math/big"
 	"net/netip"
-	"os"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -26,25 +24,12 @@ func BenchmarkApplyOneChanged(b *testing.B) {
 	testlab.RequireRoot(b)
 	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
-			key, err := wgtypes.GeneratePrivateKey()
-			if err != nil {
-				b.Fatal(err)
-			}
 			// A name per run: the testing package runs a benchmark more
 			// than once, and a removed userspace device takes a moment to go.
 			benchRuns++
 			name := fmt.Sprintf("wgb%d", benchRuns)
-			l, err := netlinkx.Open(netlinkx.Options{
-				Name: name, MTU: 1420, ListenPort: 51830, PrivateKey: key,
-				Address:        netip.MustParseAddr("fdaa:0:1::1"),
-				StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), ""),
-				Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-			defer l.Remove()
+			l := testlab.OpenLink(b, netlinkx.Options{Name: name, MTU: 1420, ListenPort: 51830,
+				Address: netip.MustParseAddr("fdaa:0:1::1")})
 			if err := l.Ensure(); err != nil {
 				b.Fatal(err)
 			}

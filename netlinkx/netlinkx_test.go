@@ -2,7 +2,6 @@ package netlinkx_test
 
 import (
 	"errors"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -36,22 +35,8 @@ func mustKey(t *testing.T) wgtypes.Key {
 func openLink(t *testing.T, name string) (*netlinkx.Link, wgtypes.Key) {
 	t.Helper()
 	key := mustKey(t)
-	l, err := netlinkx.Open(netlinkx.Options{
-		Name:           name,
-		MTU:            1400,
-		ListenPort:     51821,
-		PrivateKey:     key,
-		Address:        netip.MustParseAddr("fdaa:0:1::1"),
-		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), ""),
-		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		l.Remove()
-		l.Close()
-	})
+	l := testlab.OpenLink(t, netlinkx.Options{Name: name, MTU: 1400, ListenPort: 51821, PrivateKey: key,
+		Address: netip.MustParseAddr("fdaa:0:1::1")})
 	return l, key
 }
 

@@ -52,13 +52,19 @@ func Nth(supernet netip.Prefix, bits int, i *big.Int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom16([16]byte(b)), bits)
 }
 
+// Usable is how many prefixes of length bits Candidates can offer in
+// supernet: all but the first.
+func Usable(supernet netip.Prefix, bits int) *big.Int {
+	space := new(big.Int).Lsh(big.NewInt(1), uint(bits-supernet.Bits()))
+	return space.Sub(space, big.NewInt(1))
+}
+
 // Candidates calls yield with every prefix of length bits in supernet but
 // the first (index 0, whose first address is the supernet's own), starting
 // at a point derived from node and wrapping around, until yield returns
 // false. At most limit candidates are offered.
 func Candidates(supernet netip.Prefix, bits int, node string, limit int, yield func(netip.Prefix) bool) {
-	space := new(big.Int).Lsh(big.NewInt(1), uint(bits-supernet.Bits())) // prefixes in the supernet
-	usable := new(big.Int).Sub(space, big.NewInt(1))                     // all but index 0
+	usable := Usable(supernet, bits)
 	if usable.Sign() <= 0 {
 		return
 	}

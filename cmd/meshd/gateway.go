@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -220,12 +219,6 @@ func parseAllow(vals []string, supernet netip.Prefix) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func newGatewayPeerListCmd() *cobra.Command {
 	var (
 		f      peerFlags
@@ -242,7 +235,7 @@ func newGatewayPeerListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pairs, _, err := gateway.List(cmd.Context(), consul, f.gateway)
+			pairs, err := gateway.List(cmd.Context(), consul, f.gateway)
 			if err != nil {
 				return err
 			}

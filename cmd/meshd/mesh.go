@@ -146,9 +146,7 @@ func newMeshCmd() *cobra.Command {
 			}
 			rows := fleetView(catalogsync.Convert(entries), summaries, time.Now())
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
+				return writeJSON(cmd.OutOrStdout(), rows)
 			}
 			printMesh(cmd.OutOrStdout(), rows)
 			return nil

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"runtime/debug"
@@ -94,6 +96,13 @@ func consulClients(cfg *config.Config) (*api.Client, *catalogsync.HTTP, error) {
 		return nil, nil, fmt.Errorf("consul client: %w", err)
 	}
 	return client, catalogsync.NewHTTP(c), nil
+}
+
+// writeJSON prints v as indented JSON: every --json output.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func newVersionCmd() *cobra.Command {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"meshd.dev/meshd/netlinkx"
 )
 
@@ -110,4 +112,34 @@ func serveDaemon(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// OpenLink opens a netlinkx.Link for a test: a userspace device served by
+// the test binary (see Main), a fresh key unless opts has one, warnings to
+// stderr unless opts has a logger. The link is removed when the test ends,
+// after cleanups registered later (an agent using it stops first).
+func OpenLink(tb testing.TB, opts netlinkx.Options) *netlinkx.Link {
+	tb.Helper()
+	if opts.PrivateKey == (wgtypes.Key{}) {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		opts.PrivateKey = k
+	}
+	if opts.StartUserspace == nil {
+		opts.StartUserspace = netlinkx.UserspaceStarter(UserspaceArgv(), "")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	l, err := netlinkx.Open(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		l.Remove()
+		l.Close()
+	})
+	return l
 }
