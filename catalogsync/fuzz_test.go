@@ -40,6 +40,37 @@ func FuzzHTTPDecode(f *testing.F) {
 	})
 }
 
+// FuzzHTTPDecodeIncremental decodes a response after another one, so that
+// the decoder takes what the two have in common from the first: the result
+// (or the failure) is exactly what a fresh decoder makes of the second.
+func FuzzHTTPDecodeIncremental(f *testing.F) {
+	one := `{"Node":{"Node":"n1"},"Service":{"ID":"meshd-h1","Meta":{"v":"1","public_key":"a"},"Tags":[],"CreateIndex":5,"ModifyIndex":7},"Checks":[]}`
+	two := `{"Node":{"Node":"n2"},"Service":{"ID":"meshd-h2","Meta":{"v":"1","public_key":"b"},"Tags":["gateway"],"CreateIndex":6,"ModifyIndex":8},"Checks":[{"CheckID":"serfHealth","Status":"critical"}]}`
+	twoChanged := strings.Replace(strings.Replace(two, `"b"`, `"c"`, 1), `:8}`, `:9}`, 1)
+	f.Add([]byte("["+one+","+two+"]"), []byte("["+one+","+twoChanged+"]"))
+	f.Add([]byte("["+one+","+two+"]"), []byte("["+two+"]"))
+	f.Add([]byte("["+two+"]"), []byte("["+one+","+two+"]"))
+	f.Add([]byte("["+one+", "+two+"]"), []byte("["+one+",null, "+two+"] "))
+	f.Add([]byte("["+one+"]"), []byte("["+one+"]x"))
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		warm := &HTTP{}
+		_, _ = warm.decode(a)
+		got, gotErr := warm.decode(b)
+		want, wantErr := (&HTTP{}).decode(b)
+		if (gotErr == nil) != (wantErr == nil) {
+			t.Fatalf("after %q, decode of %q: err %v; fresh decoder: %v", a, b, gotErr, wantErr)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("after %q, decode of %q:\n got  %+v\n want %+v", a, b, got, want)
+		}
+		// And again, now from b itself.
+		again, err := warm.decode(b)
+		if (err == nil) != (wantErr == nil) || !reflect.DeepEqual(again, want) {
+			t.Fatalf("second decode of %q: %+v, %v; want %+v, %v", b, again, err, want, wantErr)
+		}
+	})
+}
+
 // FuzzHTTPDecodeMatchesAPI builds health responses as Consul writes them
 // (the API's own types, marshalled) from fuzzed fields, and checks that the
 // raw decoder reads what the API client would, on a first read and on a

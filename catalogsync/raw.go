@@ -2,6 +2,7 @@ package catalogsync
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -28,7 +29,9 @@ type HTTP struct {
 	base   url.URL
 	token  string
 	buf    bytes.Buffer
-	cache  map[string]peers.Entry // by service ID, from the last read
+	// prev is the last response decoded, elems its elements.
+	prev  []byte
+	elems []element
 }
 
 // NewHTTP reads through the client, address and token of cfg, as
@@ -95,94 +98,236 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 	return entries, index, nil
 }
 
-// decode parses a health response: one pass over its bytes (see scanner),
-// taking an instance's Meta and tags from the last read when its
-// ModifyIndex is unchanged.
+// element is one element of a response's top-level array: its bytes
+// [start, end) and the entry it made (ok is false for an element without a
+// service, such as null).
+type element struct {
+	start, end int
+	entry      peers.Entry
+	ok         bool
+	// meta and tags are where the raw Meta and Tags values are in the
+	// response ([start, end)).
+	meta, tags [2]int
+}
+
+func (e *element) shift(by int) {
+	e.start += by
+	e.end += by
+	e.meta[0] += by
+	e.meta[1] += by
+	e.tags[0] += by
+	e.tags[1] += by
+}
+
+// decode parses a health response. Between two reads most of the response
+// is the same bytes: Consul writes the instances in the same order, and an
+// unchanged instance the same way. decode therefore compares the response
+// with the last one, takes every leading element that lies in their common
+// prefix, and every trailing one that lies in their common suffix (from an
+// element boundary on), from the last read, and scans only the elements in
+// between (see scanner): a change costs a comparison of the bytes, not a
+// parse of every instance. Meta and tags of an instance scanned again are
+// taken from the last read when their bytes did not change.
 func (h *HTTP) decode(body []byte) ([]peers.Entry, error) {
-	s := &scanner{b: body}
-	next := make(map[string]peers.Entry, len(h.cache))
-	out := make([]peers.Entry, 0, len(h.cache))
-	err := s.each('[', func([]byte) error {
-		if s.isNull() {
-			return nil
+	elems, err := h.elements(body)
+	if err != nil {
+		h.prev, h.elems = h.prev[:0], nil
+		return nil, err
+	}
+	h.prev, h.elems = append(h.prev[:0], body...), elems
+	out := make([]peers.Entry, 0, len(elems))
+	for _, e := range elems {
+		if e.ok {
+			out = append(out, e.entry)
 		}
-		var (
-			e          peers.Entry
-			meta, tags []byte
-			hasService bool
-			checks     api.HealthChecks
-		)
-		err := s.each('{', func(key []byte) error {
-			switch string(key) {
-			case "Service":
-				if s.isNull() {
-					return nil
+	}
+	slices.SortFunc(out, func(a, b peers.Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+	return out, nil
+}
+
+// elements scans body's top-level array, reusing what the last read (h.prev,
+// h.elems) has in common with it.
+func (h *HTTP) elements(body []byte) ([]element, error) {
+	old, oldElems := h.prev, h.elems
+	prefix := commonPrefix(old, body)
+	suffix := commonSuffix(old[prefix:], body[prefix:])
+	shift := len(body) - len(old)
+
+	s := &scanner{b: body}
+	if err := s.expect('['); err != nil {
+		return nil, err
+	}
+	// The leading elements inside the common prefix are what they were.
+	k := 0
+	for k < len(oldElems) && oldElems[k].end <= prefix {
+		k++
+	}
+	elems := make([]element, 0, len(oldElems)+1)
+	elems = append(elems, oldElems[:k]...)
+	first := k == 0
+	if !first {
+		s.i = oldElems[k-1].end
+	} else if s.peek() == ']' {
+		s.i++
+		return elems, s.end()
+	}
+	var byID map[string]*element
+	scanned := 0
+	for {
+		if !first {
+			switch s.peek() {
+			case ',':
+				s.i++
+			case ']':
+				s.i++
+				return elems, s.end()
+			default:
+				return nil, fmt.Errorf("%w at byte %d: want ',' or ']'", errSyntax, s.i)
+			}
+		}
+		first = false
+		s.ws()
+		at := s.i
+		// From an element boundary inside the common suffix on, the rest
+		// of the response is the rest of the last one, which parsed to the
+		// end.
+		if at >= len(body)-suffix {
+			if j, ok := slices.BinarySearchFunc(oldElems, at-shift, func(e element, start int) int { return cmp.Compare(e.start, start) }); ok {
+				for _, e := range oldElems[j:] {
+					e.shift(shift)
+					elems = append(elems, e)
 				}
-				hasService = true
+				return elems, nil
+			}
+		}
+		// Many elements to scan (several changes far apart, or a first
+		// read): index the last read's entries to reuse their Meta.
+		if scanned++; scanned == 16 && len(oldElems) > 0 {
+			byID = make(map[string]*element, len(oldElems))
+			for i := range oldElems {
+				if oldElems[i].ok {
+					byID[oldElems[i].entry.ServiceID] = &oldElems[i]
+				}
+			}
+		}
+		e, err := scanElement(s, old, byID)
+		if err != nil {
+			return nil, err
+		}
+		e.start, e.end = at, s.i
+		elems = append(elems, e)
+	}
+}
+
+// end checks that nothing but white space follows the response.
+func (s *scanner) end() error {
+	if s.peek() != 0 {
+		return fmt.Errorf("%w: data after the response", errSyntax)
+	}
+	return nil
+}
+
+func commonPrefix(a, b []byte) int {
+	n := min(len(a), len(b))
+	// Compare in blocks: bytes.Equal is a vectorized memcmp.
+	i := 0
+	for block := 4096; i+block <= n && bytes.Equal(a[i:i+block], b[i:i+block]); i += block {
+	}
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
+}
+
+func commonSuffix(a, b []byte) int {
+	n := min(len(a), len(b))
+	i := 0
+	for block := 4096; i+block <= n && bytes.Equal(a[len(a)-i-block:len(a)-i], b[len(b)-i-block:len(b)-i]); i += block {
+	}
+	for i < n && a[len(a)-1-i] == b[len(b)-1-i] {
+		i++
+	}
+	return i
+}
+
+// scanElement reads one element of the response: an instance, with its
+// Meta and tags taken from the last read's element of the same service ID
+// (in the response lastBody) when their bytes are the same.
+func scanElement(s *scanner, lastBody []byte, last map[string]*element) (el element, err error) {
+	if s.isNull() {
+		return el, nil
+	}
+	var (
+		e          peers.Entry
+		ok         bool
+		meta, tags [2]int
+		checks     api.HealthChecks
+	)
+	span := func(at *[2]int) error {
+		b, err := s.span()
+		at[0], at[1] = s.i-len(b), s.i
+		return err
+	}
+	err = s.each('{', func(key []byte) error {
+		switch string(key) {
+		case "Service":
+			if s.isNull() {
+				return nil
+			}
+			ok = true
+			return s.each('{', func(key []byte) error {
+				var err error
+				switch string(key) {
+				case "ID":
+					e.ServiceID, err = s.text()
+				case "CreateIndex":
+					e.CreateIndex, err = s.uint()
+				case "ModifyIndex":
+					e.ModifyIndex, err = s.uint()
+				case "Meta":
+					err = span(&meta)
+				case "Tags":
+					err = span(&tags)
+				default:
+					err = s.skip()
+				}
+				return err
+			})
+		case "Checks":
+			if s.isNull() {
+				return nil
+			}
+			return s.each('[', func([]byte) error {
+				c := &api.HealthCheck{}
+				checks = append(checks, c)
 				return s.each('{', func(key []byte) error {
 					var err error
 					switch string(key) {
-					case "ID":
-						e.ServiceID, err = s.text()
-					case "CreateIndex":
-						e.CreateIndex, err = s.uint()
-					case "ModifyIndex":
-						e.ModifyIndex, err = s.uint()
-					case "Meta":
-						meta, err = s.span()
-					case "Tags":
-						tags, err = s.span()
+					case "CheckID":
+						c.CheckID, err = s.text()
+					case "Status":
+						c.Status, err = s.text()
 					default:
 						err = s.skip()
 					}
 					return err
 				})
-			case "Checks":
-				if s.isNull() {
-					return nil
-				}
-				return s.each('[', func([]byte) error {
-					c := &api.HealthCheck{}
-					checks = append(checks, c)
-					return s.each('{', func(key []byte) error {
-						var err error
-						switch string(key) {
-						case "CheckID":
-							c.CheckID, err = s.text()
-						case "Status":
-							c.Status, err = s.text()
-						default:
-							err = s.skip()
-						}
-						return err
-					})
-				})
-			default:
-				return s.skip()
-			}
-		})
-		if err != nil || !hasService {
-			return err
+			})
+		default:
+			return s.skip()
 		}
-		if c, ok := h.cache[e.ServiceID]; ok && e.ModifyIndex != 0 && c.ModifyIndex == e.ModifyIndex && c.CreateIndex == e.CreateIndex {
-			e.Meta, e.Tags = c.Meta, c.Tags
-		} else if err := parseMetaTags(&e, meta, tags); err != nil {
-			return err
-		}
-		e.Health = checks.AggregatedStatus()
-		next[e.ServiceID] = e
-		out = append(out, e)
-		return nil
 	})
-	if err != nil {
-		return nil, err
+	if err != nil || !ok {
+		return element{}, err
 	}
-	if s.peek() != 0 {
-		return nil, fmt.Errorf("%w: data after the response", errSyntax)
+	raw := func(b []byte, at [2]int) []byte { return b[at[0]:at[1]] }
+	if l := last[e.ServiceID]; l != nil && bytes.Equal(raw(lastBody, l.meta), raw(s.b, meta)) && bytes.Equal(raw(lastBody, l.tags), raw(s.b, tags)) {
+		e.Meta, e.Tags = l.entry.Meta, l.entry.Tags
+	} else if err := parseMetaTags(&e, raw(s.b, meta), raw(s.b, tags)); err != nil {
+		return element{}, err
 	}
-	h.cache = next
-	slices.SortFunc(out, func(a, b peers.Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
-	return out, nil
+	e.Health = checks.AggregatedStatus()
+	return element{entry: e, ok: true, meta: meta, tags: tags}, nil
 }
 
 // parseMetaTags reads an instance's Meta object and Tags array.

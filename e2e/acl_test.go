@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/internal/testlab"
 	"meshd.dev/meshd/prefixalloc"
@@ -127,6 +128,47 @@ func TestACL(t *testing.T) {
 		}
 	} else {
 		denied("deregister h2's instance", err)
+	}
+	// Nor can a policy refuse a rewrite of another host's instance that
+	// leaves its node as it is (SkipNodeUpdate: no node:write is needed,
+	// only service:write on the name). h2 puts its own entry back as soon
+	// as it sees the difference, and h1 ends up holding h2's real key only.
+	h2Pub := h2.publicKey(t)
+	fake, _ := wgtypes.GeneratePrivateKey()
+	_, err = c.Catalog().Register(&api.CatalogRegistration{Node: "h2", SkipNodeUpdate: true,
+		Service: &api.AgentService{ID: "meshd-h2", Service: "meshd", Meta: map[string]string{
+			"v": "1", "node": "h2", "public_key": fake.PublicKey().String(),
+			"endpoint": h1.Addr.String() + ":51820", "prefix": h2.prefix.String()}}}, nil)
+	if err == nil {
+		rewritten := time.Now()
+		t.Log("Consul allowed h1's token to rewrite h2's instance (SkipNodeUpdate, service:write on the name); checking that it heals")
+		testlab.Eventually(t, 30*time.Second, "h2's own entry back in the catalog", func() bool {
+			entries, _, err := mgmt.Health().Service("meshd", "", false, nil)
+			if err != nil {
+				return false
+			}
+			for _, e := range entries {
+				if e.Service.ID == "meshd-h2" {
+					return e.Service.Meta["public_key"] == h2Pub.String()
+				}
+			}
+			return false
+		})
+		testlab.Eventually(t, 30*time.Second, "h1 holds h2's real key only and pings h2", func() bool {
+			d, err := h1.device(t)
+			if err != nil {
+				return false
+			}
+			for _, p := range d.Peers {
+				if p.PublicKey == fake.PublicKey() {
+					return false
+				}
+			}
+			return h1.hasPeer(t, h2Pub, h2.prefix) && h1.Ping(h2.meshAddr())
+		})
+		t.Logf("h2's rewritten instance healed in %s", time.Since(rewritten).Round(time.Millisecond))
+	} else {
+		denied("rewrite h2's instance keeping its node", err)
 	}
 	if pair, _, err := mgmt.KV().Get(h2Key, nil); err != nil || pair == nil || string(pair.Value) != "h2" {
 		t.Errorf("h2's claim after the attempts: %v, %v", pair, err)

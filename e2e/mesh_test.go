@@ -458,10 +458,9 @@ func rotateKey(t *testing.T, n *node, others []*node) {
 		if newKey == oldKey || !strings.Contains(out, newKey.String()) {
 			t.Fatalf("device key %s after rotate-key (old %s); command said %q", newKey, oldKey, out)
 		}
-		// The target is 2 seconds; it is measured and logged here, not
-		// asserted, because these machines are shared and noisy (a
-		// handshake that races the catalog costs WireGuard's 5 s rekey
-		// timeout). The assertion is that rotation converges at all.
+		// Every other host holds the new key only and pings n within 2 s
+		// of rotate-key returning (issue #4); Eventually polls longer so
+		// that a miss reports how long it took.
 		for _, o := range others {
 			testlab.Eventually(t, 15*time.Second, o.Name+" holds the new key only and pings "+n.Name, func() bool {
 				d, err := o.device(t)
@@ -477,7 +476,10 @@ func rotateKey(t *testing.T, n *node, others []*node) {
 			})
 		}
 		took := time.Since(done)
-		t.Logf("all %d peers hold the new key and reach %s %s after rotate-key returned (target 2s)", len(others), n.Name, took.Round(time.Millisecond))
+		t.Logf("all %d peers hold the new key and reach %s %s after rotate-key returned", len(others), n.Name, took.Round(time.Millisecond))
+		if took > 2*time.Second {
+			t.Errorf("rotation took %s to converge on every peer, want within 2s", took.Round(time.Millisecond))
+		}
 	})
 	t.Logf("rotation disruption: %d of %d echoes lost (20ms apart) from %s to %s", sent-got, sent, others[0].Name, n.Name)
 	if _, err := os.Stat(filepath.Join(n.Dir, "state", "private.key.old")); !os.IsNotExist(err) {
