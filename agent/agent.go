@@ -71,6 +71,10 @@ type Agent struct {
 	// peers; the kernel itself is read at start, every ResyncInterval,
 	// after a failure or a write outside reconcile (applied is then nil).
 	applied *peers.Observed
+	// appliedDesired is the desired set that applied was planned for
+	// (sorted by node), so that the next plan looks only at what changed
+	// since (peers.Step).
+	appliedDesired []peers.Peer
 	// parses keeps each catalog entry's parse until it changes.
 	parses       peers.ParseCache
 	absentSince  map[wgtypes.Key]time.Time
@@ -90,6 +94,9 @@ type Agent struct {
 	// lastSummary is the health summary last published, at lastSummaryAt.
 	lastSummary   Summary
 	lastSummaryAt time.Time
+	// lastSummaryCheck is when a summary was last computed (written or
+	// not): computing one reads the device.
+	lastSummaryCheck time.Time
 
 	mu       sync.Mutex // guards the fields below
 	snapshot *catalogsync.Snapshot
@@ -473,7 +480,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		a.reconcileErrors++
 	}
 	a.setStatus(snap, res, err, start)
-	a.publishSummary(ctx, start)
+	summaryDue := a.publishSummary(ctx, start)
 	if snap != nil {
 		a.lastDesired = res.desired
 	}
@@ -481,10 +488,18 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		a.failures++
 		retry := retryDelay(a.failures)
 		a.logger.Error("reconcile failed", "err", err, "retry_in", retry)
-		return start.Add(retry)
+		return earliest(start.Add(retry), summaryDue)
 	}
 	a.failures = 0
-	return res.plan.NextDeadline()
+	return earliest(res.plan.NextDeadline(), summaryDue)
+}
+
+// earliest is the earlier of two deadlines, zero meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || !b.IsZero() && b.Before(a) {
+		return b
+	}
+	return a
 }
 
 type result struct {
@@ -524,23 +539,41 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 		}
 	}
 	res.obs = obs
-	a.absentSince = peers.Track(a.absentSince, res.desired, obs, now)
+	rm := peers.Removal{
+		Grace: a.opts.RemovalGrace, Now: now,
+		MaxFraction: a.opts.MaxRemovalFraction, Floor: a.opts.BreakerFloor, Released: a.released,
+	}
+	// Against the state the last plan left, only the change needs looking
+	// at (peers.Step); otherwise the whole desired set and kernel.
+	var (
+		gone, came  []peers.Peer
+		incremental bool
+	)
+	if trusted != nil && a.appliedDesired != nil {
+		gone, came, incremental = peers.Changed(a.appliedDesired, res.desired)
+	}
+	a.appliedDesired = nil
+	if incremental {
+		a.absentSince, res.plan = peers.Step(a.absentSince, res.desired, gone, came, obs, rm)
+	} else {
+		a.absentSince = peers.Track(a.absentSince, res.desired, obs, now)
+		rm.AbsentSince = a.absentSince
+		res.plan = peers.Diff(res.desired, obs, rm)
+	}
 	for k := range a.released {
 		if _, ok := a.absentSince[k]; !ok {
 			delete(a.released, k) // back in the catalog, or gone
 		}
 	}
-	res.plan = peers.Diff(res.desired, obs, peers.Removal{
-		Grace: a.opts.RemovalGrace, AbsentSince: a.absentSince, Now: now,
-		MaxFraction: a.opts.MaxRemovalFraction, Floor: a.opts.BreakerFloor, Released: a.released,
-	})
 	if res.plan.Breaker {
 		a.logger.Warn("mass-removal circuit breaker tripped: removals held until released",
 			"pending", res.plan.Pending, "peers", len(obs.Peers), "max_removal_fraction", a.opts.MaxRemovalFraction)
 	}
 	if res.plan.Empty() {
 		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.desired), "held", len(res.plan.Held))
-		a.applied = &obs
+		// Sorted as Applied returns it, which peers.Step relies on.
+		sorted := peers.Applied(obs, res.plan)
+		a.applied, a.appliedDesired = &sorted, res.desired
 		return res, nil
 	}
 	a.logger.Info("applying plan", "upsert", len(res.plan.Upsert), "remove", len(res.plan.Remove),
@@ -549,7 +582,7 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 		return res, fmt.Errorf("apply plan: %w", err)
 	}
 	next := peers.Applied(obs, res.plan)
-	a.applied = &next
+	a.applied, a.appliedDesired = &next, res.desired
 	return res, nil
 }
 

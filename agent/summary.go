@@ -70,24 +70,28 @@ func sameSummary(a, b Summary) bool {
 
 // publishSummary writes this host's summary when it changed (at most every
 // few seconds) or when the heartbeat is due. Failures are logged: the
-// summary is for operators, never on the data plane's path.
-func (a *Agent) publishSummary(ctx context.Context, now time.Time) {
+// summary is for operators, never on the data plane's path. Computing a
+// summary reads the device, so it is done at most every few seconds; when
+// a reconcile comes sooner, publishSummary returns when to look again.
+func (a *Agent) publishSummary(ctx context.Context, now time.Time) (again time.Time) {
 	since := now.Sub(a.lastSummaryAt)
-	if since < summaryMinInterval {
-		return // nothing could be written yet: spare the device read
+	if last := a.lastSummaryCheck; now.Sub(last) < summaryMinInterval {
+		return last.Add(summaryMinInterval)
 	}
+	a.lastSummaryCheck = now
 	s := Summarize(a.Status(), now)
 	if sameSummary(s, a.lastSummary) && since < SummaryHeartbeat {
-		return
+		return time.Time{}
 	}
 	b, err := json.Marshal(s)
 	if err != nil {
-		return
+		return time.Time{}
 	}
 	key := SummaryPrefix + a.opts.Registration.Node
 	if _, err := a.opts.Consul.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		a.logger.Debug("health summary not published", "err", fmt.Errorf("put %s: %w", key, err))
-		return
+		return time.Time{}
 	}
 	a.lastSummary, a.lastSummaryAt = s, now
+	return time.Time{}
 }

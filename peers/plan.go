@@ -136,24 +136,8 @@ func Diff(desired []Peer, obs Observed, rm Removal) Plan {
 		}
 		absent = append(absent, kp)
 	}
-	plan.Pending = len(absent)
-	plan.Breaker = rm.MaxFraction > 0 && len(absent) > 0 &&
-		(len(desired) == 0 || len(absent) > rm.Floor && float64(len(absent)) > rm.MaxFraction*float64(len(obs.Peers)))
-	for _, kp := range absent {
-		since, ok := rm.AbsentSince[kp.PublicKey]
-		if !ok {
-			since = rm.Now
-		}
-		until := since.Add(rm.Grace)
-		due := !rm.Now.Before(until)
-		if due && (!plan.Breaker || rm.Released[kp.PublicKey]) {
-			plan.Remove = append(plan.Remove, kp.PublicKey)
-			continue
-		}
-		plan.Held = append(plan.Held, Held{PublicKey: kp.PublicKey, Until: until, Breaker: due})
-		for _, a := range kp.AllowedIPs {
-			routes[a.Masked()] = true
-		}
+	for r := range decideAbsent(&plan, absent, len(desired), len(obs.Peers), rm) {
+		routes[r] = true
 	}
 	have := make(map[netip.Prefix]bool, len(obs.Routes))
 	for _, r := range obs.Routes {
@@ -219,42 +203,78 @@ func Track(absentSince map[wgtypes.Key]time.Time, desired []Peer, obs Observed, 
 
 // Applied is what the kernel holds once plan, computed against obs, is
 // written: obs with the plan's peers upserted and removed and its routes
-// added and deleted. An agent that trusts it may diff the next change
-// against it without reading a device of thousands of peers; it must still
-// read the kernel from time to time, as nothing else changes it back.
+// added and deleted, sorted by key and by prefix. An agent that trusts it
+// may diff the next change against it without reading a device of
+// thousands of peers; it must still read the kernel from time to time, as
+// nothing else changes it back. It merges sorted lists, so that a plan of
+// one peer on a kernel of thousands costs a copy, not a rebuild.
 func Applied(obs Observed, plan Plan) Observed {
-	kernel := make(map[wgtypes.Key]KernelPeer, len(obs.Peers)+len(plan.Upsert))
-	for _, kp := range obs.Peers {
-		kernel[kp.PublicKey] = kp
-	}
+	byKey := func(a, b KernelPeer) int { return compareKeys(a.PublicKey, b.PublicKey) }
+	have := sortedUnique(obs.Peers, byKey)
+	up := make([]KernelPeer, 0, len(plan.Upsert))
 	for _, p := range plan.Upsert {
-		kp := KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}, Keepalive: p.Keepalive}
-		if !p.Endpoint.IsValid() {
-			kp.Endpoint = kernel[p.PublicKey].Endpoint // WireGuard keeps what it learnt
+		up = append(up, KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}, Keepalive: p.Keepalive})
+	}
+	up = sortedUnique(up, byKey)
+	remove := sortedUnique(plan.Remove, compareKeys)
+	del := sortedUnique(plan.DelRoutes, netip.Prefix.Compare)
+	out := Observed{
+		Peers: merge(have, up, byKey, func(old, kp KernelPeer) KernelPeer {
+			if !kp.Endpoint.IsValid() {
+				kp.Endpoint = old.Endpoint // WireGuard keeps what it learnt
+			}
+			return kp
+		}),
+		Routes: merge(sortedUnique(obs.Routes, netip.Prefix.Compare), sortedUnique(plan.AddRoutes, netip.Prefix.Compare),
+			netip.Prefix.Compare, func(_, r netip.Prefix) netip.Prefix { return r }),
+	}
+	out.Peers = slices.DeleteFunc(out.Peers, func(kp KernelPeer) bool {
+		_, ok := slices.BinarySearchFunc(remove, kp.PublicKey, compareKeys)
+		return ok
+	})
+	out.Routes = slices.DeleteFunc(out.Routes, func(r netip.Prefix) bool {
+		_, ok := slices.BinarySearchFunc(del, r, netip.Prefix.Compare)
+		return ok
+	})
+	return out
+}
+
+// merge merges two strictly sorted lists into a new one; where both hold an
+// element, it is pick(a's, b's).
+func merge[T any](a, b []T, cmp func(x, y T) int, pick func(x, y T) T) []T {
+	out := make([]T, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		switch c := cmp(a[0], b[0]); {
+		case c < 0:
+			out, a = append(out, a[0]), a[1:]
+		case c > 0:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			out, a, b = append(out, pick(a[0], b[0])), a[1:], b[1:]
 		}
-		kernel[p.PublicKey] = kp
 	}
-	for _, k := range plan.Remove {
-		delete(kernel, k)
+	return append(append(out, a...), b...)
+}
+
+// sortedUnique returns s sorted, keeping the last of equal elements; s
+// itself when it already is strictly sorted.
+func sortedUnique[T any](s []T, cmp func(a, b T) int) []T {
+	if slices.IsSortedFunc(s, func(a, b T) int {
+		if c := cmp(a, b); c != 0 {
+			return c
+		}
+		return -1 // equal neighbours: not strictly sorted
+	}) {
+		return s
 	}
-	routes := make(map[netip.Prefix]bool, len(obs.Routes)+len(plan.AddRoutes))
-	for _, r := range obs.Routes {
-		routes[r] = true
+	s = slices.Clone(s)
+	slices.SortStableFunc(s, cmp)
+	out := s[:0]
+	for i := range s {
+		if i+1 < len(s) && cmp(s[i], s[i+1]) == 0 {
+			continue
+		}
+		out = append(out, s[i])
 	}
-	for _, r := range plan.AddRoutes {
-		routes[r] = true
-	}
-	for _, r := range plan.DelRoutes {
-		delete(routes, r)
-	}
-	out := Observed{Peers: make([]KernelPeer, 0, len(kernel)), Routes: make([]netip.Prefix, 0, len(routes))}
-	for _, kp := range kernel {
-		out.Peers = append(out.Peers, kp)
-	}
-	for r := range routes {
-		out.Routes = append(out.Routes, r)
-	}
-	slices.SortFunc(out.Peers, func(a, b KernelPeer) int { return compareKeys(a.PublicKey, b.PublicKey) })
-	slices.SortFunc(out.Routes, netip.Prefix.Compare)
 	return out
 }

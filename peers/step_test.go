@@ -1,0 +1,216 @@
+package peers
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// appliedByMaps is Applied as a rebuild through maps: the plain statement
+// of what Applied must return.
+func appliedByMaps(obs Observed, plan Plan) Observed {
+	kernel := map[wgtypes.Key]KernelPeer{}
+	for _, kp := range obs.Peers {
+		kernel[kp.PublicKey] = kp
+	}
+	for _, p := range plan.Upsert {
+		kp := KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}, Keepalive: p.Keepalive}
+		if !p.Endpoint.IsValid() {
+			kp.Endpoint = kernel[p.PublicKey].Endpoint
+		}
+		kernel[p.PublicKey] = kp
+	}
+	for _, k := range plan.Remove {
+		delete(kernel, k)
+	}
+	routes := map[netip.Prefix]bool{}
+	for _, r := range obs.Routes {
+		routes[r] = true
+	}
+	for _, r := range plan.AddRoutes {
+		routes[r] = true
+	}
+	for _, r := range plan.DelRoutes {
+		delete(routes, r)
+	}
+	var out Observed
+	for _, kp := range kernel {
+		out.Peers = append(out.Peers, kp)
+	}
+	for r := range routes {
+		out.Routes = append(out.Routes, r)
+	}
+	slices.SortFunc(out.Peers, func(a, b KernelPeer) int { return compareKeys(a.PublicKey, b.PublicKey) })
+	slices.SortFunc(out.Routes, netip.Prefix.Compare)
+	return out
+}
+
+// world is a fleet whose nodes join, leave, rotate keys, move endpoints
+// and prefixes, at random: a desired set as Desire would return it.
+type world struct {
+	rng   *rand.Rand
+	nodes map[string]Peer
+	left  map[string]Peer // nodes that left, as they were
+	keys  byte            // the next fresh key
+}
+
+func (w *world) freshKey() wgtypes.Key {
+	w.keys++
+	var k wgtypes.Key
+	k[0], k[1] = w.keys, 0xee
+	return k
+}
+
+// freePrefix is a /64 no node holds.
+func (w *world) freePrefix() netip.Prefix {
+	for {
+		p := netip.MustParsePrefix(fmt.Sprintf("fdaa:0:%x::/64", w.rng.IntN(64)))
+		free := true
+		for _, n := range w.nodes {
+			free = free && n.Prefix != p
+		}
+		if free {
+			return p
+		}
+	}
+}
+
+func (w *world) change() {
+	name := fmt.Sprintf("n%02d", w.rng.IntN(24))
+	p, ok := w.nodes[name]
+	switch op := w.rng.IntN(7); {
+	case !ok && op < 3 && w.left[name].Node != "":
+		// Back with its old key, on its old prefix or a new one.
+		p = w.left[name]
+		if op == 0 || slices.ContainsFunc(w.desired(), func(q Peer) bool { return q.Prefix == p.Prefix }) {
+			p.Prefix = w.freePrefix()
+		}
+		w.nodes[name] = p
+	case !ok:
+		w.nodes[name] = Peer{Node: name, PublicKey: w.freshKey(), Prefix: w.freePrefix(),
+			Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1000+w.rng.IntN(9)))}
+	case op == 0:
+		w.left[name] = p
+		delete(w.nodes, name)
+	case op == 1:
+		p.PublicKey = w.freshKey()
+	case op == 2:
+		p.Endpoint = netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1000+w.rng.IntN(9)))
+	case op == 3:
+		p.Endpoint = netip.AddrPort{} // a roaming peer
+	case op == 4:
+		p.Prefix = w.freePrefix()
+	case op == 5:
+		p.Keepalive = time.Duration(w.rng.IntN(2)) * 25 * time.Second
+	default:
+		p.PublicKey, p.Prefix = w.freshKey(), w.freePrefix()
+	}
+	if ok && w.nodes[name].Node != "" {
+		w.nodes[name] = p
+	}
+}
+
+func (w *world) desired() []Peer {
+	var out []Peer
+	for _, p := range w.nodes {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
+	return out
+}
+
+// TestStepMatchesTrackAndDiff runs fleets through thousands of changes,
+// the kernel following every plan, with a removal grace, the breaker and
+// releases: at every step Step returns exactly what Track and Diff return,
+// and Applied what a rebuild through maps does.
+func TestStepMatchesTrackAndDiff(t *testing.T) {
+	opts := []cmp.Option{netipOpts, cmpopts.EquateEmpty()}
+	for seed := range uint64(25) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		w := &world{rng: rng, nodes: map[string]Peer{}, left: map[string]Peer{}}
+		for range 12 {
+			w.change()
+		}
+		// A kernel with a foreign-looking past: some peers the fleet no
+		// longer has, one without allowed IPs, a stale route.
+		kernel := Observed{
+			Peers: []KernelPeer{
+				{PublicKey: mustKey(200), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("fdaa:0:ff::/64")}},
+				{PublicKey: mustKey(201)},
+			},
+			Routes: []netip.Prefix{netip.MustParsePrefix("fdaa:0:ff::/64"), netip.MustParsePrefix("fdaa:0:fe::/64")},
+		}
+		kernel = Applied(kernel, Plan{})
+		rm := Removal{Grace: time.Duration(rng.IntN(3)) * time.Second, Now: time.Unix(1000, 0), Released: map[wgtypes.Key]bool{}}
+		if seed%2 == 0 {
+			rm.MaxFraction, rm.Floor = 0.3, 1
+		}
+		desired := w.desired()
+		absent := Track(nil, desired, kernel, rm.Now)
+		rm.AbsentSince = absent
+		plan := Diff(desired, kernel, rm)
+		kernel = Applied(kernel, plan)
+		for step := range 60 {
+			for range 1 + rng.IntN(3) {
+				w.change()
+			}
+			rm.Now = rm.Now.Add(time.Duration(rng.IntN(1500)) * time.Millisecond)
+			if rng.IntN(10) == 0 && len(absent) > 0 {
+				for k := range absent {
+					rm.Released[k] = true
+					break
+				}
+			}
+			next := w.desired()
+			gone, came, ok := Changed(desired, next)
+			if !ok {
+				t.Fatalf("seed %d step %d: Changed refused sorted sets", seed, step)
+			}
+			wantAbsent := Track(absent, next, kernel, rm.Now)
+			full := rm
+			full.AbsentSince = wantAbsent
+			wantPlan := Diff(next, kernel, full)
+			gotAbsent, gotPlan := Step(absent, next, gone, came, kernel, rm)
+			if diff := cmp.Diff(wantAbsent, gotAbsent, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: Step's absentSince differs from Track's (-want +got):\n%s", seed, step, diff)
+			}
+			if diff := cmp.Diff(wantPlan, gotPlan, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: Step's plan differs from Diff's (-want +got):\n%s", seed, step, diff)
+			}
+			if diff := cmp.Diff(appliedByMaps(kernel, wantPlan), Applied(kernel, wantPlan), opts...); diff != "" {
+				t.Fatalf("seed %d step %d: Applied (-rebuild +merge):\n%s", seed, step, diff)
+			}
+			kernel = Applied(kernel, wantPlan)
+			desired, absent = next, wantAbsent
+		}
+	}
+}
+
+func TestChanged(t *testing.T) {
+	a, b, c := peer(1), peer(2), peer(3)
+	b2 := b
+	b2.Endpoint = netip.MustParseAddrPort("192.0.2.9:1")
+	c2 := c
+	c2.Health = "critical" // not something the kernel holds
+	gone, came, ok := Changed([]Peer{a, b, c}, []Peer{b2, c2, peer(4)})
+	if !ok {
+		t.Fatal("Changed refused sorted sets")
+	}
+	if diff := cmp.Diff([]Peer{a, b}, gone, netipOpts); diff != "" {
+		t.Errorf("gone (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]Peer{b2, peer(4)}, came, netipOpts); diff != "" {
+		t.Errorf("came (-want +got):\n%s", diff)
+	}
+	if _, _, ok := Changed([]Peer{b, a}, nil); ok {
+		t.Error("Changed accepted an unsorted set")
+	}
+}
