@@ -266,6 +266,15 @@ type ParseCache struct {
 	claims *prefixSet
 	items  []parsed
 	ptrs   []*parsed
+
+	// What the last Desire returned and from what, for the next one to
+	// patch (see patch); byNode, byKey and claims then hold its peers.
+	last      []Entry
+	lastOut   []Peer
+	lastRej   []Rejection
+	lastSelf  Self
+	lastRules Rules
+	patchable bool
 }
 
 // parsed is one entry as Desire sees it.
@@ -301,6 +310,24 @@ func (c *ParseCache) parse(e Entry, r Rules, next map[string]cachedParse) (Peer,
 
 // Desire is the package's Desire, parsing through the cache.
 func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
+	if c != nil && c.patchable && self == c.lastSelf && r == c.lastRules {
+		if out, rej, ok := c.patch(entries, self, r); ok {
+			c.last, c.lastOut, c.lastRej = entries, out, rej
+			return out, rej
+		}
+	}
+	out, rej := c.desire(entries, self, r)
+	if c != nil {
+		c.last, c.lastOut, c.lastRej, c.lastSelf, c.lastRules = entries, out, rej, self, r
+		c.patchable = slices.IsSortedFunc(entries, func(a, b Entry) int {
+			return cmp.Or(strings.Compare(a.ServiceID, b.ServiceID), -1) // strictly
+		}) && !slices.ContainsFunc(rej, func(x Rejection) bool { return conflict(x.Code) })
+	}
+	return out, rej
+}
+
+// desire is Desire's full pass over every entry.
+func (c *ParseCache) desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
 	var (
 		next    map[string]cachedParse
 		byNode  map[string]string
@@ -354,48 +381,17 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	}
 	slices.Sort(lens)
 	claimed.lens = lens
-	reject := func(x *parsed, code, reason string) {
-		rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason, Code: code})
-	}
 	for _, x := range ps {
-		if x.err == nil && x.p.Node == self.Node {
-			continue
+		switch code, reason := judge(x.e, x.p, x.err, self, byNode, byKey, claimed); code {
+		case "":
+			byNode[x.p.Node] = x.e.ServiceID
+			byKey[x.p.PublicKey] = x.p.Node
+			claimed.add(x.p)
+			out = append(out, x.p)
+		case codeSkip:
+		default:
+			rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason, Code: code})
 		}
-		if x.err != nil {
-			if x.e.Meta[MetaNode] == self.Node {
-				continue
-			}
-			code := "invalid"
-			var ee *EntryError
-			if errors.As(x.err, &ee) {
-				code = ee.Field
-			}
-			reject(x, code, x.err.Error())
-			continue
-		}
-		p := x.p
-		switch {
-		case byNode[p.Node] != "":
-			reject(x, CodeDuplicateNode, fmt.Sprintf("node %s is already registered by %s", p.Node, byNode[p.Node]))
-			continue
-		case p.PublicKey == self.PublicKey:
-			reject(x, CodeOwnKey, "public_key is this host's own key")
-			continue
-		case byKey[p.PublicKey] != "":
-			reject(x, CodeDuplicateKey, fmt.Sprintf("public_key is already used by node %s", byKey[p.PublicKey]))
-			continue
-		case self.Prefix.IsValid() && self.Prefix.Overlaps(p.Prefix):
-			reject(x, CodeOverlapsSelf, fmt.Sprintf("prefix %s overlaps this host's prefix %s", p.Prefix, self.Prefix))
-			continue
-		}
-		if c, ok := claimed.overlap(p.Prefix); ok {
-			reject(x, CodeOverlap, fmt.Sprintf("prefix %s overlaps %s of node %s", p.Prefix, c.Prefix, c.Node))
-			continue
-		}
-		byNode[p.Node] = x.e.ServiceID
-		byKey[p.PublicKey] = p.Node
-		claimed.add(p)
-		out = append(out, p)
 	}
 	if len(out) == 0 {
 		out = nil
@@ -408,6 +404,49 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	return out, rej
 }
 
+// codeSkip is judge's verdict on this host's own entry: neither a peer nor
+// a rejection.
+const codeSkip = "-"
+
+// judge is Desire's verdict on one parsed entry, given the peers accepted
+// before it: "" to accept it, codeSkip, or a rejection's code and reason.
+func judge(e *Entry, p Peer, err error, self Self, byNode map[string]string, byKey map[wgtypes.Key]string, claimed *prefixSet) (code, reason string) {
+	if err == nil && p.Node == self.Node {
+		return codeSkip, ""
+	}
+	if err != nil {
+		if e.Meta[MetaNode] == self.Node {
+			return codeSkip, ""
+		}
+		code := "invalid"
+		var ee *EntryError
+		if errors.As(err, &ee) {
+			code = ee.Field
+		}
+		return code, err.Error()
+	}
+	switch {
+	case byNode[p.Node] != "":
+		return CodeDuplicateNode, fmt.Sprintf("node %s is already registered by %s", p.Node, byNode[p.Node])
+	case p.PublicKey == self.PublicKey:
+		return CodeOwnKey, "public_key is this host's own key"
+	case byKey[p.PublicKey] != "":
+		return CodeDuplicateKey, fmt.Sprintf("public_key is already used by node %s", byKey[p.PublicKey])
+	case self.Prefix.IsValid() && self.Prefix.Overlaps(p.Prefix):
+		return CodeOverlapsSelf, fmt.Sprintf("prefix %s overlaps this host's prefix %s", p.Prefix, self.Prefix)
+	}
+	if c, ok := claimed.overlap(p.Prefix); ok {
+		return CodeOverlap, fmt.Sprintf("prefix %s overlaps %s of node %s", p.Prefix, c.Prefix, c.Node)
+	}
+	return "", ""
+}
+
+// conflict reports whether a rejection code is a conflict between entries
+// (which depends on which came first) rather than about one entry alone.
+func conflict(code string) bool {
+	return code == CodeDuplicateNode || code == CodeDuplicateKey || code == CodeOverlap
+}
+
 // prefixSet finds overlaps among claimed prefixes in time proportional to
 // the number of distinct prefix lengths in use (in a real fleet, one),
 // instead of scanning every claimed prefix: a snapshot of 10,000 nodes must
@@ -415,7 +454,14 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 type prefixSet struct {
 	lens  []int                  // distinct lengths of all candidates
 	exact map[netip.Prefix]claim // claimed prefixes
-	under map[netip.Prefix]claim // claimed prefix's ancestors, at every length in lens
+	// under holds, for each claimed prefix and its ancestors at every
+	// length in lens, the first claim under it and how many there are.
+	under map[netip.Prefix]underClaims
+}
+
+type underClaims struct {
+	first claim
+	n     int
 }
 
 // claim is a claimed prefix and the node claiming it.
@@ -425,7 +471,7 @@ type claim struct {
 }
 
 func newPrefixSet(lens []int) *prefixSet {
-	return &prefixSet{lens: lens, exact: map[netip.Prefix]claim{}, under: map[netip.Prefix]claim{}}
+	return &prefixSet{lens: lens, exact: map[netip.Prefix]claim{}, under: map[netip.Prefix]underClaims{}}
 }
 
 // reset empties the set for reuse.
@@ -438,8 +484,8 @@ func (s *prefixSet) reset() {
 // overlap returns a claimed peer whose prefix overlaps p: p's ancestor or p
 // itself is claimed, or p is an ancestor of a claimed prefix.
 func (s *prefixSet) overlap(p netip.Prefix) (claim, bool) {
-	if c, ok := s.under[p]; ok {
-		return c, true
+	if u, ok := s.under[p]; ok {
+		return u.first, true
 	}
 	for _, l := range s.lens {
 		if l > p.Bits() {
@@ -455,14 +501,39 @@ func (s *prefixSet) overlap(p netip.Prefix) (claim, bool) {
 func (s *prefixSet) add(p Peer) {
 	c := claim{Prefix: p.Prefix, Node: p.Node}
 	s.exact[c.Prefix] = c
+	s.eachUnder(c.Prefix, func(a netip.Prefix) {
+		u, ok := s.under[a]
+		if !ok {
+			u.first = c
+		}
+		u.n++
+		s.under[a] = u
+	})
+}
+
+// remove takes back a claim add made. The counts stay right; the first
+// claim kept under an ancestor may then be the removed one, which only
+// matters for wording a reason, and reasons are worded by Desire's full
+// pass, which builds the set anew.
+func (s *prefixSet) remove(p netip.Prefix) {
+	delete(s.exact, p)
+	s.eachUnder(p, func(a netip.Prefix) {
+		u := s.under[a]
+		if u.n--; u.n <= 0 {
+			delete(s.under, a)
+			return
+		}
+		s.under[a] = u
+	})
+}
+
+// eachUnder calls f with p's ancestors at the lengths in lens, and p.
+func (s *prefixSet) eachUnder(p netip.Prefix, f func(netip.Prefix)) {
 	for _, l := range s.lens {
-		if l >= c.Prefix.Bits() {
+		if l >= p.Bits() {
 			break
 		}
-		a := netip.PrefixFrom(c.Prefix.Addr(), l).Masked()
-		if _, ok := s.under[a]; !ok {
-			s.under[a] = c
-		}
+		f(netip.PrefixFrom(p.Addr(), l).Masked())
 	}
-	s.under[c.Prefix] = c
+	f(p)
 }

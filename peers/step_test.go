@@ -214,3 +214,106 @@ func TestChanged(t *testing.T) {
 		t.Error("Changed accepted an unsorted set")
 	}
 }
+
+// TestDesirePatchMatchesFullPass changes random catalogs a few entries at a
+// time (nodes, keys and prefixes drawn from small pools, so that duplicate
+// nodes, keys, overlapping prefixes of several lengths, this host's own
+// entry, key and prefix, and invalid entries all come up): a ParseCache,
+// which patches its last result where it can, returns at every step what
+// Desire's full pass returns.
+func TestDesirePatchMatchesFullPass(t *testing.T) {
+	prefixes := []string{"fdaa:0:2::/48", "fdaa:0:3::/48", "fdaa:0:3:1::/64", "fdaa:0:4::/56", "fdaa:0:5::/48",
+		"fdaa:0:6::/48", "fdaa:0:7::/48", "fdaa:0:8::/48", "fdaa:0:1:2::/64", "fdab::/48", "fdaa:0:9::/48"}
+	opts := []cmp.Option{netipOpts, cmpopts.EquateEmpty()}
+	patched := 0
+	for seed := range uint64(30) {
+		rng := rand.New(rand.NewPCG(seed, 11))
+		var modify, create uint64
+		catalog := map[string]Entry{}
+		set := func(idx int) {
+			id := fmt.Sprintf("meshd-e%02d", idx)
+			modify++
+			e, ok := catalog[id]
+			if !ok || rng.IntN(8) == 0 {
+				create++
+				e.CreateIndex = create
+			}
+			n := 2 + idx
+			if rng.IntN(15) == 0 {
+				n = 1 + rng.IntN(20) // a colliding or own node name now and then
+			}
+			e.ServiceID, e.ModifyIndex, e.Health = id, modify, HealthPassing
+			e.Meta = entry(n).Meta
+			if rng.IntN(15) == 0 {
+				e.Meta[MetaPublicKey] = mustKey(byte(1 + rng.IntN(14))).String()
+			}
+			if rng.IntN(10) == 0 {
+				e.Meta[MetaPrefix] = prefixes[rng.IntN(len(prefixes))]
+			}
+			if rng.IntN(12) == 0 {
+				e.Meta[MetaEndpoint] = "nowhere"
+			}
+			catalog[id] = e
+		}
+		for i := range 10 {
+			set(i)
+		}
+		var cache ParseCache
+		for step := range 80 {
+			for range 1 + rng.IntN(2) {
+				idx := rng.IntN(16)
+				id := fmt.Sprintf("meshd-e%02d", idx)
+				switch op := rng.IntN(6); {
+				case op == 0:
+					delete(catalog, id)
+				case op == 1:
+					if e, ok := catalog[id]; ok {
+						e.Health = []string{HealthPassing, HealthCritical}[rng.IntN(2)]
+						catalog[id] = e
+					}
+				default:
+					set(idx)
+				}
+			}
+			var entries []Entry
+			for _, e := range catalog {
+				entries = append(entries, e)
+			}
+			slices.SortFunc(entries, func(a, b Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+			wasPatchable := cache.patchable
+			got, gotRej := cache.Desire(entries, self, rules)
+			want, wantRej := Desire(entries, self, rules)
+			if diff := cmp.Diff(want, got, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: peers (-full +cached):\n%s", seed, step, diff)
+			}
+			if diff := cmp.Diff(wantRej, gotRej, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: rejections (-full +cached):\n%s", seed, step, diff)
+			}
+			if wasPatchable {
+				patched++
+			}
+			if cache.patchable {
+				// The indexes a patch works from hold exactly the peers.
+				under := 0
+				for _, p := range got {
+					if cache.byNode[p.Node] == "" || cache.byKey[p.PublicKey] != p.Node || cache.claims.exact[p.Prefix].Node != p.Node {
+						t.Fatalf("seed %d step %d: peer %s missing from the indexes", seed, step, p.Node)
+					}
+					cache.claims.eachUnder(p.Prefix, func(netip.Prefix) { under++ })
+				}
+				n := 0
+				for _, u := range cache.claims.under {
+					n += u.n
+				}
+				if len(cache.byNode) != len(got) || len(cache.byKey) != len(got) || len(cache.claims.exact) != len(got) || n != under {
+					t.Fatalf("seed %d step %d: indexes hold %d nodes, %d keys, %d prefixes, %d claims under; want %d, %d under",
+						seed, step, len(cache.byNode), len(cache.byKey), len(cache.claims.exact), n, len(got), under)
+				}
+			}
+		}
+	}
+	if patched < 500 {
+		t.Errorf("only %d of 2400 steps could be patched; the test no longer exercises patch", patched)
+	}
+	t.Logf("%d of 2400 steps started from a patchable result", patched)
+}

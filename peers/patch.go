@@ -1,0 +1,114 @@
+package peers
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+)
+
+// maxPatch is the most changed entries patch takes on; past it, a full
+// pass costs about the same.
+const maxPatch = 256
+
+// patch computes Desire from the last result when only a few entries
+// changed (by service ID: added, removed, or with another ModifyIndex,
+// CreateIndex or health), so that a change in a catalog of thousands costs
+// what the change touches. It applies only where the order of entries
+// cannot matter: the last result had no conflict between entries, and no
+// changed entry conflicts with an accepted peer (else ok is false and
+// Desire makes its full pass). Then every entry's verdict depends on that
+// entry alone, and removing or adding one changes no other's.
+func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej []Rejection, ok bool) {
+	type change struct{ old, new *Entry }
+	var changes []change
+	last := c.last
+	for i, j := 0, 0; i < len(last) || j < len(entries); {
+		if j > 0 && j < len(entries) && entries[j-1].ServiceID >= entries[j].ServiceID {
+			return nil, nil, false // not strictly sorted
+		}
+		switch {
+		case j == len(entries) || i < len(last) && last[i].ServiceID < entries[j].ServiceID:
+			changes = append(changes, change{old: &last[i]})
+			i++
+		case i == len(last) || entries[j].ServiceID < last[i].ServiceID:
+			changes = append(changes, change{new: &entries[j]})
+			j++
+		default:
+			a, b := &last[i], &entries[j]
+			if a.ModifyIndex == 0 || a.ModifyIndex != b.ModifyIndex || a.CreateIndex != b.CreateIndex || a.Health != b.Health {
+				changes = append(changes, change{a, b})
+			}
+			i++
+			j++
+		}
+		if len(changes) > maxPatch {
+			return nil, nil, false
+		}
+	}
+	if len(changes) == 0 {
+		return c.lastOut, c.lastRej, true
+	}
+
+	goneNodes := map[string]bool{}
+	goneIDs := map[string]bool{}
+	for _, ch := range changes {
+		if ch.old == nil {
+			continue
+		}
+		id := ch.old.ServiceID
+		hit := c.m[id]
+		delete(c.m, id)
+		if hit.err == nil && c.byNode[hit.p.Node] == id {
+			delete(c.byNode, hit.p.Node)
+			delete(c.byKey, hit.p.PublicKey)
+			c.claims.remove(hit.p.Prefix)
+			goneNodes[hit.p.Node] = true
+		} else {
+			goneIDs[id] = true
+		}
+	}
+	var added []Peer
+	var addedRej []Rejection
+	for _, ch := range changes {
+		if ch.new == nil {
+			continue
+		}
+		p, err := c.parse(*ch.new, r, c.m)
+		if err == nil && !slices.Contains(c.claims.lens, p.Prefix.Bits()) {
+			return nil, nil, false // a prefix length the overlap index does not cover
+		}
+		switch code, reason := judge(ch.new, p, err, self, c.byNode, c.byKey, c.claims); {
+		case code == "":
+			c.byNode[p.Node] = ch.new.ServiceID
+			c.byKey[p.PublicKey] = p.Node
+			c.claims.add(p)
+			added = append(added, p)
+		case code == codeSkip:
+		case conflict(code):
+			return nil, nil, false
+		default:
+			addedRej = append(addedRej, Rejection{ServiceID: ch.new.ServiceID, Node: ch.new.Meta[MetaNode], Reason: reason, Code: code})
+		}
+	}
+
+	byNodeName := func(a, b Peer) int { return strings.Compare(a.Node, b.Node) }
+	slices.SortFunc(added, byNodeName)
+	kept := make([]Peer, 0, len(c.lastOut))
+	for _, p := range c.lastOut {
+		if !goneNodes[p.Node] {
+			kept = append(kept, p)
+		}
+	}
+	out = merge(kept, added, byNodeName, func(_, p Peer) Peer { return p })
+	for _, x := range c.lastRej {
+		if !goneIDs[x.ServiceID] {
+			rej = append(rej, x)
+		}
+	}
+	rej = append(rej, addedRej...)
+	slices.SortFunc(rej, func(a, b Rejection) int { return cmp.Compare(a.ServiceID, b.ServiceID) })
+	if len(out) == 0 {
+		out = nil
+	}
+	return out, rej, true
+}
