@@ -91,15 +91,19 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 		}
 	}
 
-	byNodeName := func(a, b Peer) int { return strings.Compare(a.Node, b.Node) }
-	slices.SortFunc(added, byNodeName)
-	kept := make([]Peer, 0, len(c.lastOut))
+	slices.SortFunc(added, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
+	// One pass over the last peers: drop the gone, slot in the added (no
+	// node is in both lists: an added peer's node was free).
+	out = make([]Peer, 0, len(c.lastOut)+len(added))
 	for _, p := range c.lastOut {
-		if !goneNodes[p.Node] {
-			kept = append(kept, p)
+		for len(added) > 0 && added[0].Node < p.Node {
+			out, added = append(out, added[0]), added[1:]
+		}
+		if len(goneNodes) == 0 || !goneNodes[p.Node] {
+			out = append(out, p)
 		}
 	}
-	out = merge(kept, added, byNodeName, func(_, p Peer) Peer { return p })
+	out = append(out, added...)
 	for _, x := range c.lastRej {
 		if !goneIDs[x.ServiceID] {
 			rej = append(rej, x)
