@@ -50,12 +50,13 @@ type target struct {
 	iface  string
 	nsName string
 
-	mu      sync.Mutex
-	cond    func(*snapshot) bool // the pending event's condition
-	refresh bool                 // read once more though no event is pending
-	done    time.Time            // when cond first held
-	periods []time.Duration      // how long each poll took
-	last    *snapshot
+	mu       sync.Mutex
+	cond     func(*snapshot) bool // the pending event's condition
+	refresh  bool                 // read once more though no event is pending
+	done     time.Time            // when cond first held
+	periods  []time.Duration      // time between consecutive device reads within an event
+	lastRead time.Time
+	last     *snapshot
 }
 
 // snapshot is one look at a target's kernel. The device is read when
@@ -140,16 +141,20 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 		// measured would otherwise have.
 		tg.mu.Lock()
 		idle := tg.cond == nil && tg.last != nil && !tg.refresh
+		first := tg.last == nil
 		tg.refresh = false
 		tg.mu.Unlock()
 		if idle {
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
-		start := time.Now()
-		if _, err := wg.Device(tg.iface); err != nil && tg.last == nil {
-			time.Sleep(10 * time.Millisecond)
-			continue
+		// Until the device exists; after that, a look reads only what its
+		// condition needs (a route check must not wait for a device read).
+		if first {
+			if _, err := wg.Device(tg.iface); err != nil {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
 		}
 		s := &snapshot{readDevice: func() map[wgtypes.Key]wgtypes.Peer {
 			// One device read at a time across all targets, each followed by
@@ -159,17 +164,22 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 			deviceReads.Lock()
 			readStart := time.Now()
 			defer func() {
-				d := time.Since(readStart)
+				end := time.Now()
+				d := end.Sub(readStart)
 				deviceReads.Unlock()
+				// The resolution: time between two reads of this device
+				// that follow each other within an event.
+				tg.mu.Lock()
+				if !tg.lastRead.IsZero() && end.Sub(tg.lastRead) < time.Second {
+					tg.periods = append(tg.periods, end.Sub(tg.lastRead))
+				}
+				tg.lastRead = end
+				tg.mu.Unlock()
 				time.Sleep(d)
 			}()
-			out := map[wgtypes.Key]wgtypes.Peer{}
-			dev, err := wg.Device(tg.iface)
+			out, err := ReadUAPI(tg.iface)
 			if err != nil {
-				return out
-			}
-			for _, p := range dev.Peers {
-				out[p.PublicKey] = p
+				return map[wgtypes.Key]wgtypes.Peer{}
 			}
 			return out
 		}}
@@ -193,7 +203,6 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 		ok := cond != nil && cond(s)
 		now := time.Now()
 		tg.mu.Lock()
-		tg.periods = append(tg.periods, now.Sub(start))
 		tg.last = s
 		if ok && tg.cond != nil && tg.done.IsZero() {
 			tg.done = now
@@ -276,6 +285,10 @@ func (f *floor) run(ctx context.Context, nsName string) {
 			index = 0
 		} else {
 			index = got
+		}
+		if d := os.Getenv("FLOOR_REARM_DELAY"); d != "" {
+			dd, _ := time.ParseDuration(d)
+			time.Sleep(dd)
 		}
 	}
 }

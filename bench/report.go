@@ -90,7 +90,7 @@ func WriteTables(w io.Writer, points []Point) {
 			rx = append(rx, fmt.Sprintf("%s %.0f", h, p.RxPerEvent[h]))
 		}
 		fmt.Fprintf(w, "Bytes received per event per host: %s. ", strings.Join(rx, ", "))
-		fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms. Kernel poll period (latency resolution): %s ms.\n\n", ms(p.InitialSync), ms(p.PollPeriod))
+		fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms. Device poll period (median time between two reads of a device within an event: the resolution of events a device read times): %s ms.\n\n", ms(p.InitialSync), ms(p.PollPeriod))
 	}
 }
 

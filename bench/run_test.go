@@ -220,7 +220,18 @@ func TestBench(t *testing.T) {
 			} else {
 				p.Unconverged[Floor]++
 			}
-			t.Logf("N=%d %-8s %s acked %s: meshd %s classic %s", n, kind, s.Name(), acked.UTC().Format("15:04:05.000000"), worst[Meshd].Round(time.Microsecond), worst[Classic].Round(time.Microsecond))
+			var floorWakes []string
+			for _, fl := range floors {
+				floorWakes = append(floorWakes, fl.wakeAfter(sent).Sub(acked).Round(time.Millisecond).String())
+			}
+			var meshdDone []string
+			for _, tg := range targets {
+				if tg.system == Meshd {
+					meshdDone = append(meshdDone, tg.name+" "+tg.result().Sub(acked).Round(time.Millisecond).String())
+				}
+			}
+			t.Logf("N=%d %-8s %s acked %s: meshd %s classic %s (floor per host %v, meshd per host %v)", n, kind, s.Name(), acked.UTC().Format("15:04:05.000000"),
+				worst[Meshd].Round(time.Microsecond), worst[Classic].Round(time.Microsecond), floorWakes, meshdDone)
 		}
 		<-profiled
 		for _, h := range hosts {
@@ -279,6 +290,25 @@ func TestBench(t *testing.T) {
 	for _, tg := range targets {
 		if tg.system == Meshd && !sameDevice(snaps[tg.name], tg.snapshot()) {
 			idleChanged++
+		}
+	}
+	// The harness's own device reader sees what wgctrl sees.
+	for _, tg := range targets {
+		dev, err := wgctrlDevice(tg.iface)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fast, err := ReadUAPI(tg.iface)
+		if err != nil {
+			t.Fatal(err)
+		}
+		same := len(fast) == len(dev.Peers)
+		for _, p := range dev.Peers {
+			q, ok := fast[p.PublicKey]
+			same = same && ok && fmt.Sprint(q.Endpoint) == fmt.Sprint(p.Endpoint) && fmt.Sprint(q.AllowedIPs) == fmt.Sprint(p.AllowedIPs)
+		}
+		if !same {
+			t.Errorf("%s: ReadUAPI read %d peers, wgctrl %d, or they differ", tg.name, len(fast), len(dev.Peers))
 		}
 	}
 	if idleWrites != 0 || idleChanged != 0 {
