@@ -389,6 +389,9 @@ func initialSync(t *testing.T, ctx context.Context, lab *testlab.Lab, server *te
 	})
 	d := time.Since(start)
 	stop()
+	if *logLevelFlag == "debug" {
+		t.Logf("meshd log of %s (initial sync, started %s):\n%s", name, start.UTC().Format("15:04:05.000"), mh.proc.Log())
+	}
 	dev, err := wgctrlDevice(mh.iface)
 	if err != nil {
 		t.Fatal(err)

@@ -2,9 +2,9 @@ package catalogsync
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"maps"
 	"net/http"
@@ -29,9 +29,11 @@ type HTTP struct {
 	base   url.URL
 	token  string
 	buf    bytes.Buffer
-	// prev is the last response decoded, elems its elements.
-	prev  []byte
-	elems []element
+	// elems are the elements of the last response decoded; seed hashes
+	// them.
+	elems  []element
+	seed   maphash.Seed
+	seeded bool
 }
 
 // NewHTTP reads through the client, address and token of cfg, as
@@ -98,43 +100,35 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 	return entries, index, nil
 }
 
-// element is one element of a response's top-level array: its bytes
-// [start, end) and the entry it made (ok is false for an element without a
-// service, such as null).
+// element is one element of a response's top-level array: its length and
+// a hash of its bytes, and the entry it made (ok is false for an element
+// without a service, such as null).
 type element struct {
-	start, end int
-	entry      peers.Entry
-	ok         bool
-	// meta and tags are where the raw Meta and Tags values are in the
-	// response ([start, end)).
-	meta, tags [2]int
-}
-
-func (e *element) shift(by int) {
-	e.start += by
-	e.end += by
-	e.meta[0] += by
-	e.meta[1] += by
-	e.tags[0] += by
-	e.tags[1] += by
+	size  int
+	hash  uint64
+	entry peers.Entry
+	ok    bool
+	// meta and tags hash the raw Meta and Tags values.
+	meta, tags uint64
 }
 
 // decode parses a health response. Between two reads most of the response
 // is the same bytes: Consul writes the instances in the same order, and an
-// unchanged instance the same way. decode therefore compares the response
-// with the last one, takes every leading element that lies in their common
-// prefix, and every trailing one that lies in their common suffix (from an
-// element boundary on), from the last read, and scans only the elements in
-// between (see scanner): a change costs a comparison of the bytes, not a
-// parse of every instance. Meta and tags of an instance scanned again are
-// taken from the last read when their bytes did not change.
+// unchanged instance the same way. decode therefore walks the response
+// element by element and takes the entry of every element whose bytes hash
+// as those of the next elements of the last read did (within a few, so
+// that added and removed instances resync), scanning only the others (see
+// scanner): a change costs a hash of the response, not a parse of every
+// instance, and the last response need not be kept. Meta and tags of an
+// instance scanned again are taken from the last read when their bytes did
+// not change.
 func (h *HTTP) decode(body []byte) ([]peers.Entry, error) {
 	elems, err := h.elements(body)
 	if err != nil {
-		h.prev, h.elems = h.prev[:0], nil
+		h.elems = nil
 		return nil, err
 	}
-	h.prev, h.elems = append(h.prev[:0], body...), elems
+	h.elems = elems
 	out := make([]peers.Entry, 0, len(elems))
 	for _, e := range elems {
 		if e.ok {
@@ -145,77 +139,67 @@ func (h *HTTP) decode(body []byte) ([]peers.Entry, error) {
 	return out, nil
 }
 
-// elements scans body's top-level array, reusing what the last read (h.prev,
-// h.elems) has in common with it.
-func (h *HTTP) elements(body []byte) ([]element, error) {
-	old, oldElems := h.prev, h.elems
-	prefix := commonPrefix(old, body)
-	suffix := commonSuffix(old[prefix:], body[prefix:])
-	shift := len(body) - len(old)
+// resyncWindow is how many elements of the last read past the expected one
+// an element is matched against: that many instances may leave between
+// two reads without losing the reuse of the rest.
+const resyncWindow = 8
 
+// elements scans body's top-level array, reusing the elements of the last
+// read (h.elems) it still has.
+func (h *HTTP) elements(body []byte) ([]element, error) {
+	if !h.seeded {
+		h.seed, h.seeded = maphash.MakeSeed(), true
+	}
+	last := h.elems
+	hash := func(b []byte) uint64 { return maphash.Bytes(h.seed, b) }
 	s := &scanner{b: body}
 	if err := s.expect('['); err != nil {
 		return nil, err
 	}
-	// The leading elements inside the common prefix are what they were.
-	k := 0
-	for k < len(oldElems) && oldElems[k].end <= prefix {
-		k++
-	}
-	elems := make([]element, 0, len(oldElems)+1)
-	elems = append(elems, oldElems[:k]...)
-	first := k == 0
-	if !first {
-		s.i = oldElems[k-1].end
-	} else if s.peek() == ']' {
+	elems := make([]element, 0, len(last)+1)
+	if s.peek() == ']' {
 		s.i++
 		return elems, s.end()
 	}
 	var byID map[string]*element
-	scanned := 0
+	next, scanned := 0, 0 // next: the element of the last read expected here
 	for {
-		if !first {
-			switch s.peek() {
-			case ',':
-				s.i++
-			case ']':
-				s.i++
-				return elems, s.end()
-			default:
-				return nil, fmt.Errorf("%w at byte %d: want ',' or ']'", errSyntax, s.i)
-			}
-		}
-		first = false
 		s.ws()
 		at := s.i
-		// From an element boundary inside the common suffix on, the rest
-		// of the response is the rest of the last one, which parsed to the
-		// end.
-		if at >= len(body)-suffix {
-			if j, ok := slices.BinarySearchFunc(oldElems, at-shift, func(e element, start int) int { return cmp.Compare(e.start, start) }); ok {
-				for _, e := range oldElems[j:] {
-					e.shift(shift)
-					elems = append(elems, e)
-				}
-				return elems, nil
+		reused := false
+		for k := next; k < len(last) && k < next+resyncWindow; k++ {
+			if e := last[k]; at+e.size <= len(body) && hash(body[at:at+e.size]) == e.hash {
+				elems, s.i, next, reused = append(elems, e), at+e.size, k+1, true
+				break
 			}
 		}
-		// Many elements to scan (several changes far apart, or a first
-		// read): index the last read's entries to reuse their Meta.
-		if scanned++; scanned == 16 && len(oldElems) > 0 {
-			byID = make(map[string]*element, len(oldElems))
-			for i := range oldElems {
-				if oldElems[i].ok {
-					byID[oldElems[i].entry.ServiceID] = &oldElems[i]
+		if !reused {
+			// Many elements to scan (several changes, or a first read):
+			// index the last read's entries to reuse their Meta.
+			if scanned++; scanned == 16 && len(last) > 0 {
+				byID = make(map[string]*element, len(last))
+				for i := range last {
+					if last[i].ok {
+						byID[last[i].entry.ServiceID] = &last[i]
+					}
 				}
 			}
+			e, err := scanElement(s, hash, byID)
+			if err != nil {
+				return nil, err
+			}
+			e.size, e.hash = s.i-at, hash(body[at:s.i])
+			elems = append(elems, e)
 		}
-		e, err := scanElement(s, old, byID)
-		if err != nil {
-			return nil, err
+		switch s.peek() {
+		case ',':
+			s.i++
+		case ']':
+			s.i++
+			return elems, s.end()
+		default:
+			return nil, fmt.Errorf("%w at byte %d: want ',' or ']'", errSyntax, s.i)
 		}
-		e.start, e.end = at, s.i
-		elems = append(elems, e)
 	}
 }
 
@@ -227,33 +211,10 @@ func (s *scanner) end() error {
 	return nil
 }
 
-func commonPrefix(a, b []byte) int {
-	n := min(len(a), len(b))
-	// Compare in blocks: bytes.Equal is a vectorized memcmp.
-	i := 0
-	for block := 4096; i+block <= n && bytes.Equal(a[i:i+block], b[i:i+block]); i += block {
-	}
-	for i < n && a[i] == b[i] {
-		i++
-	}
-	return i
-}
-
-func commonSuffix(a, b []byte) int {
-	n := min(len(a), len(b))
-	i := 0
-	for block := 4096; i+block <= n && bytes.Equal(a[len(a)-i-block:len(a)-i], b[len(b)-i-block:len(b)-i]); i += block {
-	}
-	for i < n && a[len(a)-1-i] == b[len(b)-1-i] {
-		i++
-	}
-	return i
-}
-
 // scanElement reads one element of the response: an instance, with its
 // Meta and tags taken from the last read's element of the same service ID
-// (in the response lastBody) when their bytes are the same.
-func scanElement(s *scanner, lastBody []byte, last map[string]*element) (el element, err error) {
+// when their bytes hash the same.
+func scanElement(s *scanner, hash func([]byte) uint64, last map[string]*element) (el element, err error) {
 	if s.isNull() {
 		return el, nil
 	}
@@ -320,14 +281,15 @@ func scanElement(s *scanner, lastBody []byte, last map[string]*element) (el elem
 	if err != nil || !ok {
 		return element{}, err
 	}
-	raw := func(b []byte, at [2]int) []byte { return b[at[0]:at[1]] }
-	if l := last[e.ServiceID]; l != nil && bytes.Equal(raw(lastBody, l.meta), raw(s.b, meta)) && bytes.Equal(raw(lastBody, l.tags), raw(s.b, tags)) {
+	rawMeta, rawTags := s.b[meta[0]:meta[1]], s.b[tags[0]:tags[1]]
+	metaHash, tagsHash := hash(rawMeta), hash(rawTags)
+	if l := last[e.ServiceID]; l != nil && l.meta == metaHash && l.tags == tagsHash {
 		e.Meta, e.Tags = l.entry.Meta, l.entry.Tags
-	} else if err := parseMetaTags(&e, raw(s.b, meta), raw(s.b, tags)); err != nil {
+	} else if err := parseMetaTags(&e, rawMeta, rawTags); err != nil {
 		return element{}, err
 	}
 	e.Health = checks.AggregatedStatus()
-	return element{entry: e, ok: true, meta: meta, tags: tags}, nil
+	return element{entry: e, ok: true, meta: metaHash, tags: tagsHash}, nil
 }
 
 // parseMetaTags reads an instance's Meta object and Tags array.

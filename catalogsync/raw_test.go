@@ -1,0 +1,73 @@
+package catalogsync
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// TestDecodeReusesUnchangedElements decodes a response of 200 instances,
+// then one where an instance changed, one left and one joined: every
+// unchanged instance comes back as the entry of the first read (its Meta is
+// the same map, not a new parse of the same bytes), the others are read
+// anew, and the result is what a fresh decoder reads.
+func TestDecodeReusesUnchangedElements(t *testing.T) {
+	instance := func(i int, key string) *api.ServiceEntry {
+		return &api.ServiceEntry{
+			Node: &api.Node{Node: fmt.Sprintf("n%03d", i), Address: "198.18.0.1"},
+			Service: &api.AgentService{ID: fmt.Sprintf("meshd-n%03d", i), Service: "meshd",
+				Meta: map[string]string{"v": "1", "node": fmt.Sprintf("n%03d", i), "public_key": key}, CreateIndex: uint64(i + 1), ModifyIndex: uint64(i + 1)},
+			Checks: api.HealthChecks{{CheckID: "serfHealth", Status: api.HealthPassing}},
+		}
+	}
+	var first []*api.ServiceEntry
+	for i := range 200 {
+		first = append(first, instance(i, "k"))
+	}
+	second := append([]*api.ServiceEntry{}, first[:50]...)
+	second = append(second, instance(50, "rotated")) // n050 changed
+	second = append(second, first[52:150]...)        // n051 left
+	second = append(second, instance(500, "k"))      // n500 joined, in the middle
+	second = append(second, first[150:199]...)
+	second = append(second, instance(999, "k")) // n199 left, n999 joined at the end
+
+	h := &HTTP{}
+	decode := func(h *HTTP, es []*api.ServiceEntry) map[string]map[string]string {
+		t.Helper()
+		body, err := json.Marshal(es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := h.decode(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		metas := map[string]map[string]string{}
+		for _, e := range got {
+			metas[e.ServiceID] = e.Meta
+		}
+		return metas
+	}
+	before := decode(h, first)
+	after := decode(h, second)
+	fresh := decode(&HTTP{}, second)
+	if !reflect.DeepEqual(after, fresh) {
+		t.Fatalf("incremental decode differs from a fresh one")
+	}
+	reused, reread := 0, 0
+	for id, m := range after {
+		old, ok := before[id]
+		if ok && reflect.ValueOf(old).UnsafePointer() == reflect.ValueOf(m).UnsafePointer() {
+			reused++
+		} else {
+			reread++
+		}
+	}
+	// 197 unchanged; n050, n500 and n999 read anew.
+	if reused != 197 || reread != 3 {
+		t.Errorf("%d instances reused, %d read anew; want every unchanged one reused", reused, reread)
+	}
+}
