@@ -1,7 +1,6 @@
 package catalogsync
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"hash/maphash"
@@ -28,7 +27,7 @@ type HTTP struct {
 	client *http.Client
 	base   url.URL
 	token  string
-	buf    bytes.Buffer
+	buf    []byte
 	// elems are the elements of the last response decoded; seed hashes
 	// them.
 	elems  []element
@@ -80,9 +79,8 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 	}
 	defer resp.Body.Close()
 	// One buffer serves every read: decode copies out what it keeps.
-	h.buf.Reset()
-	_, err = h.buf.ReadFrom(io.LimitReader(resp.Body, maxResponse))
-	body := h.buf.Bytes()
+	body, err := readAll(h.buf[:0], io.LimitReader(resp.Body, maxResponse))
+	h.buf = body
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", u.Path, err)
 	}
@@ -98,6 +96,25 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 		return nil, 0, fmt.Errorf("%s: %w", u.Path, err)
 	}
 	return entries, index, nil
+}
+
+// readAll reads r to its end into buf, growing it by a quarter when full
+// (a response of megabytes would otherwise keep twice its size: a
+// bytes.Buffer doubles).
+func readAll(buf []byte, r io.Reader) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, max(cap(buf)/4, 64<<10))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // element is one element of a response's top-level array: its length and

@@ -257,15 +257,10 @@ func Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
 // cache with one set of Rules; it is not safe for concurrent use.
 type ParseCache struct {
 	m map[string]cachedParse
-	// Maps kept from one Desire to the next, emptied and refilled: with
-	// thousands of entries, making them anew each time is most of what a
-	// wake allocates.
-	spare  map[string]cachedParse
+	// The indexes of the last result's peers (see patch).
 	byNode map[string]string
 	byKey  map[wgtypes.Key]string
 	claims *prefixSet
-	items  []parsed
-	ptrs   []*parsed
 
 	// What the last Desire returned and from what, for the next one to
 	// patch (see patch); byNode, byKey and claims then hold its peers.
@@ -328,31 +323,15 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 
 // desire is Desire's full pass over every entry.
 func (c *ParseCache) desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
-	var (
-		next    map[string]cachedParse
-		byNode  map[string]string
-		byKey   map[wgtypes.Key]string
-		claimed *prefixSet
-	)
+	// A full pass is the rare one (a first read, a conflict, many changes):
+	// it builds its maps anew, and a cache keeps them for patch.
+	next := make(map[string]cachedParse, len(entries))
+	byNode, byKey, claimed := map[string]string{}, map[wgtypes.Key]string{}, newPrefixSet(nil)
 	if c != nil {
-		if c.spare == nil {
-			c.spare, c.byNode, c.byKey, c.claims = map[string]cachedParse{}, map[string]string{}, map[wgtypes.Key]string{}, newPrefixSet(nil)
-		}
-		next, byNode, byKey, claimed = c.spare, c.byNode, c.byKey, c.claims
-		clear(next)
-		clear(byNode)
-		clear(byKey)
-		claimed.reset()
-		defer func() { c.m, c.spare = next, c.m }()
-	} else {
-		byNode, byKey, claimed = map[string]string{}, map[wgtypes.Key]string{}, newPrefixSet(nil)
+		defer func() { c.m, c.byNode, c.byKey, c.claims = next, byNode, byKey, claimed }()
 	}
-	var all []parsed
-	var ps []*parsed
-	if c != nil {
-		all, ps = c.items[:0], c.ptrs[:0]
-		defer func() { c.items, c.ptrs = all[:0], ps[:0] }()
-	}
+	all := make([]parsed, 0, len(entries))
+	ps := make([]*parsed, 0, len(entries))
 	for i := range entries {
 		p, err := c.parse(entries[i], r, next)
 		all = append(all, parsed{&entries[i], p, err})
@@ -472,13 +451,6 @@ type claim struct {
 
 func newPrefixSet(lens []int) *prefixSet {
 	return &prefixSet{lens: lens, exact: map[netip.Prefix]claim{}, under: map[netip.Prefix]underClaims{}}
-}
-
-// reset empties the set for reuse.
-func (s *prefixSet) reset() {
-	s.lens = nil
-	clear(s.exact)
-	clear(s.under)
 }
 
 // overlap returns a claimed peer whose prefix overlaps p: p's ancestor or p
