@@ -74,12 +74,12 @@ func sameSummary(a, b Summary) bool {
 //
 // Computing a summary reads the whole device, which holds the device's
 // configuration lock for as long (a userspace device of 10,000 peers: a
-// fifth of a second), so it is done at most every summaryMinInterval, or 100
+// fifth of a second), so it is done at most every summaryMinInterval, or 300
 // times as long as the last one took, whichever is longer; when a
 // reconcile comes sooner, publishSummary returns when to look again.
 func (a *Agent) publishSummary(ctx context.Context, now time.Time) (again time.Time) {
 	since := now.Sub(a.lastSummaryAt)
-	if next := a.lastSummaryCheck.Add(max(summaryMinInterval, 100*a.summaryCost)); now.Before(next) {
+	if next := a.lastSummaryCheck.Add(max(summaryMinInterval, 300*a.summaryCost)); now.Before(next) {
 		return next
 	}
 	a.lastSummaryCheck = now

@@ -51,20 +51,51 @@ type Saved struct {
 
 // Encode renders s as the file's bytes.
 func Encode(s catalogsync.Snapshot, savedAt time.Time) ([]byte, error) {
-	f := file{Version: Version, SavedAt: savedAt.UTC(), Index: s.Index, Entries: make([]entry, 0, len(s.Entries))}
-	for _, e := range s.Entries {
-		f.Entries = append(f.Entries, entry(e))
-	}
-	return json.Marshal(f)
+	var b bytes.Buffer
+	err := encode(&b, s, savedAt)
+	return b.Bytes(), err
 }
 
-// Save writes s to path atomically with mode 0600.
-func Save(path string, s catalogsync.Snapshot, savedAt time.Time) error {
-	b, err := Encode(s, savedAt)
+// encode writes the file's JSON an entry at a time: the file struct's
+// fields, with entries written one by one instead of marshalled as a
+// whole.
+func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
+	head, err := json.Marshal(file{Version: Version, SavedAt: savedAt.UTC(), Index: s.Index, Entries: []entry{}})
 	if err != nil {
-		return fmt.Errorf("encode snapshot: %w", err)
+		return err
 	}
-	return atomicfile.WriteFile(path, b, 0o600)
+	// head ends in `"entries":[]}`: write up to the array's opening.
+	open := bytes.LastIndexByte(head, '[')
+	if _, err := w.Write(head[:open+1]); err != nil {
+		return err
+	}
+	for i, e := range s.Entries {
+		b, err := json.Marshal(entry(e))
+		if err != nil {
+			return err
+		}
+		if i > 0 {
+			if _, err := w.Write([]byte{','}); err != nil {
+				return err
+			}
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+	}
+	_, err = w.Write([]byte("]}\n"))
+	return err
+}
+
+// Save writes s to path atomically with mode 0600, streaming it to the
+// file (with 10,000 entries it is megabytes).
+func Save(path string, s catalogsync.Snapshot, savedAt time.Time) error {
+	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
+		if err := encode(w, s, savedAt); err != nil {
+			return fmt.Errorf("encode snapshot: %w", err)
+		}
+		return nil
+	})
 }
 
 // Decode parses a snapshot file's bytes.

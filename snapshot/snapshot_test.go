@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -92,4 +93,28 @@ func FuzzDecode(f *testing.F) {
 			t.Errorf("round trip changed the snapshot (-first +second):\n%s", diff)
 		}
 	})
+}
+
+// TestEncodeIsTheFileMarshalled checks that the entry-by-entry writer makes
+// exactly what marshalling the whole file would, with no entry, one, and
+// several.
+func TestEncodeIsTheFileMarshalled(t *testing.T) {
+	at := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+	for _, s := range []catalogsync.Snapshot{{Index: 1}, {Index: 2, Entries: sample.Entries[:1]}, sample} {
+		got, err := Encode(s, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := file{Version: Version, SavedAt: at, Index: s.Index, Entries: []entry{}}
+		for _, e := range s.Entries {
+			f.Entries = append(f.Entries, entry(e))
+		}
+		want, err := json.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(string(want)+"\n", string(got)); diff != "" {
+			t.Errorf("%d entries (-marshal +encode):\n%s", len(s.Entries), diff)
+		}
+	}
 }

@@ -4,14 +4,27 @@
 package atomicfile
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
 
 // WriteFile writes data to path with the given mode. The directory must
 // exist. On any error the target is left as it was.
-func WriteFile(path string, data []byte, mode os.FileMode) (err error) {
+func WriteFile(path string, data []byte, mode os.FileMode) error {
+	return Write(path, mode, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// Write writes what write writes to path with the given mode, through a
+// buffer, so that a large file need not be held in memory whole. The
+// directory must exist. On any error (write's included) the target is left
+// as it was.
+func Write(path string, mode os.FileMode, write func(io.Writer) error) (err error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -32,7 +45,11 @@ func WriteFile(path string, data []byte, mode os.FileMode) (err error) {
 	if err := f.Chmod(mode); err != nil {
 		return fmt.Errorf("chmod %s: %w", tmp, err)
 	}
-	if _, err := f.Write(data); err != nil {
+	bw := bufio.NewWriterSize(f, 64<<10)
+	if err := write(bw); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := f.Sync(); err != nil {
