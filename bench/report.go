@@ -22,8 +22,9 @@ type Point struct {
 	// write's acknowledgement until every kernel of that system has it
 	// (for the floor: until the blocking query returns).
 	Latency map[string][]time.Duration
-	// MeshdByKind is meshd's latency by kind of event.
-	MeshdByKind map[string][]time.Duration
+	// MeshdByKind and FloorByKind are meshd's and the floor's latency by
+	// kind of event.
+	MeshdByKind, FloorByKind map[string][]time.Duration
 	// Unconverged counts events a system had not applied within the
 	// event timeout (its latency is then the timeout).
 	Unconverged map[string]int
@@ -76,7 +77,7 @@ func WriteTables(w io.Writer, points []Point) {
 		var kinds []string
 		for _, k := range []string{"join", "rotate", "endpoint", "leave"} {
 			if l := p.MeshdByKind[k]; len(l) > 0 {
-				kinds = append(kinds, fmt.Sprintf("%s %s", k, ms(Quantile(l, 0.5))))
+				kinds = append(kinds, fmt.Sprintf("%s %s (floor %s)", k, ms(Quantile(l, 0.5)), ms(Quantile(p.FloorByKind[k], 0.5))))
 			}
 		}
 		if len(kinds) > 0 {

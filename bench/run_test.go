@@ -106,7 +106,7 @@ func TestBench(t *testing.T) {
 			tg.medianPeriod() // forget the periods of the fill
 		}
 
-		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, RxPerEvent: map[string]float64{}}
+		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, FloorByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, RxPerEvent: map[string]float64{}}
 		before := map[string]procStat{}
 		rx0 := map[string]uint64{}
 		for _, h := range hosts {
@@ -217,6 +217,7 @@ func TestBench(t *testing.T) {
 			p.MeshdByKind[kind] = append(p.MeshdByKind[kind], max(worst[Meshd], 0))
 			if w := floorWake(sent); !w.IsZero() {
 				p.Latency[Floor] = append(p.Latency[Floor], max(w.Sub(acked), 0))
+				p.FloorByKind[kind] = append(p.FloorByKind[kind], max(w.Sub(acked), 0))
 			} else {
 				p.Unconverged[Floor]++
 			}
@@ -468,21 +469,24 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
 - Events, one at a time, 200-400 ms apart, in turn: a node joins, rotates its key, changes its
   endpoint, leaves. Each is one Consul transaction that changes the catalog and the KV record
   together; its latency counts from the moment the transaction is acknowledged.
-- meshd: until every meshd host's device holds the change (read through wgctrl from outside
-  meshd) and, for joins and leaves, the route to the node's prefix points into (or no longer
-  into) the WireGuard link (read through netlink in the host's namespace). The slowest host
-  counts. A join is timed by its route (meshd adds the route after the peer; a device read
-  then confirms the peer); the other events by the device read that shows them, so their
-  resolution is the kernel poll period (the median time of one read of the whole device,
-  which grows with N: the userspace device prints every peer). Devices are read
-  continuously while an event is pending, which also holds the userspace device's lock
-  against meshd's writes: rotate and endpoint events are measured pessimistically.
+- meshd: until every meshd host's device holds the change (read from outside meshd through
+  the device's UAPI socket, the text wgctrl reads, keeping only keys, endpoints and allowed
+  IPs; the run checks that reader against wgctrl at its end) and, for joins and leaves, the
+  route to the node's prefix points into (or no longer into) the WireGuard link (netlink
+  RouteGet in the host's namespace, polled every millisecond). The slowest host counts. A
+  join is timed by its route, to the millisecond (meshd adds the route after the peer; a
+  device read then confirms the peer); the other events by the device read that shows them,
+  so their resolution is the device poll period: device reads are one at a time across all
+  hosts (classic included), each followed by a pause as long as itself, because a read of a
+  userspace device of 10,000 peers holds its configuration lock against the writes of the
+  system measured and takes a core. The period is reported per size.
 - classic: consul-template (v0.41.1, built from the Go module proxy) on the classic host
   watches bench/classic/ through its own agent, renders a wg-quick style file of every node
   and runs ` + "`wg syncconf`" + ` on a userspace device; until that device holds the change.
 - floor: a bare blocking query on /v1/health/service/meshd (stale), on every meshd host through
   that host's agent (the endpoint and agent meshd watches there), reading the whole response;
-  until the slowest of them returns after the write.
+  until the slowest of them returns after the write. It asks again as soon as it has read,
+  so on a busy agent it is usually first in line when the next change comes.
 - CPU per event: meshd's user+system time over the events of a size, divided by the events
   (the userspace WireGuard device runs in a process of its own and is not counted); peak RSS
   is the process's VmHWM. Bytes per event: what the host's underlay link received over the
@@ -540,7 +544,9 @@ func targetsMet(points []Point) []string {
 	}
 	for _, p := range points {
 		m, f := Quantile(p.Latency[Meshd], 0.5), Quantile(p.Latency[Floor], 0.5)
-		out = append(out, fmt.Sprintf("meshd p50 / floor p50 <= 1.25 at N = %d: %s, %s.", p.N, ratio(m, f), verdict(f > 0 && float64(m) <= 1.25*float64(f))))
+		mj, fj := Quantile(p.MeshdByKind["join"], 0.5), Quantile(p.FloorByKind["join"], 0.5)
+		out = append(out, fmt.Sprintf("meshd p50 / floor p50 <= 1.25 at N = %d: %s, %s (joins alone, which a route times to the millisecond: %s).",
+			p.N, ratio(m, f), verdict(f > 0 && float64(m) <= 1.25*float64(f)), ratio(mj, fj)))
 	}
 	var rx []string
 	for _, p := range points {
