@@ -286,10 +286,6 @@ func (f *floor) run(ctx context.Context, nsName string) {
 		} else {
 			index = got
 		}
-		if d := os.Getenv("FLOOR_REARM_DELAY"); d != "" {
-			dd, _ := time.ParseDuration(d)
-			time.Sleep(dd)
-		}
 	}
 }
 
