@@ -80,7 +80,10 @@ type Agent struct {
 	absentSince  map[wgtypes.Key]time.Time
 	released     map[wgtypes.Key]bool
 	lastRegister time.Time
-	registered   uint64 // catalog writes made
+	// registerBackoff is the wait before registering again while the
+	// catalog disagrees (see ensureRegistered).
+	registerBackoff time.Duration
+	registered      uint64 // catalog writes made
 	// reconciles, reconcileErrors and reconcileSeconds count the loop's work.
 	reconciles, reconcileErrors uint64
 	reconcileSeconds            float64
@@ -474,7 +477,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	a.mu.Unlock()
 
 	res, err := a.apply(snap, start)
-	a.ensureRegistered(ctx, snap, start)
+	registerDue := a.ensureRegistered(ctx, snap, start)
 	a.reconciles++
 	a.reconcileSeconds += time.Since(start).Seconds()
 	if err != nil {
@@ -489,10 +492,10 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		a.failures++
 		retry := retryDelay(a.failures)
 		a.logger.Error("reconcile failed", "err", err, "retry_in", retry)
-		return earliest(start.Add(retry), summaryDue)
+		return earliest(earliest(start.Add(retry), summaryDue), registerDue)
 	}
 	a.failures = 0
-	return earliest(res.plan.NextDeadline(), summaryDue)
+	return earliest(earliest(res.plan.NextDeadline(), summaryDue), registerDue)
 }
 
 // earliest is the earlier of two deadlines, zero meaning none.
@@ -589,21 +592,28 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 
 // ensureRegistered registers at start, and again when the catalog lacks
 // this node's entry or shows a different one (the local agent lost its
-// state, someone deregistered it through the catalog, or meshd's identity
-// changed), at most once per 10 seconds.
-func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) {
+// state, someone deregistered or rewrote it through the catalog, or
+// meshd's identity changed). Consul's ACLs cannot stop another host's token
+// from doing that (see README, "Consul ACLs"), so it is put back at once;
+// while the catalog keeps disagreeing, the waits between attempts double
+// from 1 to 10 seconds. It returns when to look again, or zero.
+func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) (again time.Time) {
 	if snap != nil {
 		for _, e := range snap.Entries {
 			if a.opts.Registration.Matches(e) {
-				return
+				a.registerBackoff = 0
+				return time.Time{}
 			}
 		}
 	}
-	if !a.lastRegister.IsZero() && now.Sub(a.lastRegister) < 10*time.Second {
-		return
+	if next := a.lastRegister.Add(a.registerBackoff); !a.lastRegister.IsZero() && now.Before(next) {
+		return next
 	}
 	a.lastRegister = now
+	a.registerBackoff = min(max(2*a.registerBackoff, time.Second), 10*time.Second)
+	again = now.Add(a.registerBackoff)
 	if a.registered > 0 {
+		a.logger.Warn("the catalog lacks this node's entry or shows another one; registering it again", "service_id", a.opts.Registration.ID())
 		// The local agent already has the entry, so registering the same
 		// definition again would not make it sync: the agent believes the
 		// catalog is in step and only its periodic anti-entropy (a minute
@@ -614,10 +624,11 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 	}
 	if err := catalogsync.Register(ctx, a.opts.Consul, a.opts.Registration); err != nil {
 		a.logger.Warn("register failed; will retry", "err", err)
-		return
+		return again
 	}
 	a.registered++
 	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
+	return again
 }
 
 func retryDelay(failures int) time.Duration {

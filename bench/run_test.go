@@ -201,8 +201,12 @@ func TestBench(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			worst := map[string]time.Duration{}
+			var meshdDone []string
 			for _, tg := range targets {
 				d := tg.result().Sub(acked)
+				if tg.system == Meshd {
+					meshdDone = append(meshdDone, tg.name+" "+d.Round(time.Millisecond).String())
+				}
 				if tg.result().IsZero() {
 					d = *timeoutFlag
 					p.Unconverged[tg.system]++
@@ -224,12 +228,6 @@ func TestBench(t *testing.T) {
 			var floorWakes []string
 			for _, fl := range floors {
 				floorWakes = append(floorWakes, fl.wakeAfter(sent).Sub(acked).Round(time.Millisecond).String())
-			}
-			var meshdDone []string
-			for _, tg := range targets {
-				if tg.system == Meshd {
-					meshdDone = append(meshdDone, tg.name+" "+tg.result().Sub(acked).Round(time.Millisecond).String())
-				}
 			}
 			t.Logf("N=%d %-8s %s acked %s: meshd %s classic %s (floor per host %v, meshd per host %v)", n, kind, s.Name(), acked.UTC().Format("15:04:05.000000"),
 				worst[Meshd].Round(time.Microsecond), worst[Classic].Round(time.Microsecond), floorWakes, meshdDone)

@@ -167,6 +167,9 @@ func TestACL(t *testing.T) {
 			return h1.hasPeer(t, h2Pub, h2.prefix) && h1.Ping(h2.meshAddr())
 		})
 		t.Logf("h2's rewritten instance healed in %s", time.Since(rewritten).Round(time.Millisecond))
+		if !strings.Contains(h2.proc.Log(), "the catalog lacks this node's entry or shows another one") {
+			t.Errorf("h2's log does not say that its entry was changed under it:\n%s", tail(h2.proc.Log(), 20))
+		}
 	} else {
 		denied("rewrite h2's instance keeping its node", err)
 	}
