@@ -122,15 +122,7 @@ func Diff(desired []Peer, obs Observed, rm Removal) Plan {
 		if want[kp.PublicKey] {
 			continue
 		}
-		// A peer without allowed IPs carries no traffic; one whose allowed
-		// IPs a desired peer now owns was replaced. Neither needs a grace.
-		replaced := len(kp.AllowedIPs) == 0
-		for _, a := range kp.AllowedIPs {
-			if owned[a.Masked()] {
-				replaced = true
-			}
-		}
-		if replaced {
+		if replaced(kp, owned) {
 			plan.Remove = append(plan.Remove, kp.PublicKey)
 			continue
 		}

@@ -128,13 +128,7 @@ func Step(absentSince map[wgtypes.Key]time.Time, desired, gone, came []Peer, obs
 	// a desired peer" is "owned by a peer that came".
 	var absent []KernelPeer
 	for _, kp := range absentNow {
-		replaced := len(kp.AllowedIPs) == 0
-		for _, a := range kp.AllowedIPs {
-			if cameOwns[a.Masked()] {
-				replaced = true
-			}
-		}
-		if replaced {
+		if replaced(kp, cameOwns) {
 			plan.Remove = append(plan.Remove, kp.PublicKey)
 			continue
 		}
@@ -177,6 +171,21 @@ func Step(absentSince map[wgtypes.Key]time.Time, desired, gone, came []Peer, obs
 	slices.SortFunc(plan.Held, func(a, b Held) int { return compareKeys(a.PublicKey, b.PublicKey) })
 	slices.SortFunc(plan.AddRoutes, netip.Prefix.Compare)
 	return next, plan
+}
+
+// replaced reports whether a kernel peer no desired peer asks for may go
+// without a grace: a peer without allowed IPs carries no traffic, and one
+// whose allowed IPs a desired peer now owns was replaced.
+func replaced(kp KernelPeer, owned map[netip.Prefix]bool) bool {
+	if len(kp.AllowedIPs) == 0 {
+		return true
+	}
+	for _, a := range kp.AllowedIPs {
+		if owned[a.Masked()] {
+			return true
+		}
+	}
+	return false
 }
 
 // decideAbsent is the part of Diff that decides, for the kernel peers no
