@@ -100,7 +100,6 @@ type Agent struct {
 	// lastSummaryCheck is when a summary was last computed (written or
 	// not): computing one reads the device.
 	lastSummaryCheck time.Time
-	summaryCost      time.Duration // how long computing it took
 
 	mu       sync.Mutex // guards the fields below
 	snapshot *catalogsync.Snapshot

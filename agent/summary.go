@@ -36,8 +36,10 @@ const (
 	// SummaryHeartbeat is how often an unchanged summary is written again,
 	// so that its age tells a dead host from a quiet one.
 	SummaryHeartbeat = 5 * time.Minute
-	// summaryMinInterval bounds the write rate of a changing summary.
+	// summaryMinInterval bounds the write rate of a changing summary;
+	// summaryPerPeer spaces summaries further on large devices.
 	summaryMinInterval = 5 * time.Second
+	summaryPerPeer     = 5 * time.Millisecond
 )
 
 // Summarize reduces a status to a summary.
@@ -74,17 +76,20 @@ func sameSummary(a, b Summary) bool {
 //
 // Computing a summary reads the whole device, which holds the device's
 // configuration lock for as long (a userspace device of 10,000 peers: a
-// fifth of a second), so it is done at most every summaryMinInterval, or 300
-// times as long as the last one took, whichever is longer; when a
-// reconcile comes sooner, publishSummary returns when to look again.
+// fifth of a second), so it is done at most every summaryMinInterval, and
+// on large devices no more often than every 5 s per 1,000 peers (a minute
+// at 12,000); when a reconcile comes sooner, publishSummary returns when to
+// look again. (By the peer count, not by how long the last one took: on a
+// busy machine a small device's read can take long enough to starve the
+// summary.)
 func (a *Agent) publishSummary(ctx context.Context, now time.Time) (again time.Time) {
 	since := now.Sub(a.lastSummaryAt)
-	if next := a.lastSummaryCheck.Add(max(summaryMinInterval, 300*a.summaryCost)); now.Before(next) {
+	every := max(summaryMinInterval, time.Duration(len(a.lastDesired))*summaryPerPeer)
+	if next := a.lastSummaryCheck.Add(every); now.Before(next) {
 		return next
 	}
 	a.lastSummaryCheck = now
 	st := a.Status()
-	a.summaryCost = time.Since(now)
 	s := Summarize(st, now)
 	if sameSummary(s, a.lastSummary) && since < SummaryHeartbeat {
 		return time.Time{}
