@@ -70,6 +70,9 @@ type snapshot struct {
 	// at, when set by a condition, is when the decisive observation was
 	// made (else: when the look ended).
 	at time.Time
+	// readEnd is when the device read ended (before the pause that
+	// follows it): what a device read shows, it showed by then.
+	readEnd time.Time
 }
 
 func (s *snapshot) peers() map[wgtypes.Key]wgtypes.Peer {
@@ -156,7 +159,8 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 				continue
 			}
 		}
-		s := &snapshot{readDevice: func() map[wgtypes.Key]wgtypes.Peer {
+		s := &snapshot{}
+		s.readDevice = func() map[wgtypes.Key]wgtypes.Peer {
 			// One device read at a time across all targets, each followed by
 			// a pause as long as the read: reads of large devices would
 			// otherwise take the CPU (and the devices' locks) from the
@@ -165,6 +169,7 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 			readStart := time.Now()
 			defer func() {
 				end := time.Now()
+				s.readEnd = end
 				d := end.Sub(readStart)
 				deviceReads.Unlock()
 				// The resolution: time between two reads of this device
@@ -175,14 +180,16 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 				}
 				tg.lastRead = end
 				tg.mu.Unlock()
-				time.Sleep(d)
+				// (A read that waited behind a long write of the system
+				// measured took no CPU meanwhile: the pause is capped.)
+				time.Sleep(min(d, 200*time.Millisecond))
 			}()
 			out, err := ReadUAPI(tg.iface)
 			if err != nil {
 				return map[wgtypes.Key]wgtypes.Peer{}
 			}
 			return out
-		}}
+		}
 		s.routes = func(p netip.Prefix) bool {
 			if handle == nil {
 				return false
@@ -205,9 +212,13 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 		tg.mu.Lock()
 		tg.last = s
 		if ok && tg.cond != nil && tg.done.IsZero() {
-			tg.done = now
-			if !s.at.IsZero() {
+			switch {
+			case !s.at.IsZero():
 				tg.done = s.at
+			case !s.readEnd.IsZero():
+				tg.done = s.readEnd
+			default:
+				tg.done = now
 			}
 		}
 		tg.mu.Unlock()
