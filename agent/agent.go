@@ -70,11 +70,9 @@ type Agent struct {
 	// watch is diffed against it without reading a device of thousands of
 	// peers; the kernel itself is read at start, every ResyncInterval,
 	// after a failure or a write outside reconcile (applied is then nil).
+	// While it is set, it was planned for lastDesired, so the next plan
+	// looks only at what changed since (peers.Step).
 	applied *peers.Observed
-	// appliedDesired is the desired set that applied was planned for
-	// (sorted by node), so that the next plan looks only at what changed
-	// since (peers.Step).
-	appliedDesired []peers.Peer
 	// parses keeps each catalog entry's parse until it changes.
 	parses       peers.ParseCache
 	absentSince  map[wgtypes.Key]time.Time
@@ -491,18 +489,21 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		a.failures++
 		retry := retryDelay(a.failures)
 		a.logger.Error("reconcile failed", "err", err, "retry_in", retry)
-		return earliest(earliest(start.Add(retry), summaryDue), registerDue)
+		return earliest(start.Add(retry), summaryDue, registerDue)
 	}
 	a.failures = 0
-	return earliest(earliest(res.plan.NextDeadline(), summaryDue), registerDue)
+	return earliest(res.plan.NextDeadline(), summaryDue, registerDue)
 }
 
-// earliest is the earlier of two deadlines, zero meaning none.
-func earliest(a, b time.Time) time.Time {
-	if a.IsZero() || !b.IsZero() && b.Before(a) {
-		return b
+// earliest is the earliest of deadlines, zero meaning none.
+func earliest(ts ...time.Time) time.Time {
+	var first time.Time
+	for _, t := range ts {
+		if first.IsZero() || !t.IsZero() && t.Before(first) {
+			first = t
+		}
 	}
-	return a
+	return first
 }
 
 type result struct {
@@ -552,10 +553,9 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 		gone, came  []peers.Peer
 		incremental bool
 	)
-	if trusted != nil && a.appliedDesired != nil {
-		gone, came, incremental = peers.Changed(a.appliedDesired, res.desired)
+	if trusted != nil {
+		gone, came, incremental = peers.Changed(a.lastDesired, res.desired)
 	}
-	a.appliedDesired = nil
 	if incremental {
 		a.absentSince, res.plan = peers.Step(a.absentSince, res.desired, gone, came, obs, rm)
 	} else {
@@ -574,9 +574,7 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	}
 	if res.plan.Empty() {
 		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.desired), "held", len(res.plan.Held))
-		// Sorted as Applied returns it, which peers.Step relies on.
-		sorted := peers.Applied(obs, res.plan)
-		a.applied, a.appliedDesired = &sorted, res.desired
+		a.applied = &obs
 		return res, nil
 	}
 	a.logger.Info("applying plan", "upsert", len(res.plan.Upsert), "remove", len(res.plan.Remove),
@@ -585,7 +583,7 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 		return res, fmt.Errorf("apply plan: %w", err)
 	}
 	next := peers.Applied(obs, res.plan)
-	a.applied, a.appliedDesired = &next, res.desired
+	a.applied = &next
 	return res, nil
 }
 

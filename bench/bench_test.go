@@ -19,7 +19,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/agent"
@@ -118,12 +117,6 @@ var deviceReads sync.Mutex
 
 // poll reads the target's kernel state until ctx ends.
 func (tg *target) poll(ctx context.Context, t *testing.T) {
-	wg, err := wgctrl.New()
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	defer wg.Close()
 	var handle *netlink.Handle
 	if tg.nsName != "" {
 		ns, err := netns.GetFromName(tg.nsName)
@@ -154,7 +147,7 @@ func (tg *target) poll(ctx context.Context, t *testing.T) {
 		// Until the device exists; after that, a look reads only what its
 		// condition needs (a route check must not wait for a device read).
 		if first {
-			if _, err := wg.Device(tg.iface); err != nil {
+			if _, err := ReadUAPI(tg.iface); err != nil {
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}

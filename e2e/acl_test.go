@@ -107,20 +107,25 @@ func TestACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// h2Entry is h2's instance as the catalog has it, or nil.
+	h2Entry := func() *api.ServiceEntry {
+		entries, _, err := mgmt.Health().Service("meshd", "", false, nil)
+		if err != nil {
+			return nil
+		}
+		for _, e := range entries {
+			if e.Service.ID == "meshd-h2" {
+				return e
+			}
+		}
+		return nil
+	}
 	_, err = c.Catalog().Deregister(&api.CatalogDeregistration{Node: "h2", ServiceID: "meshd-h2"}, nil)
 	if err == nil {
 		t.Log("Consul allowed h1's token to deregister h2's instance (service:write on the name suffices); checking that it heals")
 		testlab.Eventually(t, 30*time.Second, "h2's instance registered again by h2", func() bool {
-			entries, _, err := mgmt.Health().Service("meshd", "", false, nil)
-			if err != nil {
-				return false
-			}
-			for _, e := range entries {
-				if e.Service.ID == "meshd-h2" && e.Node.Node == "h2" && e.Service.Meta["public_key"] != "" {
-					return true
-				}
-			}
-			return false
+			e := h2Entry()
+			return e != nil && e.Node.Node == "h2" && e.Service.Meta["public_key"] != ""
 		})
 		after, err := h1.device(t)
 		if err != nil || len(after.Peers) != len(before.Peers) {
@@ -143,16 +148,8 @@ func TestACL(t *testing.T) {
 		rewritten := time.Now()
 		t.Log("Consul allowed h1's token to rewrite h2's instance (SkipNodeUpdate, service:write on the name); checking that it heals")
 		testlab.Eventually(t, 30*time.Second, "h2's own entry back in the catalog", func() bool {
-			entries, _, err := mgmt.Health().Service("meshd", "", false, nil)
-			if err != nil {
-				return false
-			}
-			for _, e := range entries {
-				if e.Service.ID == "meshd-h2" {
-					return e.Service.Meta["public_key"] == h2Pub.String()
-				}
-			}
-			return false
+			e := h2Entry()
+			return e != nil && e.Service.Meta["public_key"] == h2Pub.String()
 		})
 		testlab.Eventually(t, 30*time.Second, "h1 holds h2's real key only and pings h2", func() bool {
 			d, err := h1.device(t)

@@ -36,6 +36,7 @@ func (l *Link) Observe() (peers.Observed, error) {
 		return obs, err
 	}
 	obs.Routes, err = l.routes(idx)
+	obs.Sort()
 	return obs, err
 }
 

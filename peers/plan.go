@@ -1,6 +1,7 @@
 package peers
 
 import (
+	"bytes"
 	"maps"
 	"net/netip"
 	"slices"
@@ -19,10 +20,17 @@ type KernelPeer struct {
 
 // Observed is what the kernel actually has: every peer on meshd's link and
 // the routes on it that carry meshd's protocol tag. Foreign routes are not
-// part of it, so no plan can ever touch them.
+// part of it, so no plan can ever touch them. Peers are sorted by key and
+// routes by prefix (see Sort; Applied returns them so).
 type Observed struct {
 	Peers  []KernelPeer
 	Routes []netip.Prefix
+}
+
+// Sort puts the peers in key order and the routes in prefix order.
+func (o *Observed) Sort() {
+	slices.SortFunc(o.Peers, func(a, b KernelPeer) int { return compareKeys(a.PublicKey, b.PublicKey) })
+	slices.SortFunc(o.Routes, netip.Prefix.Compare)
 }
 
 // Removal is the state that decides when a peer absent from the catalog may
@@ -150,14 +158,7 @@ func Diff(desired []Peer, obs Observed, rm Removal) Plan {
 	return plan
 }
 
-func compareKeys(a, b wgtypes.Key) int {
-	for i := range a {
-		if a[i] != b[i] {
-			return int(a[i]) - int(b[i])
-		}
-	}
-	return 0
-}
+func compareKeys(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) }
 
 // sameConfig reports whether the kernel peer is configured as p asks. A
 // peer without an endpoint (a roaming user) leaves the endpoint to
@@ -179,11 +180,20 @@ func Track(absentSince map[wgtypes.Key]time.Time, desired []Peer, obs Observed, 
 	for _, p := range desired {
 		want[p.PublicKey] = true
 	}
-	next := map[wgtypes.Key]time.Time{}
+	var absent []KernelPeer
 	for _, kp := range obs.Peers {
-		if want[kp.PublicKey] {
-			continue
+		if !want[kp.PublicKey] {
+			absent = append(absent, kp)
 		}
+	}
+	return absentTimes(absentSince, absent, now)
+}
+
+// absentTimes is Track's map for the kernel peers no desired peer asks
+// for: the time each was first noticed so, or now.
+func absentTimes(absentSince map[wgtypes.Key]time.Time, absent []KernelPeer, now time.Time) map[wgtypes.Key]time.Time {
+	next := make(map[wgtypes.Key]time.Time, len(absent))
+	for _, kp := range absent {
 		if t, ok := absentSince[kp.PublicKey]; ok {
 			next[kp.PublicKey] = t
 		} else {

@@ -52,8 +52,8 @@ func sameKernelPeer(a, b Peer) bool {
 
 // Step is Track followed by Diff, in time proportional to the change
 // instead of the fleet, for a kernel that holds exactly what the last plan
-// left. Its inputs are that reconcile's: obs is Applied of its plan (sorted
-// by key, as Applied returns it), absentSince is the map Track returned
+// left. Its inputs are that reconcile's: obs is Applied of its plan (or the
+// kernel as read, when that plan was empty), absentSince is the map Track returned
 // then, and desired differs from that reconcile's desired set by gone and
 // came (see Changed). It returns what Track(absentSince, desired, obs, now)
 // and Diff(desired, obs, rm) with that map would; rm.AbsentSince is not
@@ -106,14 +106,7 @@ func Step(absentSince map[wgtypes.Key]time.Time, desired, gone, came []Peer, obs
 	}
 	slices.SortFunc(absentNow, func(a, b KernelPeer) int { return compareKeys(a.PublicKey, b.PublicKey) })
 
-	next := make(map[wgtypes.Key]time.Time, len(absentNow))
-	for _, kp := range absentNow {
-		if t, ok := absentSince[kp.PublicKey]; ok {
-			next[kp.PublicKey] = t
-		} else {
-			next[kp.PublicKey] = rm.Now
-		}
-	}
+	next := absentTimes(absentSince, absentNow, rm.Now)
 	rm.AbsentSince = next
 
 	var plan Plan

@@ -69,19 +69,16 @@ func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
 	if _, err := w.Write(head[:open+1]); err != nil {
 		return err
 	}
-	for i, e := range s.Entries {
+	sep := []byte{}
+	for _, e := range s.Entries {
 		b, err := json.Marshal(entry(e))
 		if err != nil {
 			return err
 		}
-		if i > 0 {
-			if _, err := w.Write([]byte{','}); err != nil {
-				return err
-			}
-		}
-		if _, err := w.Write(b); err != nil {
+		if _, err := w.Write(append(sep, b...)); err != nil {
 			return err
 		}
+		sep = []byte{','}
 	}
 	_, err = w.Write([]byte("]}\n"))
 	return err

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -101,8 +102,8 @@ func FuzzDecode(f *testing.F) {
 func TestEncodeIsTheFileMarshalled(t *testing.T) {
 	at := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
 	for _, s := range []catalogsync.Snapshot{{Index: 1}, {Index: 2, Entries: sample.Entries[:1]}, sample} {
-		got, err := Encode(s, at)
-		if err != nil {
+		var got bytes.Buffer
+		if err := encode(&got, s, at); err != nil {
 			t.Fatal(err)
 		}
 		f := file{Version: Version, SavedAt: at, Index: s.Index, Entries: []entry{}}
@@ -113,7 +114,7 @@ func TestEncodeIsTheFileMarshalled(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff(string(want)+"\n", string(got)); diff != "" {
+		if diff := cmp.Diff(string(want)+"\n", got.String()); diff != "" {
 			t.Errorf("%d entries (-marshal +encode):\n%s", len(s.Entries), diff)
 		}
 	}
