@@ -24,6 +24,7 @@ import (
 	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/netlinkx"
 )
 
 var (
@@ -41,214 +42,141 @@ var (
 
 func TestMain(m *testing.M) { testlab.Main(m) }
 
-// target is one kernel that must converge: a device, read continuously
-// from outside meshd, and for meshd hosts the routes in its namespace.
+// target is one kernel that must converge: a WireGuard device, probed
+// by packets during an event (see probe), and for meshd hosts the route to
+// the probe's prefix in its namespace, looked up every millisecond.
 type target struct {
 	system string
 	name   string
 	iface  string
 	nsName string
+	probe  *prober
 
 	mu       sync.Mutex
-	cond     func(*snapshot) bool // the pending event's condition
-	refresh  bool                 // read once more though no event is pending
-	done     time.Time            // when cond first held
-	periods  []time.Duration      // time between consecutive device reads within an event
-	lastRead time.Time
-	last     *snapshot
+	route    *routeCond // the pending event's route condition
+	done     time.Time  // when it first held
+	periods  []time.Duration
+	lastLook time.Time
 }
 
-// snapshot is one look at a target's kernel. The device is read when
-// first needed: a route check costs one netlink request, a device of
-// 10,000 peers a read of them all.
-type snapshot struct {
-	readDevice func() map[wgtypes.Key]wgtypes.Peer
-	once       sync.Once
-	peersRead  map[wgtypes.Key]wgtypes.Peer
-	routes     func(netip.Prefix) bool // reports whether the prefix is routed into the link
-	// at, when set by a condition, is when the decisive observation was
-	// made (else: when the look ended).
-	at time.Time
-	// readEnd is when the device read ended (before the pause that
-	// follows it): what a device read shows, it showed by then.
-	readEnd time.Time
+// routeCond is a route meshd must have added (want) or deleted.
+type routeCond struct {
+	prefix netip.Prefix
+	want   bool
 }
 
-func (s *snapshot) peers() map[wgtypes.Key]wgtypes.Peer {
-	s.once.Do(func() { s.peersRead = s.readDevice() })
-	return s.peersRead
+// device is one read of a device: its peers by key.
+type device map[wgtypes.Key]wgtypes.Peer
+
+// has reports whether the device holds sim as it is.
+func (d device) has(sim Sim) bool {
+	p, ok := d[sim.Key]
+	return ok && p.Endpoint != nil && p.Endpoint.String() == sim.Endpoint.String() && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == sim.Prefix.String()
 }
 
-// has reports whether the kernel holds sim as it is; withRoute checks its
-// route first (meshd adds a route after its peer, so a missing route spares
-// the device read).
-//
-// With the route, the route is what times the change: meshd writes it after
-// the peer, so the peer was there first; the device read that follows only
-// confirms it (reading 10,000 peers takes longer than the change itself).
-func (s *snapshot) has(sim Sim, withRoute bool) bool {
-	var routed time.Time
-	if withRoute {
-		if !s.routes(sim.Prefix) {
-			return false
-		}
-		routed = time.Now()
-	}
-	p, ok := s.peers()[sim.Key]
-	ok = ok && p.Endpoint != nil && p.Endpoint.String() == sim.Endpoint.String() && len(p.AllowedIPs) == 1 && p.AllowedIPs[0].String() == sim.Prefix.String()
-	if ok && withRoute {
-		s.at = routed
-	}
-	return ok
-}
-
-// gone reports whether the kernel no longer holds the node; withRoute
-// checks its route first (meshd deletes the route before the peer).
-func (s *snapshot) gone(key wgtypes.Key, prefix netip.Prefix, withRoute bool) bool {
-	if withRoute && s.routes(prefix) {
+// same reports whether two reads show the same peers.
+func (d device) same(o device) bool {
+	if len(d) != len(o) {
 		return false
 	}
-	_, ok := s.peers()[key]
-	return !ok
+	for k, p := range d {
+		q, ok := o[k]
+		if !ok || fmt.Sprint(p.Endpoint, p.AllowedIPs, p.PersistentKeepaliveInterval) != fmt.Sprint(q.Endpoint, q.AllowedIPs, q.PersistentKeepaliveInterval) {
+			return false
+		}
+	}
+	return true
 }
 
-// deviceReads serializes the targets' device reads.
+// deviceReads serializes device reads: reads of large devices would
+// otherwise take the CPU (and the devices' locks) from the systems
+// measured.
 var deviceReads sync.Mutex
 
-// poll reads the target's kernel state until ctx ends.
-func (tg *target) poll(ctx context.Context, t *testing.T) {
-	var handle *netlink.Handle
-	if tg.nsName != "" {
-		ns, err := netns.GetFromName(tg.nsName)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer ns.Close()
-		if handle, err = netlink.NewHandleAt(ns); err != nil {
-			t.Error(err)
-			return
-		}
-		defer handle.Close()
+// read reads the target's device from outside, then pauses as long as the
+// read took (at most 200 ms), leaving the CPU to the systems measured.
+func (tg *target) read() (device, time.Time, error) {
+	deviceReads.Lock()
+	start := time.Now()
+	d, err := ReadUAPI(tg.iface)
+	end := time.Now()
+	deviceReads.Unlock()
+	time.Sleep(min(end.Sub(start), 200*time.Millisecond))
+	return d, end, err
+}
+
+// pollRoutes looks up the route of the pending event's condition every
+// millisecond until ctx ends; a target without a namespace has no route
+// conditions.
+func (tg *target) pollRoutes(ctx context.Context, t *testing.T) {
+	ns, err := netns.GetFromName(tg.nsName)
+	if err != nil {
+		t.Error(err)
+		return
 	}
+	defer ns.Close()
+	handle, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer handle.Close()
 	for ctx.Err() == nil {
-		// Read continuously only while an event is pending (or nothing was
-		// read yet): a poll of a large device costs CPU the systems
-		// measured would otherwise have.
 		tg.mu.Lock()
-		idle := tg.cond == nil && tg.last != nil && !tg.refresh
-		first := tg.last == nil
-		tg.refresh = false
+		cond := tg.route
+		pending := cond != nil && tg.done.IsZero()
 		tg.mu.Unlock()
-		if idle {
-			time.Sleep(20 * time.Millisecond)
+		if !pending {
+			time.Sleep(5 * time.Millisecond)
 			continue
 		}
-		// Until the device exists; after that, a look reads only what its
-		// condition needs (a route check must not wait for a device read).
-		if first {
-			if _, err := ReadUAPI(tg.iface); err != nil {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-		}
-		s := &snapshot{}
-		s.readDevice = func() map[wgtypes.Key]wgtypes.Peer {
-			// One device read at a time across all targets, each followed by
-			// a pause as long as the read: reads of large devices would
-			// otherwise take the CPU (and the devices' locks) from the
-			// systems measured.
-			deviceReads.Lock()
-			readStart := time.Now()
-			defer func() {
-				end := time.Now()
-				s.readEnd = end
-				d := end.Sub(readStart)
-				deviceReads.Unlock()
-				// The resolution: time between two reads of this device
-				// that follow each other within an event.
-				tg.mu.Lock()
-				if !tg.lastRead.IsZero() && end.Sub(tg.lastRead) < time.Second {
-					tg.periods = append(tg.periods, end.Sub(tg.lastRead))
-				}
-				tg.lastRead = end
-				tg.mu.Unlock()
-				// (A read that waited behind a long write of the system
-				// measured took no CPU meanwhile: the pause is capped.)
-				time.Sleep(min(d, 200*time.Millisecond))
-			}()
-			out, err := ReadUAPI(tg.iface)
-			if err != nil {
-				return map[wgtypes.Key]wgtypes.Peer{}
-			}
-			return out
-		}
-		s.routes = func(p netip.Prefix) bool {
-			if handle == nil {
-				return false
-			}
-			link, err := handle.LinkByName(tg.iface)
-			if err != nil {
-				return false
-			}
-			rs, err := handle.RouteGet(p.Addr().AsSlice())
-			return err == nil && len(rs) > 0 && rs[0].LinkIndex == link.Attrs().Index
-		}
-		tg.mu.Lock()
-		cond := tg.cond
-		tg.mu.Unlock()
-		if cond == nil {
-			s.peers() // a full look, for snapshot()
-		}
-		ok := cond != nil && cond(s)
+		ok := routed(handle, tg.iface, cond.prefix) == cond.want
 		now := time.Now()
 		tg.mu.Lock()
-		tg.last = s
-		if ok && tg.cond != nil && tg.done.IsZero() {
-			switch {
-			case !s.at.IsZero():
-				tg.done = s.at
-			case !s.readEnd.IsZero():
-				tg.done = s.readEnd
-			default:
+		if tg.route == cond {
+			if !tg.lastLook.IsZero() {
+				tg.periods = append(tg.periods, now.Sub(tg.lastLook))
+			}
+			tg.lastLook = now
+			if ok {
 				tg.done = now
 			}
 		}
 		tg.mu.Unlock()
-		// Leave the CPU to the systems measured for a moment.
 		time.Sleep(time.Millisecond)
 	}
 }
 
-func (tg *target) arm(cond func(*snapshot) bool) {
-	tg.mu.Lock()
-	defer tg.mu.Unlock()
-	tg.cond, tg.done = cond, time.Time{}
-}
-
-func (tg *target) result() time.Time {
-	tg.mu.Lock()
-	defer tg.mu.Unlock()
-	return tg.done
-}
-
-// snapshot returns a state read after the call.
-func (tg *target) snapshot() *snapshot {
-	tg.mu.Lock()
-	prev := tg.last
-	tg.refresh = true
-	tg.mu.Unlock()
-	for {
-		tg.mu.Lock()
-		last := tg.last
-		tg.mu.Unlock()
-		if last != prev && last != nil {
-			return last
-		}
-		time.Sleep(5 * time.Millisecond)
+// routed reports whether meshd's route (its protocol tag) to p leads into
+// the link: the supernet route the benchmark adds is not meshd's.
+func routed(handle *netlink.Handle, iface string, p netip.Prefix) bool {
+	link, err := handle.LinkByName(iface)
+	if err != nil {
+		return false
 	}
+	rs, err := handle.RouteGet(p.Addr().AsSlice())
+	return err == nil && len(rs) > 0 && rs[0].LinkIndex == link.Attrs().Index && rs[0].Protocol == netlinkx.RouteProtocol
 }
 
+// arm sets the route condition of the next event (nil: none).
+func (tg *target) arm(c *routeCond) {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	tg.route, tg.done, tg.lastLook = c, time.Time{}, time.Time{}
+}
+
+// routeDone reports when the route condition held (ok false: not yet).
+func (tg *target) routeDone() (time.Time, bool) {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	if tg.route == nil {
+		return time.Time{}, true
+	}
+	return tg.done, !tg.done.IsZero()
+}
+
+// medianPeriod is the median time between two route looks within an
+// event since the last call.
 func (tg *target) medianPeriod() time.Duration {
 	tg.mu.Lock()
 	defer tg.mu.Unlock()
@@ -334,13 +262,19 @@ func startMeshHost(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin, 
 	return startMeshHostOn(t, h, bin, n)
 }
 
-// startMeshHostOn runs meshd on h, with prefix fdaa:0:<n>::/48.
+// classicPrefixID numbers the classic host's prefix (hostPrefix).
+const classicPrefixID = 0xff
+
+// hostPrefix is the prefix of the benchmark's real host number n.
+func hostPrefix(n int) netip.Prefix { return netip.MustParsePrefix(fmt.Sprintf("fdaa:0:%x::/48", n)) }
+
+// startMeshHostOn runs meshd on h, with prefix hostPrefix(n).
 func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost {
 	name := h.Name
 	mh := &meshHost{Host: h, iface: fmt.Sprintf("wb%d%s", os.Getpid()%1000, name),
 		config: filepath.Join(h.Dir, "meshd.yaml"), sock: filepath.Join(h.Dir, "meshd.sock")}
-	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: fdaa:0:%x::/48\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n",
-		name, mh.iface, h.Addr, n, filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag)
+	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n",
+		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag)
 	if err := os.WriteFile(mh.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +286,7 @@ func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost
 // watching the same nodes in KV through the host's own agent, rendering a
 // WireGuard configuration of every node and applying it with wg syncconf to
 // a userspace device.
-func startClassic(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin string) (*testlab.Host, string) {
+func startClassic(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin string) (*testlab.Host, string, wgtypes.Key) {
 	h := lab.AddHost("classic")
 	h.StartConsulClient(server)
 	iface := fmt.Sprintf("wb%dct", os.Getpid()%1000)
@@ -401,7 +335,7 @@ EOT
 	})
 	h.Start("consul-template.log", ctBin, "-config", hcl)
 	t.Cleanup(func() { h.Exec("ip", "link", "del", iface) })
-	return h, iface
+	return h, iface, key.PublicKey()
 }
 
 type procStat struct {

@@ -100,8 +100,3 @@ func txnSims(ctx context.Context, c *api.Client, sims []Sim) error {
 	}
 	return Txn(ctx, c, ops)
 }
-
-// netipAddrPortNext is the endpoint with the next port.
-func netipAddrPortNext(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr(), ap.Port()%60000+1)
-}
