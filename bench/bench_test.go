@@ -185,18 +185,31 @@ func (tg *target) medianPeriod() time.Duration {
 	return p
 }
 
-// floor is a bare blocking query on the endpoint meshd watches, through a
-// meshd host's own agent, recording when each call returns.
-type floor struct {
+// blockingQuery is a bare blocking query through a host's own agent,
+// recording when each call returns with a new index: on the endpoint meshd
+// watches, it is the floor; on a KV key or the user-event list, a hint
+// transport meshd could be woken by.
+type blockingQuery struct {
+	path string // with its query string, without the index
+	// hashIndex: the index is a hash (the event list's), so a smaller one
+	// is not a reset.
+	hashIndex bool
+
 	mu    sync.Mutex
 	wakes []time.Time
 }
 
-func (f *floor) run(ctx context.Context, nsName string) {
+const (
+	floorPath     = "/v1/health/service/meshd?stale&wait=5m"
+	kvHintPath    = "/v1/kv/" + hintKey + "?stale&wait=5m"
+	eventHintPath = "/v1/event/list?name=" + hintEvent + "&wait=5m"
+)
+
+func (f *blockingQuery) run(ctx context.Context, nsName string) {
 	client := &http.Client{Transport: &http.Transport{DialContext: testlab.DialInNetns(nsName)}}
 	var index uint64
 	for ctx.Err() == nil {
-		url := fmt.Sprintf("http://127.0.0.1:8500/v1/health/service/meshd?stale&wait=5m&index=%d", index)
+		url := fmt.Sprintf("http://127.0.0.1:8500%s&index=%d", f.path, index)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		req.Header.Set("Accept-Encoding", "identity") // as meshd asks: no compression on loopback
 		resp, err := client.Do(req)
@@ -213,7 +226,7 @@ func (f *floor) run(ctx context.Context, nsName string) {
 			f.wakes = append(f.wakes, now)
 			f.mu.Unlock()
 		}
-		if got < index {
+		if got < index && !f.hashIndex {
 			index = 0
 		} else {
 			index = got
@@ -221,8 +234,21 @@ func (f *floor) run(ctx context.Context, nsName string) {
 	}
 }
 
+// lastWake is when the last of qs woke after t (zero: one has not yet).
+func lastWake(qs []*blockingQuery, t time.Time) time.Time {
+	var last time.Time
+	for _, q := range qs {
+		w := q.wakeAfter(t)
+		if w.IsZero() {
+			return w
+		}
+		last = maxTime(last, w)
+	}
+	return last
+}
+
 // wakeAfter is the first wake at or after t.
-func (f *floor) wakeAfter(t time.Time) time.Time {
+func (f *blockingQuery) wakeAfter(t time.Time) time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, w := range f.wakes {

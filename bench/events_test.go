@@ -10,6 +10,9 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
+// hintChanges numbers the changes the hint key names.
+var hintChanges int
+
 // kinds are the probe's events, in the order they go round.
 var kinds = []string{"join", "rotate", "endpoint", "leave"}
 
@@ -58,13 +61,13 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 		return ev, fmt.Errorf("probe %s: %w", kind, err)
 	}
 	ev.s = pb.Sim
-	write := func() error { return txnSims(ctx, c, []Sim{ev.s}) }
+	write := func() error { return Txn(ctx, c, append(ev.s.Ops(), ev.s.hintOp(hintChanges))) }
 	var route *routeCond
 	switch kind {
 	case "join":
 		route = &routeCond{prefix: ev.s.Prefix, want: true}
 	case "leave":
-		write = func() error { return Txn(ctx, c, ev.s.DeleteOps()) }
+		write = func() error { return Txn(ctx, c, append(ev.s.DeleteOps(), ev.s.hintOp(hintChanges))) }
 		route = &routeCond{prefix: ev.s.Prefix, want: false}
 	}
 	time.Sleep(200*time.Millisecond + rand.N(200*time.Millisecond))
@@ -87,6 +90,7 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 			results[i] <- probed{at, err}
 		}()
 	}
+	hintChanges++
 	ev.sent = time.Now()
 	if err := write(); err != nil {
 		return ev, fmt.Errorf("%s event: %w", kind, err)

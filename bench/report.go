@@ -15,6 +15,12 @@ const (
 	Classic = "classic"
 )
 
+// Hint transports, as Point.Hints names them.
+const (
+	HintKV    = "KV key set in the event's transaction"
+	HintEvent = "user event fired after the event"
+)
+
 // Point is everything measured at one catalog size.
 type Point struct {
 	N int
@@ -32,6 +38,9 @@ type Point struct {
 	// packets showed the change, did not yet hold it in full (for a
 	// rotation, the old key still there) and was read again.
 	Reread map[string]int
+	// Hints holds, per hint transport, how long after the write's
+	// acknowledgement every meshd host's agent had it.
+	Hints map[string][]time.Duration
 	// CPUPerEvent and PeakRSS are meshd's, per host (max over hosts).
 	CPUPerEvent time.Duration
 	PeakRSS     uint64
@@ -90,6 +99,15 @@ func WriteTables(w io.Writer, points []Point) {
 		}
 		if len(kinds) > 0 {
 			fmt.Fprintf(w, "\nmeshd p50 by event, ms: %s.", strings.Join(kinds, ", "))
+		}
+		var hints []string
+		for _, h := range []string{HintKV, HintEvent} {
+			if l := p.Hints[h]; len(l) > 0 {
+				hints = append(hints, fmt.Sprintf("%s: p50 %s, p99 %s ms (%d)", h, ms(Quantile(l, 0.5)), ms(Quantile(l, 0.99)), len(l)))
+			}
+		}
+		if len(hints) > 0 {
+			fmt.Fprintf(w, "\nHint transports, until every meshd host's agent has it: %s.", strings.Join(hints, "; "))
 		}
 		m50 := Quantile(p.Latency[Meshd], 0.5)
 		fmt.Fprintf(w, "\nmeshd/classic p50: %s; meshd/floor p50: %s. ", ratio(m50, Quantile(p.Latency[Classic], 0.5)), ratio(m50, Quantile(p.Latency[Floor], 0.5)))

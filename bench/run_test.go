@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -72,24 +73,20 @@ func TestBench(t *testing.T) {
 			tg.probe = pb.connect(t, classic, tg.iface, classicKey, hostPrefix(classicPrefixID), meshAddr(hostPrefix(classicPrefixID)))
 		}
 	}
-	// One floor per meshd host, each on that host's agent, like meshd.
-	var floors []*floor
+	// One floor per meshd host, each on that host's agent, like meshd;
+	// and the two hint transports, the same way.
+	var floors, kvHints, eventHints []*blockingQuery
 	for _, h := range hosts {
-		fl := &floor{}
-		floors = append(floors, fl)
-		go fl.run(ctx, h.Netns)
-	}
-	floorWake := func(sent time.Time) time.Time {
-		var last time.Time
-		for _, fl := range floors {
-			w := fl.wakeAfter(sent)
-			if w.IsZero() {
-				return w
-			}
-			last = maxTime(last, w)
+		for _, q := range []struct {
+			qs   *[]*blockingQuery
+			path string
+		}{{&floors, floorPath}, {&kvHints, kvHintPath}, {&eventHints, eventHintPath}} {
+			bq := &blockingQuery{path: q.path, hashIndex: q.path == eventHintPath}
+			*q.qs = append(*q.qs, bq)
+			go bq.run(ctx, h.Netns)
 		}
-		return last
 	}
+	floorWake := func(sent time.Time) time.Time { return lastWake(floors, sent) }
 
 	var sims []Sim // the simulated nodes in the catalog but the probe
 	next := 0
@@ -125,7 +122,7 @@ func TestBench(t *testing.T) {
 			tg.medianPeriod() // forget the periods of the fill
 		}
 
-		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, FloorByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, Reread: map[string]int{}, RxPerEvent: map[string]float64{}}
+		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, FloorByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, Reread: map[string]int{}, Hints: map[string][]time.Duration{}, RxPerEvent: map[string]float64{}}
 		before := map[string]procStat{}
 		rx0 := map[string]uint64{}
 		for _, h := range hosts {
@@ -188,6 +185,12 @@ func TestBench(t *testing.T) {
 				p.Latency[sys] = append(p.Latency[sys], max(d, 0))
 			}
 			p.MeshdByKind[kind] = append(p.MeshdByKind[kind], max(worst[Meshd], 0))
+			for time.Now().Before(acked.Add(*timeoutFlag)) && lastWake(kvHints, sent).IsZero() {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if w := lastWake(kvHints, sent); !w.IsZero() {
+				p.Hints[HintKV] = append(p.Hints[HintKV], max(w.Sub(acked), 0))
+			}
 			if w := floorWake(sent); !w.IsZero() {
 				p.Latency[Floor] = append(p.Latency[Floor], max(w.Sub(acked), 0))
 				p.FloorByKind[kind] = append(p.FloorByKind[kind], max(w.Sub(acked), 0))
@@ -211,6 +214,20 @@ func TestBench(t *testing.T) {
 					p.Reread[tg.system]++
 					t.Logf("N=%d %s of %s: %s's device showed it on read %d", n, kind, s.Name(), tg.name, reads)
 				}
+			}
+			// The other hint transport: a user event naming the node, fired
+			// once the event is over (a write of its own), until every meshd
+			// host's agent has it.
+			fired := time.Now()
+			if _, _, err := c.Event().Fire(&api.UserEvent{Name: hintEvent, Payload: []byte(s.Name())}, nil); err != nil {
+				t.Fatalf("fire %s: %v", hintEvent, err)
+			}
+			firedAck := time.Now()
+			for time.Now().Before(firedAck.Add(5*time.Second)) && lastWake(eventHints, fired).IsZero() {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if w := lastWake(eventHints, fired); !w.IsZero() {
+				p.Hints[HintEvent] = append(p.Hints[HintEvent], max(w.Sub(firedAck), 0))
 			}
 		}
 		<-profiled
@@ -532,6 +549,10 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
   that host's agent (the endpoint and agent meshd watches there), reading the whole response;
   until the slowest of them returns after the write. It asks again as soon as it has read,
   so on a busy agent it is usually first in line when the next change comes.
+- Hint transports (not used by meshd; how soon a per-change hint could wake it): a blocking
+  query on a KV key that every event's transaction also sets, and on the user-event list
+  for an event fired once each event is over, both through every meshd host's agent; until
+  the slowest of them returns.
 - CPU per event: meshd's user+system time over the events of a size, divided by the events
   (the userspace WireGuard device runs in a process of its own and is not counted); peak RSS
   is the process's VmHWM. Bytes per event: what the host's underlay link received over the
