@@ -47,6 +47,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecode$$' -fuzztime $(FUZZTIME) ./catalogsync
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecodeMatchesAPI$$' -fuzztime $(FUZZTIME) ./catalogsync
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecodeIncremental$$' -fuzztime $(FUZZTIME) ./catalogsync
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHint$$' -fuzztime $(FUZZTIME) ./catalogsync
 
 test: lint unit fuzz bench-quick
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
@@ -44,7 +45,15 @@ type Options struct {
 	// catalogsync.HTTP).
 	ConsulHTTP *catalogsync.HTTP
 	Datacenter string
-	Link       *netlinkx.Link
+	// HintEvent is the Consul user event that announces a changed entry
+	// (catalogsync.Hint): fired after this node's own changes reach the
+	// catalog, and followed so that another node's change is read alone
+	// instead of waiting for the whole list. Empty turns hints off.
+	HintEvent string
+	// WatchLimiter, when set, spaces the watch's wakes instead of its
+	// default (catalogsync.Watcher.Limiter).
+	WatchLimiter *rate.Limiter
+	Link         *netlinkx.Link
 	// Gateway, when set, runs this node's gateway role beside the mesh
 	// loop: it starts and stops with Run, shows in Status, and is taken
 	// down by Leave.
@@ -101,6 +110,13 @@ type Agent struct {
 
 	mu       sync.Mutex // guards the fields below
 	snapshot *catalogsync.Snapshot
+	// hinted holds the instances hints made the loop read, until the
+	// watch delivers a list at least as new (catalogsync.Overlay).
+	hinted map[string]catalogsync.Hinted
+	// hintReads and hintsApplied count hints read, and those newer than
+	// the list they were put into.
+	hintReads, hintsApplied uint64
+	consulNodeName          string // the local agent's node, once known
 	// fromDisk is set while snapshot is the saved one, read at start, and
 	// no catalog read has succeeded yet.
 	fromDisk bool
@@ -125,6 +141,7 @@ func New(opts Options) *Agent {
 			Service:    opts.Registration.Service,
 			Datacenter: opts.Datacenter,
 			Logger:     logger,
+			Limiter:    opts.WatchLimiter,
 		},
 		dirty:       make(chan struct{}, 1),
 		leave:       make(chan chan error),
@@ -133,6 +150,7 @@ func New(opts Options) *Agent {
 		kick:        make(chan struct{}, 1),
 		released:    map[wgtypes.Key]bool{},
 		absentSince: map[wgtypes.Key]time.Time{},
+		hinted:      map[string]catalogsync.Hinted{},
 	}
 }
 
@@ -176,6 +194,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.watcher.Run(ctx, func(s catalogsync.Snapshot) {
 			a.mu.Lock()
 			a.snapshot, a.fromDisk = &s, false
+			catalogsync.Prune(a.hinted, s.Index)
 			a.mu.Unlock()
 			a.markDirty()
 			select {
@@ -188,6 +207,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.saveSnapshots(ctx, saves)
 	}()
+	if a.opts.HintEvent != "" {
+		wg.Add(1)
+		own, service := a.opts.Registration.ID(), a.opts.Registration.Service
+		go func() {
+			defer wg.Done()
+			a.followHints(ctx, own, service)
+		}()
+	}
 
 	resync := time.NewTicker(a.opts.ResyncInterval)
 	defer resync.Stop()
@@ -318,6 +345,7 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 	a.lastRegister = time.Now()
 	a.registered++
 	a.rotatedAt = time.Now()
+	a.announce(ctx)
 	a.logger.Info("rotated key", "old_public_key", oldPub, "public_key", key.PublicKey())
 	a.markDirty()
 	// Peers learn the new key within a catalog propagation; by then, each
@@ -449,6 +477,7 @@ func (a *Agent) doLeave(ctx context.Context) error {
 		errs = append(errs, err)
 	} else {
 		a.logger.Info("deregistered", "service_id", a.opts.Registration.ID())
+		a.announceGone(ctx)
 	}
 	if _, err := a.opts.Consul.KV().Delete(SummaryPrefix+a.opts.Registration.Node, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		a.logger.Warn("health summary not deleted", "err", err)
@@ -470,7 +499,7 @@ func (a *Agent) doLeave(ctx context.Context) error {
 func (a *Agent) reconcile(ctx context.Context) time.Time {
 	start := time.Now()
 	a.mu.Lock()
-	snap := a.snapshot
+	snap := catalogsync.Overlay(a.snapshot, a.hinted)
 	a.mu.Unlock()
 
 	res, err := a.apply(snap, start)
@@ -625,6 +654,7 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 	}
 	a.registered++
 	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
+	a.announce(ctx)
 	return again
 }
 

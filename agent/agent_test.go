@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/agent"
@@ -51,6 +52,9 @@ type options struct {
 	grace    time.Duration
 	snapshot string
 	key      *wgtypes.Key
+	// hints is the hint event (none if empty); limiter spaces the watch.
+	hints   string
+	limiter *rate.Limiter
 }
 
 // start runs an agent with a real userspace device named iface against c.
@@ -80,7 +84,7 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")},
 		RemovalGrace: o.grace, ResyncInterval: time.Second,
 		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot,
-		Consul: c, Link: link, Logger: logger,
+		Consul: c, Link: link, Logger: logger, HintEvent: o.hints, WatchLimiter: o.limiter,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -433,5 +437,91 @@ func TestRotateKey(t *testing.T) {
 	}
 	if st := h.a.Status(); st.PublicKey != newKey.PublicKey().String() {
 		t.Errorf("status public key %s, want the new one", st.PublicKey)
+	}
+}
+
+// TestHintAlone shows a hint bringing a change on its own: once the watch
+// of the whole list cannot wake for an hour (its rate limiter), a node
+// registered, changed and deregistered, each announced by a hint, is added,
+// updated and removed in the kernel. Hints that name this node itself, or
+// are not hints, change nothing.
+func TestHintAlone(t *testing.T) {
+	c, rs := withRemotes(t, 2)
+	lim := rate.NewLimiter(rate.Inf, 1)
+	h := startWith(t, c, "wga7", options{hints: "meshd-hint", limiter: lim})
+	testlab.Eventually(t, 20*time.Second, "converged with r2", func() bool {
+		st := h.a.Status()
+		return st.Converged && len(h.kernelPeers(t)) == 1 && st.Catalog.Entries == 2
+	})
+	// Freeze the watch: no token for an hour. The query it has in flight
+	// still returns once, so an unhinted change goes first.
+	lim.SetLimit(rate.Every(time.Hour))
+	for lim.Allow() {
+	}
+	r9 := remote(t, 9)
+	ctx := context.Background()
+	if err := catalogsync.Register(ctx, c, r9); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 20*time.Second, "the watch's last delivery (r9)", func() bool { return h.a.Status().Catalog.Entries == 3 })
+	reads := h.a.Status().Catalog.Reads
+
+	node, err := c.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	announce := func(r catalogsync.Registration, gone bool) {
+		t.Helper()
+		hint := catalogsync.Hint{ConsulNode: node, ServiceID: r.ID()}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := catalogsync.WaitInstance(wctx, c, "meshd", hint, func(e *peers.Entry) bool { return (e == nil) == gone && (gone || r.Matches(*e)) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := catalogsync.FireHint(ctx, c, "meshd-hint", hint); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r3 := remote(t, 3)
+	if err := catalogsync.Register(ctx, c, r3); err != nil {
+		t.Fatal(err)
+	}
+	announce(r3, false)
+	testlab.Eventually(t, 10*time.Second, "r3 applied through its hint", func() bool { return h.kernelPeers(t)[r3.PublicKey] })
+
+	old := r3.PublicKey
+	r3 = remote(t, 3) // a new key
+	if err := catalogsync.Register(ctx, c, r3); err != nil {
+		t.Fatal(err)
+	}
+	announce(r3, false)
+	testlab.Eventually(t, 10*time.Second, "r3's new key applied through its hint", func() bool {
+		k := h.kernelPeers(t)
+		return k[r3.PublicKey] && !k[old]
+	})
+
+	if err := catalogsync.Deregister(ctx, c, rs[0].Node); err != nil {
+		t.Fatal(err)
+	}
+	announce(rs[0], true)
+	testlab.Eventually(t, 10*time.Second, "r2 removed through its hint (grace 0)", func() bool { return !h.kernelPeers(t)[rs[0].PublicKey] })
+
+	applied := h.a.Status().Catalog.HintsApplied
+	if err := catalogsync.FireHint(ctx, c, "meshd-hint", catalogsync.Hint{ConsulNode: node, ServiceID: h.self.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Event().Fire(&api.UserEvent{Name: "meshd-hint", Payload: []byte("garbage")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	st := h.a.Status()
+	if st.Catalog.HintsApplied != applied || st.Catalog.HintReads != 3 {
+		t.Errorf("after hints naming this node and garbage: %d hint reads, %d applied; want 3 and %d", st.Catalog.HintReads, st.Catalog.HintsApplied, applied)
+	}
+	if st.Catalog.Reads != reads || st.Catalog.Entries != 3 {
+		t.Errorf("the watch read again (%d reads, was %d; %d entries): the test did not freeze it", st.Catalog.Reads, reads, st.Catalog.Entries)
+	}
+	if k := h.kernelPeers(t); len(k) != 2 || !k[r3.PublicKey] || !k[r9.PublicKey] {
+		t.Errorf("kernel peers %v; want r3 (new key) and r9", k)
 	}
 }

@@ -82,6 +82,12 @@ type CatalogStatus struct {
 	// snapshot because the catalog has not answered since start.
 	SnapshotInUse bool      `json:"snapshot_in_use"`
 	SnapshotSaved time.Time `json:"snapshot_saved,omitempty"`
+	// HintReads counts the instances hints made this node read;
+	// HintsApplied those that were newer than the list they went into.
+	HintReads uint64 `json:"hint_reads"`
+	// Reads counts the watch's successful reads.
+	Reads        uint64 `json:"reads"`
+	HintsApplied uint64 `json:"hints_applied"`
 }
 
 // PeerStatus is one node as this host sees it.
@@ -179,6 +185,7 @@ func (a *Agent) catalogStatus() CatalogStatus {
 		cs.Entries = len(a.snapshot.Entries)
 	}
 	cs.SnapshotInUse, cs.SnapshotSaved = a.fromDisk, a.savedAt
+	cs.HintReads, cs.HintsApplied, cs.Reads = a.hintReads, a.hintsApplied, w.Reads
 	return cs
 }
 

@@ -37,6 +37,7 @@ var (
 	outFlag      = flag.String("out", "", "write the report (markdown) to this file")
 	plotFlag     = flag.String("plot", "", "write the latency CDF of the largest size (PNG) to this file")
 	profileFlag  = flag.String("cpuprofile", "", "save a CPU profile of the first meshd host during the events of the largest size")
+	hintFlag     = flag.String("hint-event", "meshd-hint", "meshd's consul.hint_event, fired for each event by its writer (empty: no hints)")
 	logLevelFlag = flag.String("meshd-log-level", "warn", "log_level of the meshd hosts (their logs stay in the lab directory)")
 )
 
@@ -202,7 +203,7 @@ type blockingQuery struct {
 const (
 	floorPath     = "/v1/health/service/meshd?stale&wait=5m"
 	kvHintPath    = "/v1/kv/" + hintKey + "?stale&wait=5m"
-	eventHintPath = "/v1/event/list?name=" + hintEvent + "&wait=5m"
+	eventHintPath = "/v1/event/list?name=%s&wait=5m"
 )
 
 func (f *blockingQuery) run(ctx context.Context, nsName string) {
@@ -299,8 +300,8 @@ func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost
 	name := h.Name
 	mh := &meshHost{Host: h, iface: fmt.Sprintf("wb%d%s", os.Getpid()%1000, name),
 		config: filepath.Join(h.Dir, "meshd.yaml"), sock: filepath.Join(h.Dir, "meshd.sock")}
-	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n",
-		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag)
+	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_event: %q\n",
+		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag, *hintFlag)
 	if err := os.WriteFile(mh.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

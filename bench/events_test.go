@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"meshd.dev/meshd/catalogsync"
 )
 
 // hintChanges numbers the changes the hint key names.
@@ -22,6 +24,8 @@ type event struct {
 	old, s Sim // the probe before and after
 	// sent is when the write was sent, acked when Consul acknowledged it.
 	sent, acked time.Time
+	// hinted is when the hint was fired (zero: hints are off).
+	hinted time.Time
 	// done is, per target, when its kernel showed the change; errs says
 	// why it did not within the timeout.
 	done []time.Time
@@ -96,6 +100,13 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 		return ev, fmt.Errorf("%s event: %w", kind, err)
 	}
 	ev.acked = time.Now()
+	if *hintFlag != "" {
+		h := catalogsync.Hint{ConsulNode: ev.s.Name(), ServiceID: ev.s.Registration().ID()}
+		if err := catalogsync.FireHint(ctx, c, *hintFlag, h); err != nil {
+			return ev, err
+		}
+		ev.hinted = time.Now()
+	}
 	for i, tg := range targets {
 		r := <-results[i]
 		ev.done[i], ev.errs[i] = r.at, r.err

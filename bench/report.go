@@ -18,7 +18,7 @@ const (
 // Hint transports, as Point.Hints names them.
 const (
 	HintKV    = "KV key set in the event's transaction"
-	HintEvent = "user event fired after the event"
+	HintEvent = "the user event meshd follows, fired once the transaction is acknowledged"
 )
 
 // Point is everything measured at one catalog size.

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -81,7 +80,10 @@ func TestBench(t *testing.T) {
 			qs   *[]*blockingQuery
 			path string
 		}{{&floors, floorPath}, {&kvHints, kvHintPath}, {&eventHints, eventHintPath}} {
-			bq := &blockingQuery{path: q.path, hashIndex: q.path == eventHintPath}
+			bq := &blockingQuery{path: q.path}
+			if q.path == eventHintPath {
+				bq.path, bq.hashIndex = fmt.Sprintf(eventHintPath, *hintFlag), true
+			}
 			*q.qs = append(*q.qs, bq)
 			go bq.run(ctx, h.Netns)
 		}
@@ -215,19 +217,16 @@ func TestBench(t *testing.T) {
 					t.Logf("N=%d %s of %s: %s's device showed it on read %d", n, kind, s.Name(), tg.name, reads)
 				}
 			}
-			// The other hint transport: a user event naming the node, fired
-			// once the event is over (a write of its own), until every meshd
-			// host's agent has it.
-			fired := time.Now()
-			if _, _, err := c.Event().Fire(&api.UserEvent{Name: hintEvent, Payload: []byte(s.Name())}, nil); err != nil {
-				t.Fatalf("fire %s: %v", hintEvent, err)
-			}
-			firedAck := time.Now()
-			for time.Now().Before(firedAck.Add(5*time.Second)) && lastWake(eventHints, fired).IsZero() {
-				time.Sleep(5 * time.Millisecond)
-			}
-			if w := lastWake(eventHints, fired); !w.IsZero() {
-				p.Hints[HintEvent] = append(p.Hints[HintEvent], max(w.Sub(firedAck), 0))
+			// The hint meshd follows: fired by the event's writer once the
+			// transaction is acknowledged, as a node does once the catalog
+			// has its change.
+			if !ev.hinted.IsZero() {
+				for time.Now().Before(ev.hinted.Add(5*time.Second)) && lastWake(eventHints, ev.hinted).IsZero() {
+					time.Sleep(5 * time.Millisecond)
+				}
+				if w := lastWake(eventHints, ev.hinted); !w.IsZero() {
+					p.Hints[HintEvent] = append(p.Hints[HintEvent], max(w.Sub(acked), 0))
+				}
 			}
 		}
 		<-profiled
@@ -549,10 +548,14 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
   that host's agent (the endpoint and agent meshd watches there), reading the whole response;
   until the slowest of them returns after the write. It asks again as soon as it has read,
   so on a busy agent it is usually first in line when the next change comes.
-- Hint transports (not used by meshd; how soon a per-change hint could wake it): a blocking
-  query on a KV key that every event's transaction also sets, and on the user-event list
-  for an event fired once each event is over, both through every meshd host's agent; until
-  the slowest of them returns.
+- Hints: meshd follows the user event ` + "`consul.hint_event`" + ` (default meshd-hint): a node fires
+  it, naming its instance, once the catalog has its change, and every meshd then reads that
+  one instance. Here the event's writer fires it for the probe as soon as the transaction is
+  acknowledged (` + "`-hint-event \"\"`" + ` turns hints off in meshd and here); the fire is in
+  meshd's latency. Timed beside the floor, through every meshd host's agent, until the
+  slowest of them returns: the user-event list after the fire, and a blocking query on a KV
+  key every event's transaction also sets (a hint transport meshd does not use: one more
+  query held by the servers per host).
 - CPU per event: meshd's user+system time over the events of a size, divided by the events
   (the userspace WireGuard device runs in a process of its own and is not counted); peak RSS
   is the process's VmHWM. Bytes per event: what the host's underlay link received over the

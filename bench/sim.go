@@ -16,14 +16,9 @@ import (
 // ClassicKV is where the classic approach reads the same nodes from.
 const ClassicKV = "bench/classic/"
 
-// The hint transports measured beside the floor: a KV key every event's
-// transaction also sets to the node's name, and a user event fired after
-// each event. meshd does not watch them: they show how soon a hint could
-// wake it.
-const (
-	hintKey   = "bench/hint"
-	hintEvent = "meshd-hint"
-)
+// hintKey is a hint transport meshd does not use, timed beside the one it
+// does (the user event): a KV key every event's transaction sets.
+const hintKey = "bench/hint"
 
 // hintOp sets the hint key to the node's name and a number of the change
 // (Consul does not wake watchers of a key set to the value it has).

@@ -184,10 +184,25 @@ func TestACL(t *testing.T) {
 	// The mesh is untouched, and h1 can still manage its own entries.
 	converged(t, nodes)
 	pingAll(t, nodes)
+	st, err := h2.status(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hintReads := st.Catalog.HintReads
 	out, err = h1.Exec(meshd(t), "leave", "--release-prefix", "--config", h1.config,
 		"--consul-token-file", filepath.Join(h1.Dir, "consul-token"))
 	if err != nil {
 		t.Fatalf("leave --release-prefix with h1's own token: %v: %s", err, out)
+	}
+	// h1's token may fire the hint of its leave, and h2's may follow it.
+	testlab.Eventually(t, 10*time.Second, "h2 reads h1's entry on the hint of its leave", func() bool {
+		st, err := h2.status(t)
+		return err == nil && st.Catalog.HintReads > hintReads
+	})
+	for _, n := range nodes {
+		if strings.Contains(n.proc.Log(), "no hint fired") {
+			t.Errorf("%s could not fire a hint with its token:\n%s", n.Name, tail(n.proc.Log(), 20))
+		}
 	}
 	if pair, _, err := mgmt.KV().Get(prefixalloc.Key(h1.prefix), nil); err != nil || pair != nil {
 		t.Errorf("h1's claim after leave --release-prefix: %v, %v", pair, err)

@@ -122,6 +122,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		Consul:             consul,
 		ConsulHTTP:         consulHTTP,
 		Datacenter:         cfg.Consul.Datacenter,
+		HintEvent:          cfg.Consul.HintEvent,
 		Link:               link,
 		Gateway:            gw,
 		Logger:             logger,

@@ -1,0 +1,198 @@
+package catalogsync_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/consul/api"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/peers"
+)
+
+func TestParseHint(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    catalogsync.Hint
+		wantErr bool
+	}{
+		{in: "node-1 meshd-h1", want: catalogsync.Hint{ConsulNode: "node-1", ServiceID: "meshd-h1"}},
+		{in: "node-1", wantErr: true},
+		{in: " meshd-h1", wantErr: true},
+		{in: "node-1 ", wantErr: true},
+		{in: "node-1 meshd h1", wantErr: true},
+		{in: "node-1 meshd-h1\n", wantErr: true},
+		{in: "", wantErr: true},
+	} {
+		got, err := catalogsync.ParseHint([]byte(tc.in))
+		if (err != nil) != tc.wantErr {
+			t.Errorf("ParseHint(%q) error %v, want error: %t", tc.in, err, tc.wantErr)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("ParseHint(%q) (-want +got):\n%s", tc.in, diff)
+		}
+		if err == nil {
+			if back, _ := catalogsync.ParseHint(got.Payload()); back != got {
+				t.Errorf("Payload of %+v does not parse back: %+v", got, back)
+			}
+		}
+	}
+}
+
+// FuzzParseHint: a payload that parses is a hint whose payload is itself.
+func FuzzParseHint(f *testing.F) {
+	f.Add([]byte("node-1 meshd-h1"))
+	f.Add([]byte("a b c"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := catalogsync.ParseHint(b)
+		if err != nil {
+			return
+		}
+		if h.ConsulNode == "" || h.ServiceID == "" || string(h.Payload()) != string(b) {
+			t.Fatalf("ParseHint(%q) = %+v, payload %q", b, h, h.Payload())
+		}
+	})
+}
+
+func entry(id string, modify uint64, health string) peers.Entry {
+	return peers.Entry{ServiceID: id, ModifyIndex: modify, Health: health, Meta: map[string]string{"node": id}}
+}
+
+func TestOverlay(t *testing.T) {
+	base := &catalogsync.Snapshot{Index: 100, Entries: []peers.Entry{
+		entry("meshd-a", 10, peers.HealthPassing), entry("meshd-c", 20, peers.HealthCritical), entry("meshd-e", 30, peers.HealthPassing),
+	}}
+	changedC := entry("meshd-c", 120, "")
+	newB, newF := entry("meshd-b", 130, ""), entry("meshd-f", 140, "")
+	for _, tc := range []struct {
+		name   string
+		hinted map[string]catalogsync.Hinted
+		want   []peers.Entry
+	}{
+		{name: "nothing hinted", want: base.Entries},
+		{name: "changed, keeps its health", hinted: map[string]catalogsync.Hinted{"meshd-c": {Entry: &changedC, Index: 120}},
+			want: []peers.Entry{base.Entries[0], entry("meshd-c", 120, peers.HealthCritical), base.Entries[2]}},
+		{name: "added in order, passing", hinted: map[string]catalogsync.Hinted{"meshd-b": {Entry: &newB, Index: 130}, "meshd-f": {Entry: &newF, Index: 140}},
+			want: []peers.Entry{base.Entries[0], entry("meshd-b", 130, peers.HealthPassing), base.Entries[1], base.Entries[2], entry("meshd-f", 140, peers.HealthPassing)}},
+		{name: "removed", hinted: map[string]catalogsync.Hinted{"meshd-a": {Index: 101}, "meshd-e": {Index: 150}},
+			want: []peers.Entry{base.Entries[1]}},
+		{name: "gone but never there", hinted: map[string]catalogsync.Hinted{"meshd-d": {Index: 150}}, want: base.Entries},
+		{name: "a read no newer than the list is left out", hinted: map[string]catalogsync.Hinted{"meshd-c": {Entry: &changedC, Index: 100}, "meshd-a": {Index: 90}},
+			want: base.Entries},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := append([]peers.Entry(nil), base.Entries...)
+			got := catalogsync.Overlay(base, tc.hinted)
+			if got.Index != base.Index {
+				t.Errorf("index %d, want the list's %d", got.Index, base.Index)
+			}
+			if diff := cmp.Diff(tc.want, got.Entries); diff != "" {
+				t.Errorf("entries (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(before, base.Entries); diff != "" {
+				t.Errorf("the list itself changed (-before +after):\n%s", diff)
+			}
+		})
+	}
+	if catalogsync.Overlay(nil, map[string]catalogsync.Hinted{"meshd-b": {Entry: &newB, Index: 130}}) != nil {
+		t.Error("Overlay of no list is not nil")
+	}
+}
+
+func TestPrune(t *testing.T) {
+	hinted := map[string]catalogsync.Hinted{"a": {Index: 5}, "b": {Index: 10}, "c": {Index: 11}}
+	catalogsync.Prune(hinted, 10)
+	if diff := cmp.Diff(map[string]catalogsync.Hinted{"c": {Index: 11}}, hinted); diff != "" {
+		t.Errorf("after Prune(10) (-want +got):\n%s", diff)
+	}
+}
+
+func TestNewHints(t *testing.T) {
+	evs := []*api.UserEvent{{ID: "1"}, {ID: "2"}, {ID: "3"}}
+	ids := func(es []*api.UserEvent) (out []string) {
+		for _, e := range es {
+			out = append(out, e.ID)
+		}
+		return out
+	}
+	for seen, want := range map[string][]string{"1": {"2", "3"}, "3": nil, "gone": {"1", "2", "3"}} {
+		if diff := cmp.Diff(want, ids(catalogsync.NewHints(evs, seen))); diff != "" {
+			t.Errorf("after %s (-want +got):\n%s", seen, diff)
+		}
+	}
+}
+
+// TestHints runs hints through a real agent: fired events reach a watcher
+// of them (not those fired before it started, nor payloads that are not
+// hints), and ReadInstance and WaitInstance see one instance come and go.
+func TestHints(t *testing.T) {
+	testlab.RequireRoot(t)
+	c := testlab.StartDevConsul(t).Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	node, err := c.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := catalogsync.Hint{ConsulNode: node, ServiceID: "meshd-old"}
+	if err := catalogsync.FireHint(ctx, c, "meshd-hint", old); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 10*time.Second, "the agent has the first event", func() bool {
+		evs, _, err := c.Event().List("meshd-hint", nil)
+		return err == nil && len(evs) == 1
+	})
+	got := make(chan []catalogsync.Hint, 10)
+	w := &catalogsync.Watcher{Client: c}
+	go w.RunHints(ctx, "meshd-hint", func(hs []catalogsync.Hint) { got <- hs })
+	testlab.Eventually(t, 10*time.Second, "the hint watch has read", func() bool { return w.State().Reads > 0 })
+
+	if _, _, err := c.Event().Fire(&api.UserEvent{Name: "meshd-hint", Payload: []byte("not a hint")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := registration(t, "h7", 7)
+	h := catalogsync.Hint{ConsulNode: node, ServiceID: r.ID()}
+	if err := catalogsync.Register(ctx, c, r); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := catalogsync.WaitInstance(wctx, c, "meshd", h, func(e *peers.Entry) bool { return e != nil && r.Matches(*e) }); err != nil {
+		t.Fatalf("WaitInstance (registered): %v", err)
+	}
+	if err := catalogsync.FireHint(ctx, c, "meshd-hint", h); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case hs := <-got:
+		if diff := cmp.Diff([]catalogsync.Hint{h}, hs); diff != "" {
+			t.Errorf("hints delivered (-want +got):\n%s", diff)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no hint delivered within 10s")
+	}
+	e, index, err := catalogsync.ReadInstance(ctx, c, "meshd", h, nil)
+	if err != nil || e == nil || !r.Matches(*e) || index == 0 {
+		t.Fatalf("ReadInstance = %+v, %d, %v; want %s at a nonzero index", e, index, err, r.ID())
+	}
+	if e, _, err := catalogsync.ReadInstance(ctx, c, "other", h, nil); err != nil || e != nil {
+		t.Errorf("ReadInstance of another service = %+v, %v; want none", e, err)
+	}
+	if err := catalogsync.Deregister(ctx, c, r.Node); err != nil {
+		t.Fatal(err)
+	}
+	if err := catalogsync.WaitInstance(wctx, c, "meshd", h, func(e *peers.Entry) bool { return e == nil }); err != nil {
+		t.Fatalf("WaitInstance (gone): %v", err)
+	}
+	if e, index2, err := catalogsync.ReadInstance(ctx, c, "meshd", h, nil); err != nil || e != nil || index2 <= index {
+		t.Errorf("ReadInstance after deregistering = %+v, %d, %v; want none at an index above %d", e, index2, err, index)
+	}
+	unknown := catalogsync.Hint{ConsulNode: "no-such-node", ServiceID: r.ID()}
+	if e, _, err := catalogsync.ReadInstance(ctx, c, "meshd", unknown, nil); err != nil || e != nil {
+		t.Errorf("ReadInstance on an unknown node = %+v, %v; want none", e, err)
+	}
+}
