@@ -36,7 +36,9 @@ func (a *Agent) followHints(ctx context.Context, own, service string) {
 			if h.ServiceID == own {
 				continue
 			}
+			start := time.Now()
 			e, index, err := catalogsync.ReadInstance(ctx, a.opts.Consul, service, h, &api.QueryOptions{Datacenter: a.opts.Datacenter})
+			a.logger.Debug("hint read", "service_id", h.ServiceID, "index", index, "found", e != nil, "took", time.Since(start), "err", err)
 			if err != nil {
 				a.logger.Debug("hint not read; the watch brings the change", "service_id", h.ServiceID, "err", err)
 				continue
