@@ -30,6 +30,8 @@ func aclPolicy(node, service, hintEvent string, prefix netip.Prefix) string {
 	fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", agent.SummaryPrefix+node)
 	b.WriteString("key_prefix \"meshd/\" {\n  policy = \"read\"\n}\n")
 	if hintEvent != "" {
+		// A hint names the local agent's node, which meshd asks its agent.
+		fmt.Fprintf(&b, "agent %q {\n  policy = \"read\"\n}\n", node)
 		fmt.Fprintf(&b, "event %q {\n  policy = \"write\"\n}\n", hintEvent)
 	}
 	return b.String()
