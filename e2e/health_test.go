@@ -213,6 +213,8 @@ func checkMetrics(t *testing.T, n *node, peers int) {
 		{`meshd_reconcile_duration_seconds_count`, func(v float64) bool { return v >= 1 }, ">= 1"},
 		{`meshd_kernel_writes_total`, func(v float64) bool { return v >= float64(peers) }, ">= peers"},
 		{`meshd_catalog_registrations_total`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_catalog_hint_reads_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
+		{`meshd_catalog_hints_applied_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{`meshd_breaker_tripped`, func(v float64) bool { return v == 0 }, "0"},
 		{`meshd_snapshot_age_seconds`, func(v float64) bool { return v >= 0 && v < 600 }, "0 to 600"},
 		{`meshd_peer_handshake_age_seconds{node="h2"}`, func(v float64) bool { return v >= 0 && v < 180 }, "0 to 180"},
