@@ -342,7 +342,9 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 		a.opts.Link.SetPrivateKey(oldPriv)
 		return errors.Join(fmt.Errorf("publish the new key: %w", err), a.opts.Link.Ensure())
 	}
-	a.lastRegister = time.Now()
+	// The watch shows the old entry until the catalog has the new one:
+	// that is not a reason to register again (see ensureRegistered).
+	a.lastRegister, a.registerBackoff = time.Now(), time.Second
 	a.registered++
 	a.rotatedAt = time.Now()
 	a.announce(ctx)

@@ -82,11 +82,11 @@ type CatalogStatus struct {
 	// snapshot because the catalog has not answered since start.
 	SnapshotInUse bool      `json:"snapshot_in_use"`
 	SnapshotSaved time.Time `json:"snapshot_saved,omitempty"`
+	// Reads counts the watch's successful reads.
+	Reads uint64 `json:"reads"`
 	// HintReads counts the instances hints made this node read;
 	// HintsApplied those that were newer than the list they went into.
-	HintReads uint64 `json:"hint_reads"`
-	// Reads counts the watch's successful reads.
-	Reads        uint64 `json:"reads"`
+	HintReads    uint64 `json:"hint_reads"`
 	HintsApplied uint64 `json:"hints_applied"`
 }
 
