@@ -626,11 +626,15 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 // while the catalog keeps disagreeing, the waits between attempts double
 // from 1 to 10 seconds. It returns when to look again, or zero.
 func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) (again time.Time) {
+	var shown *peers.Entry // this node's entry as the catalog shows it
 	if snap != nil {
-		for _, e := range snap.Entries {
+		for i, e := range snap.Entries {
 			if a.opts.Registration.Matches(e) {
 				a.registerBackoff = 0
 				return time.Time{}
+			}
+			if e.ServiceID == a.opts.Registration.ID() {
+				shown = &snap.Entries[i]
 			}
 		}
 	}
@@ -641,7 +645,16 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 	a.registerBackoff = min(max(2*a.registerBackoff, time.Second), 10*time.Second)
 	again = now.Add(a.registerBackoff)
 	if a.registered > 0 {
-		a.logger.Warn("the catalog lacks this node's entry or shows another one; registering it again", "service_id", a.opts.Registration.ID())
+		var index uint64
+		if snap != nil {
+			index = snap.Index
+		}
+		if shown == nil {
+			a.logger.Warn("the catalog lacks this node's entry; registering it again", "service_id", a.opts.Registration.ID(), "catalog_index", index)
+		} else {
+			a.logger.Warn("the catalog shows another entry for this node; registering it again", "service_id", a.opts.Registration.ID(),
+				"catalog_index", index, "catalog_meta", shown.Meta, "catalog_tags", shown.Tags)
+		}
 		// The local agent already has the entry, so registering the same
 		// definition again would not make it sync: the agent believes the
 		// catalog is in step and only its periodic anti-entropy (a minute

@@ -127,6 +127,9 @@ func TestACL(t *testing.T) {
 			e := h2Entry()
 			return e != nil && e.Node.Node == "h2" && e.Service.Meta["public_key"] != ""
 		})
+		if !strings.Contains(h2.proc.Log(), "the catalog lacks this node's entry") {
+			t.Errorf("h2's log does not say that its entry was gone:\n%s", tail(h2.proc.Log(), 20))
+		}
 		after, err := h1.device(t)
 		if err != nil || len(after.Peers) != len(before.Peers) {
 			t.Errorf("h1's peers changed while h2's instance was gone: %d -> %v (%v)", len(before.Peers), after, err)
@@ -164,8 +167,8 @@ func TestACL(t *testing.T) {
 			return h1.hasPeer(t, h2Pub, h2.prefix) && h1.Ping(h2.meshAddr())
 		})
 		t.Logf("h2's rewritten instance healed in %s", time.Since(rewritten).Round(time.Millisecond))
-		if !strings.Contains(h2.proc.Log(), "the catalog lacks this node's entry or shows another one") {
-			t.Errorf("h2's log does not say that its entry was changed under it:\n%s", tail(h2.proc.Log(), 20))
+		if !strings.Contains(h2.proc.Log(), "the catalog shows another entry for this node") || !strings.Contains(h2.proc.Log(), fake.PublicKey().String()) {
+			t.Errorf("h2's log does not say that its entry was changed under it (to key %s):\n%s", fake.PublicKey(), tail(h2.proc.Log(), 20))
 		}
 	} else {
 		denied("rewrite h2's instance keeping its node", err)
