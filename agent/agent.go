@@ -45,11 +45,11 @@ type Options struct {
 	// catalogsync.HTTP).
 	ConsulHTTP *catalogsync.HTTP
 	Datacenter string
-	// HintEvent is the Consul user event that announces a changed entry
-	// (catalogsync.Hint): fired after this node's own changes reach the
+	// HintKey is the Consul KV key that announces a changed entry
+	// (catalogsync.Hint): written after this node's own changes reach the
 	// catalog, and followed so that another node's change is read alone
 	// instead of waiting for the whole list. Empty turns hints off.
-	HintEvent string
+	HintKey string
 	// WatchLimiter, when set, spaces the watch's wakes instead of its
 	// default (catalogsync.Watcher.Limiter).
 	WatchLimiter *rate.Limiter
@@ -113,10 +113,10 @@ type Agent struct {
 	// hinted holds the instances hints made the loop read, until the
 	// watch delivers a list at least as new (catalogsync.Overlay).
 	hinted map[string]catalogsync.Hinted
-	// hintReads and hintsApplied count hints read, and those newer than
-	// the list they were put into.
-	hintReads, hintsApplied uint64
-	consulNodeName          string // the local agent's node, once known
+	// hints, hintReads and hintsApplied count hints naming another node,
+	// those read, and those newer than the list they were put into.
+	hints, hintReads, hintsApplied uint64
+	consulNodeName                 string // the local agent's node, once known
 	// fromDisk is set while snapshot is the saved one, read at start, and
 	// no catalog read has succeeded yet.
 	fromDisk bool
@@ -207,7 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.saveSnapshots(ctx, saves)
 	}()
-	if a.opts.HintEvent != "" {
+	if a.opts.HintKey != "" {
 		wg.Add(1)
 		own, service := a.opts.Registration.ID(), a.opts.Registration.Service
 		go func() {

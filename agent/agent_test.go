@@ -84,7 +84,7 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")},
 		RemovalGrace: o.grace, ResyncInterval: time.Second,
 		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot,
-		Consul: c, Link: link, Logger: logger, HintEvent: o.hints, WatchLimiter: o.limiter,
+		Consul: c, Link: link, Logger: logger, HintKey: o.hints, WatchLimiter: o.limiter,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -448,7 +448,7 @@ func TestRotateKey(t *testing.T) {
 func TestHintAlone(t *testing.T) {
 	c, rs := withRemotes(t, 2)
 	lim := rate.NewLimiter(rate.Inf, 1)
-	h := startWith(t, c, "wga7", options{hints: "meshd-hint", limiter: lim})
+	h := startWith(t, c, "wga7", options{hints: "meshd/hint", limiter: lim})
 	testlab.Eventually(t, 20*time.Second, "converged with r2", func() bool {
 		st := h.a.Status()
 		return st.Converged && len(h.kernelPeers(t)) == 1 && st.Catalog.Entries == 2
@@ -475,10 +475,12 @@ func TestHintAlone(t *testing.T) {
 		hint := catalogsync.Hint{ConsulNode: node, ServiceID: r.ID()}
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		if err := catalogsync.WaitInstance(wctx, c, "meshd", hint, func(e *peers.Entry) bool { return (e == nil) == gone && (gone || r.Matches(*e)) }); err != nil {
+		var err error
+		hint.Index, err = catalogsync.WaitInstance(wctx, c, "meshd", hint, func(e *peers.Entry) bool { return (e == nil) == gone && (gone || r.Matches(*e)) })
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := catalogsync.FireHint(ctx, c, "meshd-hint", hint); err != nil {
+		if err := catalogsync.WriteHint(ctx, c, "meshd/hint", hint); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -507,16 +509,24 @@ func TestHintAlone(t *testing.T) {
 	testlab.Eventually(t, 10*time.Second, "r2 removed through its hint (grace 0)", func() bool { return !h.kernelPeers(t)[rs[0].PublicKey] })
 
 	applied := h.a.Status().Catalog.HintsApplied
-	if err := catalogsync.FireHint(ctx, c, "meshd-hint", catalogsync.Hint{ConsulNode: node, ServiceID: h.self.ID()}); err != nil {
-		t.Fatal(err)
+	// This node's own entry, an index the list has (r9's registration),
+	// and a value that is not a hint: none is read.
+	for _, hint := range []catalogsync.Hint{
+		{ConsulNode: node, ServiceID: h.self.ID(), Index: 1 << 40},
+		{ConsulNode: node, ServiceID: r9.ID(), Index: 1},
+	} {
+		if err := catalogsync.WriteHint(ctx, c, "meshd/hint", hint); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if _, _, err := c.Event().Fire(&api.UserEvent{Name: "meshd-hint", Payload: []byte("garbage")}, nil); err != nil {
+	if _, err := c.KV().Put(&api.KVPair{Key: "meshd/hint", Value: []byte("garbage")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
 	st := h.a.Status()
-	if st.Catalog.HintsApplied != applied || st.Catalog.HintReads != 3 {
-		t.Errorf("after hints naming this node and garbage: %d hint reads, %d applied; want 3 and %d", st.Catalog.HintReads, st.Catalog.HintsApplied, applied)
+	if st.Catalog.HintsApplied != applied || st.Catalog.HintReads != 3 || st.Catalog.Hints != 4 {
+		t.Errorf("after hints naming this node, an old index and garbage: %d hints, %d read, %d applied; want 4, 3 and %d", st.Catalog.Hints, st.Catalog.HintReads, st.Catalog.HintsApplied, applied)
 	}
 	if st.Catalog.Reads != reads || st.Catalog.Entries != 3 {
 		t.Errorf("the watch read again (%d reads, was %d; %d entries): the test did not freeze it", st.Catalog.Reads, reads, st.Catalog.Entries)

@@ -84,8 +84,11 @@ type CatalogStatus struct {
 	SnapshotSaved time.Time `json:"snapshot_saved,omitempty"`
 	// Reads counts the watch's successful reads.
 	Reads uint64 `json:"reads"`
-	// HintReads counts the instances hints made this node read;
-	// HintsApplied those that were newer than the list they went into.
+	// Hints counts the hints that named another node's entry; HintReads
+	// the instances they made this node read (a hint the list already has
+	// is not read); HintsApplied the reads newer than the list they went
+	// into.
+	Hints        uint64 `json:"hints"`
 	HintReads    uint64 `json:"hint_reads"`
 	HintsApplied uint64 `json:"hints_applied"`
 }
@@ -185,7 +188,7 @@ func (a *Agent) catalogStatus() CatalogStatus {
 		cs.Entries = len(a.snapshot.Entries)
 	}
 	cs.SnapshotInUse, cs.SnapshotSaved = a.fromDisk, a.savedAt
-	cs.HintReads, cs.HintsApplied, cs.Reads = a.hintReads, a.hintsApplied, w.Reads
+	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = a.hints, a.hintReads, a.hintsApplied, w.Reads
 	return cs
 }
 

@@ -1,11 +1,13 @@
 package catalogsync
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,39 +16,52 @@ import (
 	"meshd.dev/meshd/peers"
 )
 
-// A hint is a Consul user event naming one changed instance: the node
-// whose entry changed fires it once the catalog has the change, and every
-// other meshd, woken by its local agent (user events travel by gossip: the
-// servers hold no query for it), reads that one instance instead of waiting
-// for the watch to deliver the whole list again. A hint is only a trigger:
-// what is applied is always read from the catalog, and the watch of the
-// whole service stays the authority (see Overlay).
+// A hint is a small KV key naming the last changed instance: the node
+// whose entry changed writes it once the catalog has the change, and every
+// other meshd, woken by a blocking query on that one key, reads that one
+// instance instead of waiting for the watch to deliver the whole list
+// again. A hint is only a trigger: what is applied is always read from the
+// catalog, and the watch of the whole service stays the authority (see
+// Overlay). Two changes at once may leave only the later one in the key:
+// the earlier one then comes with the list, as without hints.
 
-// Hint names one instance: the Consul node it is registered on and its
-// service ID.
+// Hint names one instance: the Consul node it is registered on, its
+// service ID, and the catalog index at which its writer saw the change.
 type Hint struct {
 	ConsulNode string
 	ServiceID  string
+	Index      uint64
 }
 
-// Payload is the user event's payload.
-func (h Hint) Payload() []byte { return []byte(h.ConsulNode + " " + h.ServiceID) }
+// Value is the hint key's value: "<consul node> <service id> <index>".
+// The index makes every hint a new value (Consul does not wake the
+// watchers of a key set to the value it has).
+func (h Hint) Value() []byte {
+	return []byte(h.ConsulNode + " " + h.ServiceID + " " + strconv.FormatUint(h.Index, 10))
+}
 
-// ParseHint reads a hint's payload: a Consul node name and a service ID,
-// separated by one space.
+// ParseHint reads a hint key's value: a Consul node name, a service ID and
+// a catalog index, separated by single spaces.
 func ParseHint(b []byte) (Hint, error) {
-	node, id, ok := strings.Cut(string(b), " ")
-	if !ok || node == "" || id == "" || strings.ContainsAny(id, " \n") || len(b) > 512 {
-		return Hint{}, fmt.Errorf("hint %.64q: want \"<consul node> <service id>\"", b)
+	f := strings.Split(string(b), " ")
+	bad := func() (Hint, error) {
+		return Hint{}, fmt.Errorf("hint %.64q: want \"<consul node> <service id> <catalog index>\"", b)
 	}
-	return Hint{ConsulNode: node, ServiceID: id}, nil
+	if len(f) != 3 || f[0] == "" || f[1] == "" || strings.ContainsAny(string(b), "\n\r\t") || len(b) > 512 {
+		return bad()
+	}
+	index, err := strconv.ParseUint(f[2], 10, 64)
+	if err != nil || index == 0 || strconv.FormatUint(index, 10) != f[2] {
+		return bad()
+	}
+	return Hint{ConsulNode: f[0], ServiceID: f[1], Index: index}, nil
 }
 
-// FireHint fires the hint event name for h through the local agent.
-func FireHint(ctx context.Context, c *api.Client, name string, h Hint) error {
+// WriteHint sets the hint key to h through the local agent.
+func WriteHint(ctx context.Context, c *api.Client, key string, h Hint) error {
 	q := (&api.WriteOptions{}).WithContext(ctx)
-	if _, _, err := c.Event().Fire(&api.UserEvent{Name: name, Payload: h.Payload()}, q); err != nil {
-		return fmt.Errorf("fire hint %s: %w", name, err)
+	if _, err := c.KV().Put(&api.KVPair{Key: key, Value: h.Value()}, q); err != nil {
+		return fmt.Errorf("write hint %s: %w", key, err)
 	}
 	return nil
 }
@@ -82,16 +97,17 @@ func ReadInstance(ctx context.Context, c *api.Client, service string, h Hint, q 
 }
 
 // WaitInstance waits until the catalog shows node's instance as match
-// says (match(nil) for "gone"), through blocking queries, until ctx ends.
-func WaitInstance(ctx context.Context, c *api.Client, service string, h Hint, match func(*peers.Entry) bool) error {
+// says (match(nil) for "gone"), through blocking queries, until ctx ends,
+// and returns the index of the read that showed it.
+func WaitInstance(ctx context.Context, c *api.Client, service string, h Hint, match func(*peers.Entry) bool) (uint64, error) {
 	var index uint64
 	for {
 		e, got, err := ReadInstance(ctx, c, service, h, &api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Second})
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if match(e) {
-			return nil
+			return got, nil
 		}
 		index = NextIndex(index, got)
 	}
@@ -158,65 +174,37 @@ func Prune(hinted map[string]Hinted, index uint64) {
 	}
 }
 
-// RunHints follows the user events called name on the local agent until
-// ctx is done, calling deliver with each batch of hints fired since the
-// last (events already there at the first read are not hints: they are
-// past). It uses the watch's blocking-query loop: the same rate limit and
-// backoff. A payload that is not a hint is skipped and logged.
-func (w *Watcher) RunHints(ctx context.Context, name string, deliver func([]Hint)) error {
-	read := func(q *api.QueryOptions) ([]*api.UserEvent, uint64, error) {
-		events, meta, err := w.Client.Event().List(name, q)
+// RunHints follows the hint key on the local agent until ctx is done,
+// calling deliver with each new hint (the value there at the first read is
+// not a hint: it is past). It uses the watch's blocking-query loop: the
+// same rate limit and backoff. A value that is not a hint is skipped and
+// logged.
+func (w *Watcher) RunHints(ctx context.Context, key string, deliver func(Hint)) error {
+	read := func(q *api.QueryOptions) ([]byte, uint64, error) {
+		pair, meta, err := w.Client.KV().Get(key, q)
 		if err != nil {
 			return nil, 0, err
 		}
-		return events, meta.LastIndex, nil
+		if pair == nil {
+			return nil, meta.LastIndex, nil
+		}
+		return pair.Value, meta.LastIndex, nil
 	}
-	// The event list's index is a hash of its last event's ID.
-	same := func(a, b []*api.UserEvent) bool { return lastEventID(a) == lastEventID(b) }
 	logger := w.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	var seen string
 	first := true
-	return follow(ctx, w, "hints "+name, read, same, func(events []*api.UserEvent, _ uint64) {
-		if first {
-			first, seen = false, lastEventID(events)
+	return follow(ctx, w, "hints "+key, read, bytes.Equal, func(value []byte, _ uint64) {
+		if first || value == nil {
+			first = false
 			return
 		}
-		hints := NewHints(events, seen)
-		seen = lastEventID(events)
-		var out []Hint
-		for _, e := range hints {
-			h, err := ParseHint(e.Payload)
-			if err != nil {
-				logger.Warn("ignoring a hint", "event", name, "err", err)
-				continue
-			}
-			if !slices.Contains(out, h) {
-				out = append(out, h)
-			}
+		h, err := ParseHint(value)
+		if err != nil {
+			logger.Warn("ignoring a hint", "key", key, "err", err)
+			return
 		}
-		if len(out) > 0 {
-			deliver(out)
-		}
+		deliver(h)
 	})
-}
-
-// NewHints is the events after the one with ID seen; all of them when seen
-// is not among them (the agent keeps only its last events).
-func NewHints(events []*api.UserEvent, seen string) []*api.UserEvent {
-	for i := len(events) - 1; i >= 0; i-- {
-		if events[i].ID == seen {
-			return events[i+1:]
-		}
-	}
-	return events
-}
-
-func lastEventID(events []*api.UserEvent) string {
-	if len(events) == 0 {
-		return ""
-	}
-	return events[len(events)-1].ID
 }

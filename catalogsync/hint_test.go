@@ -19,12 +19,18 @@ func TestParseHint(t *testing.T) {
 		want    catalogsync.Hint
 		wantErr bool
 	}{
-		{in: "node-1 meshd-h1", want: catalogsync.Hint{ConsulNode: "node-1", ServiceID: "meshd-h1"}},
+		{in: "node-1 meshd-h1 42", want: catalogsync.Hint{ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42}},
+		{in: "node-1 meshd-h1", wantErr: true},
 		{in: "node-1", wantErr: true},
-		{in: " meshd-h1", wantErr: true},
-		{in: "node-1 ", wantErr: true},
-		{in: "node-1 meshd h1", wantErr: true},
-		{in: "node-1 meshd-h1\n", wantErr: true},
+		{in: " meshd-h1 42", wantErr: true},
+		{in: "node-1  42", wantErr: true},
+		{in: "node-1 meshd-h1 ", wantErr: true},
+		{in: "node-1 meshd h1 42", wantErr: true},
+		{in: "node-1 meshd-h1 42\n", wantErr: true},
+		{in: "node-1 meshd-h1 0", wantErr: true},
+		{in: "node-1 meshd-h1 042", wantErr: true},
+		{in: "node-1 meshd-h1 -1", wantErr: true},
+		{in: "node-1 meshd-h1 18446744073709551616", wantErr: true},
 		{in: "", wantErr: true},
 	} {
 		got, err := catalogsync.ParseHint([]byte(tc.in))
@@ -36,24 +42,24 @@ func TestParseHint(t *testing.T) {
 			t.Errorf("ParseHint(%q) (-want +got):\n%s", tc.in, diff)
 		}
 		if err == nil {
-			if back, _ := catalogsync.ParseHint(got.Payload()); back != got {
-				t.Errorf("Payload of %+v does not parse back: %+v", got, back)
+			if back, _ := catalogsync.ParseHint(got.Value()); back != got {
+				t.Errorf("Value of %+v does not parse back: %+v", got, back)
 			}
 		}
 	}
 }
 
-// FuzzParseHint: a payload that parses is a hint whose payload is itself.
+// FuzzParseHint: a value that parses is a hint whose value is itself.
 func FuzzParseHint(f *testing.F) {
-	f.Add([]byte("node-1 meshd-h1"))
+	f.Add([]byte("node-1 meshd-h1 42"))
 	f.Add([]byte("a b c"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := catalogsync.ParseHint(b)
 		if err != nil {
 			return
 		}
-		if h.ConsulNode == "" || h.ServiceID == "" || string(h.Payload()) != string(b) {
-			t.Fatalf("ParseHint(%q) = %+v, payload %q", b, h, h.Payload())
+		if h.ConsulNode == "" || h.ServiceID == "" || h.Index == 0 || string(h.Value()) != string(b) {
+			t.Fatalf("ParseHint(%q) = %+v, value %q", b, h, h.Value())
 		}
 	})
 }
@@ -111,24 +117,10 @@ func TestPrune(t *testing.T) {
 	}
 }
 
-func TestNewHints(t *testing.T) {
-	evs := []*api.UserEvent{{ID: "1"}, {ID: "2"}, {ID: "3"}}
-	ids := func(es []*api.UserEvent) (out []string) {
-		for _, e := range es {
-			out = append(out, e.ID)
-		}
-		return out
-	}
-	for seen, want := range map[string][]string{"1": {"2", "3"}, "3": nil, "gone": {"1", "2", "3"}} {
-		if diff := cmp.Diff(want, ids(catalogsync.NewHints(evs, seen))); diff != "" {
-			t.Errorf("after %s (-want +got):\n%s", seen, diff)
-		}
-	}
-}
-
-// TestHints runs hints through a real agent: fired events reach a watcher
-// of them (not those fired before it started, nor payloads that are not
-// hints), and ReadInstance and WaitInstance see one instance come and go.
+// TestHints runs hints through a real agent: hint key values reach a
+// watcher of the key (not the one there before it started, nor values that
+// are not hints), and ReadInstance and WaitInstance see one instance come
+// and go.
 func TestHints(t *testing.T) {
 	testlab.RequireRoot(t)
 	c := testlab.StartDevConsul(t).Client(t)
@@ -138,20 +130,17 @@ func TestHints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := catalogsync.Hint{ConsulNode: node, ServiceID: "meshd-old"}
-	if err := catalogsync.FireHint(ctx, c, "meshd-hint", old); err != nil {
+	const key = "meshd/hint"
+	old := catalogsync.Hint{ConsulNode: node, ServiceID: "meshd-old", Index: 1}
+	if err := catalogsync.WriteHint(ctx, c, key, old); err != nil {
 		t.Fatal(err)
 	}
-	testlab.Eventually(t, 10*time.Second, "the agent has the first event", func() bool {
-		evs, _, err := c.Event().List("meshd-hint", nil)
-		return err == nil && len(evs) == 1
-	})
-	got := make(chan []catalogsync.Hint, 10)
+	got := make(chan catalogsync.Hint, 10)
 	w := &catalogsync.Watcher{Client: c}
-	go w.RunHints(ctx, "meshd-hint", func(hs []catalogsync.Hint) { got <- hs })
+	go w.RunHints(ctx, key, func(h catalogsync.Hint) { got <- h })
 	testlab.Eventually(t, 10*time.Second, "the hint watch has read", func() bool { return w.State().Reads > 0 })
 
-	if _, _, err := c.Event().Fire(&api.UserEvent{Name: "meshd-hint", Payload: []byte("not a hint")}, nil); err != nil {
+	if _, err := c.KV().Put(&api.KVPair{Key: key, Value: []byte("not a hint")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	r := registration(t, "h7", 7)
@@ -161,16 +150,16 @@ func TestHints(t *testing.T) {
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
-	if err := catalogsync.WaitInstance(wctx, c, "meshd", h, func(e *peers.Entry) bool { return e != nil && r.Matches(*e) }); err != nil {
-		t.Fatalf("WaitInstance (registered): %v", err)
+	if h.Index, err = catalogsync.WaitInstance(wctx, c, "meshd", h, func(e *peers.Entry) bool { return e != nil && r.Matches(*e) }); err != nil || h.Index == 0 {
+		t.Fatalf("WaitInstance (registered) = %d, %v", h.Index, err)
 	}
-	if err := catalogsync.FireHint(ctx, c, "meshd-hint", h); err != nil {
+	if err := catalogsync.WriteHint(ctx, c, key, h); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case hs := <-got:
-		if diff := cmp.Diff([]catalogsync.Hint{h}, hs); diff != "" {
-			t.Errorf("hints delivered (-want +got):\n%s", diff)
+	case g := <-got:
+		if diff := cmp.Diff(h, g); diff != "" {
+			t.Errorf("hint delivered (-want +got):\n%s", diff)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no hint delivered within 10s")
@@ -185,8 +174,8 @@ func TestHints(t *testing.T) {
 	if err := catalogsync.Deregister(ctx, c, r.Node); err != nil {
 		t.Fatal(err)
 	}
-	if err := catalogsync.WaitInstance(wctx, c, "meshd", h, func(e *peers.Entry) bool { return e == nil }); err != nil {
-		t.Fatalf("WaitInstance (gone): %v", err)
+	if gone, err := catalogsync.WaitInstance(wctx, c, "meshd", h, func(e *peers.Entry) bool { return e == nil }); err != nil || gone <= index {
+		t.Fatalf("WaitInstance (gone) = %d, %v; want an index above %d", gone, err, index)
 	}
 	if e, index2, err := catalogsync.ReadInstance(ctx, c, "meshd", h, nil); err != nil || e != nil || index2 <= index {
 		t.Errorf("ReadInstance after deregistering = %+v, %d, %v; want none at an index above %d", e, index2, err, index)
@@ -194,5 +183,10 @@ func TestHints(t *testing.T) {
 	unknown := catalogsync.Hint{ConsulNode: "no-such-node", ServiceID: r.ID()}
 	if e, _, err := catalogsync.ReadInstance(ctx, c, "meshd", unknown, nil); err != nil || e != nil {
 		t.Errorf("ReadInstance on an unknown node = %+v, %v; want none", e, err)
+	}
+	select {
+	case g := <-got:
+		t.Errorf("hint delivered for a value that is none, or twice: %+v", g)
+	default:
 	}
 }

@@ -57,9 +57,9 @@ type Consul struct {
 	TokenFile  string
 	Service    string
 	Datacenter string
-	// HintEvent is the user event that announces a changed entry (empty:
-	// no hints).
-	HintEvent string
+	// HintKey is the KV key that announces a changed entry (empty: no
+	// hints).
+	HintKey string
 }
 
 // Gateway configures the user-peer link of a gateway node.
@@ -111,7 +111,7 @@ var Keys = []Key{
 	{"consul.token_file", "", "file holding the Consul ACL token (default: CONSUL_HTTP_TOKEN_FILE)"},
 	{"consul.service", "meshd", "Consul service every meshd registers"},
 	{"consul.datacenter", "", "Consul datacenter (default: the agent's)"},
-	{"consul.hint_event", "meshd-hint", "Consul user event announcing a changed entry, so peers read just that entry (empty: off)"},
+	{"consul.hint_key", "meshd/hint", "Consul KV key announcing a changed entry, so peers read just that entry (empty: off)"},
 	{"gateway.enabled", "false", "run the gateway link for end users' peers"},
 	{"gateway.interface", "wg-gw", "WireGuard interface for end users' peers"},
 	{"gateway.listen_port", "51821", "UDP listen port of the gateway interface"},
@@ -225,7 +225,7 @@ func parse(v *viper.Viper) (*Config, error) {
 			TokenFile:  p.readableFile("consul.token_file"),
 			Service:    p.serviceName("consul.service"),
 			Datacenter: p.str("consul.datacenter"),
-			HintEvent:  p.eventName("consul.hint_event"),
+			HintKey:    p.kvKey("consul.hint_key"),
 		},
 		Gateway: Gateway{
 			Enabled:    p.boolean("gateway.enabled"),
@@ -449,11 +449,12 @@ func (p *parser) serviceName(key string) string {
 	return s
 }
 
-// eventName is a Consul user event name, or empty.
-func (p *parser) eventName(key string) string {
+// kvKey is a Consul KV key of DNS-label segments separated by '/', or
+// empty.
+func (p *parser) kvKey(key string) string {
 	s := p.raw(key)
-	if s != "" && !peers.IsDNSLabel(s) {
-		p.fail(key, s, "a Consul event name: lower-case letters, digits and '-', or empty to turn hints off")
+	if s != "" && slices.ContainsFunc(strings.Split(s, "/"), func(seg string) bool { return !peers.IsDNSLabel(seg) }) {
+		p.fail(key, s, "a Consul KV key like meshd/hint: lower-case letters, digits and '-' between single '/', or empty to turn hints off")
 	}
 	return s
 }

@@ -43,7 +43,7 @@ func TestDefaults(t *testing.T) {
 		StatusSocket: "/run/meshd/meshd.sock", MetricsAddress: "127.0.0.1:9474",
 		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, ResyncInterval: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text",
-		Consul:  Consul{Service: "meshd", HintEvent: "meshd-hint"},
+		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint"},
 		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key"},
 	}
 	cfg.File = ""
@@ -132,7 +132,9 @@ func TestBadValues(t *testing.T) {
 		{"interface: this-name-is-far-too-long", "interface", "this-name-is-far-too-long", "1-15 characters"},
 		{"key_file: relative/key", "key_file", "relative/key", "absolute path"},
 		{"consul:\n  token_file: " + unreadable, "consul.token_file", unreadable, "readable file"},
-		{"consul:\n  hint_event: Meshd Hint", "consul.hint_event", "Meshd Hint", "a Consul event name"},
+		{"consul:\n  hint_key: Meshd Hint", "consul.hint_key", "Meshd Hint", "a Consul KV key"},
+		{"consul:\n  hint_key: /meshd/hint", "consul.hint_key", "/meshd/hint", "a Consul KV key"},
+		{"consul:\n  hint_key: meshd//hint", "consul.hint_key", "meshd//hint", "a Consul KV key"},
 		{"metrics_address: 9474", "metrics_address", "9474", "host:port"},
 		{"log_level: loud", "log_level", "loud", "one of debug"},
 		{"gateway:\n  enabled: maybe", "gateway.enabled", "maybe", "true or false"},

@@ -191,20 +191,20 @@ func TestACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hintReads := st.Catalog.HintReads
+	hints := st.Catalog.Hints
 	out, err = h1.Exec(meshd(t), "leave", "--release-prefix", "--config", h1.config,
 		"--consul-token-file", filepath.Join(h1.Dir, "consul-token"))
 	if err != nil {
 		t.Fatalf("leave --release-prefix with h1's own token: %v: %s", err, out)
 	}
-	// h1's token may fire the hint of its leave, and h2's may follow it.
-	testlab.Eventually(t, 10*time.Second, "h2 reads h1's entry on the hint of its leave", func() bool {
+	// h1's token may write the hint of its leave, and h2's may follow it.
+	testlab.Eventually(t, 10*time.Second, "h2 follows the hint of h1's leave", func() bool {
 		st, err := h2.status(t)
-		return err == nil && st.Catalog.HintReads > hintReads
+		return err == nil && st.Catalog.Hints > hints
 	})
 	for _, n := range nodes {
-		if strings.Contains(n.proc.Log(), "no hint fired") {
-			t.Errorf("%s could not fire a hint with its token:\n%s", n.Name, tail(n.proc.Log(), 20))
+		if strings.Contains(n.proc.Log(), "no hint written") {
+			t.Errorf("%s could not write a hint with its token:\n%s", n.Name, tail(n.proc.Log(), 20))
 		}
 	}
 	if pair, _, err := mgmt.KV().Get(prefixalloc.Key(h1.prefix), nil); err != nil || pair != nil {

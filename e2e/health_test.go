@@ -213,6 +213,7 @@ func checkMetrics(t *testing.T, n *node, peers int) {
 		{`meshd_reconcile_duration_seconds_count`, func(v float64) bool { return v >= 1 }, ">= 1"},
 		{`meshd_kernel_writes_total`, func(v float64) bool { return v >= float64(peers) }, ">= peers"},
 		{`meshd_catalog_registrations_total`, func(v float64) bool { return v == 1 }, "1"},
+		{`meshd_catalog_hints_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{`meshd_catalog_hint_reads_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{`meshd_catalog_hints_applied_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{`meshd_breaker_tripped`, func(v float64) bool { return v == 0 }, "0"},

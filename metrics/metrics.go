@@ -25,7 +25,8 @@ var (
 	catalogIndexDesc  = desc("catalog_index", "Raft index of the last catalog read.")
 	catalogAgeDesc    = desc("catalog_last_read_age_seconds", "Seconds since the last successful catalog read (absent: none yet).")
 	catalogUpDesc     = desc("catalog_reachable", "1 if the last catalog read succeeded.")
-	hintReadsDesc     = desc("catalog_hint_reads_total", "Instances read because a hint named them, since start.")
+	hintsDesc         = desc("catalog_hints_total", "Hints naming another node's entry, since start.")
+	hintReadsDesc     = desc("catalog_hint_reads_total", "Instances read because a hint named them (and the list did not have the change yet), since start.")
 	hintsAppliedDesc  = desc("catalog_hints_applied_total", "Hint reads newer than the watch's list, put into the desired state, since start.")
 	rejectedDesc      = desc("rejected_entries", "Catalog entries rejected, by reason code.", "reason")
 	breakerDesc       = desc("breaker_tripped", "1 while the mass-removal circuit breaker is tripped.")
@@ -101,6 +102,7 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(catalogAgeDesc, now.Sub(st.Catalog.LastGoodRead).Seconds())
 	}
 	gauge(catalogUpDesc, b2f(st.Catalog.Reachable))
+	counter(hintsDesc, float64(st.Catalog.Hints))
 	counter(hintReadsDesc, float64(st.Catalog.HintReads))
 	counter(hintsAppliedDesc, float64(st.Catalog.HintsApplied))
 	gauge(breakerDesc, b2f(st.Breaker.Tripped))

@@ -16,9 +16,9 @@ import (
 // on its own node (where its instance lives: the agent registers services on
 // its own node only, and another node's instances need write on that node),
 // on the meshd service name, on its own prefix claim, its own gateway
-// records and its health summary, and on the hint event (fired on its own
+// records and its health summary, and on the hint key (written on its own
 // changes); read on everything else meshd watches.
-func aclPolicy(node, service, hintEvent string, prefix netip.Prefix) string {
+func aclPolicy(node, service, hintKey string, prefix netip.Prefix) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Consul ACL policy for meshd on node %s (meshd acl-policy).\n", node)
 	fmt.Fprintf(&b, "node %q {\n  policy = \"write\"\n}\n", node)
@@ -29,10 +29,10 @@ func aclPolicy(node, service, hintEvent string, prefix netip.Prefix) string {
 	fmt.Fprintf(&b, "key_prefix %q {\n  policy = \"write\"\n}\n", "meshd/gateways/"+node+"/")
 	fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", agent.SummaryPrefix+node)
 	b.WriteString("key_prefix \"meshd/\" {\n  policy = \"read\"\n}\n")
-	if hintEvent != "" {
+	if hintKey != "" {
 		// A hint names the local agent's node, which meshd asks its agent.
 		fmt.Fprintf(&b, "agent %q {\n  policy = \"read\"\n}\n", node)
-		fmt.Fprintf(&b, "event %q {\n  policy = \"write\"\n}\n", hintEvent)
+		fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", hintKey)
 	}
 	return b.String()
 }
@@ -42,7 +42,7 @@ func newACLPolicyCmd() *cobra.Command {
 		Use:   "acl-policy",
 		Short: "Print the least-privilege Consul ACL policy for this host's token",
 		Long: "Print, as HCL, the Consul ACL policy a host's token needs: write on its own node, on\n" +
-			"the meshd service, on its own prefix claim and gateway records, on the hint event;\n" +
+			"the meshd service, on its own prefix claim and gateway records, on the hint key;\n" +
 			"read on the rest.\n" +
 			"The prefix must be known: run it after `meshd init` (which claims the prefix with a\n" +
 			"bootstrap token), e.g.\n" +
@@ -56,7 +56,7 @@ func newACLPolicyCmd() *cobra.Command {
 			if !cfg.Prefix.IsValid() {
 				return usage(&config.Error{Key: "prefix", Expected: "this host's claimed prefix (run meshd init first, or pass --prefix)"})
 			}
-			fmt.Fprint(cmd.OutOrStdout(), aclPolicy(cfg.NodeName, cfg.Consul.Service, cfg.Consul.HintEvent, cfg.Prefix))
+			fmt.Fprint(cmd.OutOrStdout(), aclPolicy(cfg.NodeName, cfg.Consul.Service, cfg.Consul.HintKey, cfg.Prefix))
 			return nil
 		},
 	}

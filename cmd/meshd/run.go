@@ -131,7 +131,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		Consul:             consul,
 		ConsulHTTP:         consulHTTP,
 		Datacenter:         cfg.Consul.Datacenter,
-		HintEvent:          cfg.Consul.HintEvent,
+		HintKey:            cfg.Consul.HintKey,
 		Link:               link,
 		Gateway:            gw,
 		Logger:             logger,
