@@ -37,7 +37,7 @@ var (
 	outFlag      = flag.String("out", "", "write the report (markdown) to this file")
 	plotFlag     = flag.String("plot", "", "write the latency CDF of the largest size (PNG) to this file")
 	profileFlag  = flag.String("cpuprofile", "", "save a CPU profile of the first meshd host during the events of the largest size")
-	hintFlag     = flag.String("hint-event", "meshd-hint", "meshd's consul.hint_event, fired for each event by its writer (empty: no hints)")
+	hintFlag     = flag.String("hint-key", "meshd/hint", "meshd's consul.hint_key, written for each event by its writer (empty: no hints)")
 	logLevelFlag = flag.String("meshd-log-level", "warn", "log_level of the meshd hosts (their logs stay in the lab directory)")
 )
 
@@ -188,23 +188,15 @@ func (tg *target) medianPeriod() time.Duration {
 
 // blockingQuery is a bare blocking query through a host's own agent,
 // recording when each call returns with a new index: on the endpoint meshd
-// watches, it is the floor; on a KV key or the user-event list, a hint
-// transport meshd could be woken by.
+// watches, it is the floor; on the hint key, when meshd is woken.
 type blockingQuery struct {
 	path string // with its query string, without the index
-	// hashIndex: the index is a hash (the event list's), so a smaller one
-	// is not a reset.
-	hashIndex bool
 
 	mu    sync.Mutex
 	wakes []time.Time
 }
 
-const (
-	floorPath     = "/v1/health/service/meshd?stale&wait=5m"
-	kvHintPath    = "/v1/kv/" + hintKey + "?stale&wait=5m"
-	eventHintPath = "/v1/event/list?name=%s&wait=5m"
-)
+const floorPath = "/v1/health/service/meshd?stale&wait=5m"
 
 func (f *blockingQuery) run(ctx context.Context, nsName string) {
 	client := &http.Client{Transport: &http.Transport{DialContext: testlab.DialInNetns(nsName)}}
@@ -227,7 +219,7 @@ func (f *blockingQuery) run(ctx context.Context, nsName string) {
 			f.wakes = append(f.wakes, now)
 			f.mu.Unlock()
 		}
-		if got < index && !f.hashIndex {
+		if got < index {
 			index = 0
 		} else {
 			index = got
@@ -300,7 +292,7 @@ func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost
 	name := h.Name
 	mh := &meshHost{Host: h, iface: fmt.Sprintf("wb%d%s", os.Getpid()%1000, name),
 		config: filepath.Join(h.Dir, "meshd.yaml"), sock: filepath.Join(h.Dir, "meshd.sock")}
-	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_event: %q\n",
+	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_key: %q\n",
 		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag, *hintFlag)
 	if err := os.WriteFile(mh.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

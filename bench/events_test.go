@@ -12,9 +12,6 @@ import (
 	"meshd.dev/meshd/catalogsync"
 )
 
-// hintChanges numbers the changes the hint key names.
-var hintChanges int
-
 // kinds are the probe's events, in the order they go round.
 var kinds = []string{"join", "rotate", "endpoint", "leave"}
 
@@ -24,7 +21,7 @@ type event struct {
 	old, s Sim // the probe before and after
 	// sent is when the write was sent, acked when Consul acknowledged it.
 	sent, acked time.Time
-	// hinted is when the hint was fired (zero: hints are off).
+	// hinted is when the hint's write was sent (zero: hints are off).
 	hinted time.Time
 	// done is, per target, when its kernel showed the change; errs says
 	// why it did not within the timeout.
@@ -65,13 +62,13 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 		return ev, fmt.Errorf("probe %s: %w", kind, err)
 	}
 	ev.s = pb.Sim
-	write := func() error { return Txn(ctx, c, append(ev.s.Ops(), ev.s.hintOp(hintChanges))) }
+	write := func() error { return Txn(ctx, c, ev.s.Ops()) }
 	var route *routeCond
 	switch kind {
 	case "join":
 		route = &routeCond{prefix: ev.s.Prefix, want: true}
 	case "leave":
-		write = func() error { return Txn(ctx, c, append(ev.s.DeleteOps(), ev.s.hintOp(hintChanges))) }
+		write = func() error { return Txn(ctx, c, ev.s.DeleteOps()) }
 		route = &routeCond{prefix: ev.s.Prefix, want: false}
 	}
 	time.Sleep(200*time.Millisecond + rand.N(200*time.Millisecond))
@@ -94,18 +91,23 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 			results[i] <- probed{at, err}
 		}()
 	}
-	hintChanges++
 	ev.sent = time.Now()
 	if err := write(); err != nil {
 		return ev, fmt.Errorf("%s event: %w", kind, err)
 	}
 	ev.acked = time.Now()
 	if *hintFlag != "" {
+		// As meshd on the changed node does (agent.writeHint): read the
+		// instance until the catalog shows the change (here at once: the
+		// write is acknowledged), then write the hint with that index.
 		h := catalogsync.Hint{ConsulNode: ev.s.Name(), ServiceID: ev.s.Registration().ID()}
-		if err := catalogsync.FireHint(ctx, c, *hintFlag, h); err != nil {
+		if _, h.Index, err = catalogsync.ReadInstance(ctx, c, "meshd", h, nil); err != nil {
 			return ev, err
 		}
-		ev.hinted = time.Now()
+		ev.hinted = time.Now() // the key may wake its watchers before the write returns
+		if err := catalogsync.WriteHint(ctx, c, *hintFlag, h); err != nil {
+			return ev, err
+		}
 	}
 	for i, tg := range targets {
 		r := <-results[i]

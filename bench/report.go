@@ -15,12 +15,6 @@ const (
 	Classic = "classic"
 )
 
-// Hint transports, as Point.Hints names them.
-const (
-	HintKV    = "KV key set in the event's transaction"
-	HintEvent = "the user event meshd follows, fired once the transaction is acknowledged"
-)
-
 // Point is everything measured at one catalog size.
 type Point struct {
 	N int
@@ -38,9 +32,9 @@ type Point struct {
 	// packets showed the change, did not yet hold it in full (for a
 	// rotation, the old key still there) and was read again.
 	Reread map[string]int
-	// Hints holds, per hint transport, how long after the write's
-	// acknowledgement every meshd host's agent had it.
-	Hints map[string][]time.Duration
+	// Hints holds, per event, how long after the write's acknowledgement
+	// every meshd host's agent had the hint key's new value.
+	Hints []time.Duration
 	// CPUPerEvent and PeakRSS are meshd's, per host (max over hosts).
 	CPUPerEvent time.Duration
 	PeakRSS     uint64
@@ -100,14 +94,8 @@ func WriteTables(w io.Writer, points []Point) {
 		if len(kinds) > 0 {
 			fmt.Fprintf(w, "\nmeshd p50 by event, ms: %s.", strings.Join(kinds, ", "))
 		}
-		var hints []string
-		for _, h := range []string{HintKV, HintEvent} {
-			if l := p.Hints[h]; len(l) > 0 {
-				hints = append(hints, fmt.Sprintf("%s: p50 %s, p99 %s ms (%d)", h, ms(Quantile(l, 0.5)), ms(Quantile(l, 0.99)), len(l)))
-			}
-		}
-		if len(hints) > 0 {
-			fmt.Fprintf(w, "\nHint transports, until every meshd host's agent has it: %s.", strings.Join(hints, "; "))
+		if l := p.Hints; len(l) > 0 {
+			fmt.Fprintf(w, "\nHint key, from the write's acknowledgement until every meshd host's agent has it: p50 %s, p99 %s ms (%d events).", ms(Quantile(l, 0.5)), ms(Quantile(l, 0.99)), len(l))
 		}
 		m50 := Quantile(p.Latency[Meshd], 0.5)
 		fmt.Fprintf(w, "\nmeshd/classic p50: %s; meshd/floor p50: %s. ", ratio(m50, Quantile(p.Latency[Classic], 0.5)), ratio(m50, Quantile(p.Latency[Floor], 0.5)))

@@ -73,19 +73,16 @@ func TestBench(t *testing.T) {
 		}
 	}
 	// One floor per meshd host, each on that host's agent, like meshd;
-	// and the two hint transports, the same way.
-	var floors, kvHints, eventHints []*blockingQuery
+	// and the hint key, the same way.
+	var floors, hints []*blockingQuery
 	for _, h := range hosts {
-		for _, q := range []struct {
-			qs   *[]*blockingQuery
-			path string
-		}{{&floors, floorPath}, {&kvHints, kvHintPath}, {&eventHints, eventHintPath}} {
-			bq := &blockingQuery{path: q.path}
-			if q.path == eventHintPath {
-				bq.path, bq.hashIndex = fmt.Sprintf(eventHintPath, *hintFlag), true
-			}
-			*q.qs = append(*q.qs, bq)
-			go bq.run(ctx, h.Netns)
+		floor := &blockingQuery{path: floorPath}
+		floors = append(floors, floor)
+		go floor.run(ctx, h.Netns)
+		if *hintFlag != "" {
+			hint := &blockingQuery{path: "/v1/kv/" + *hintFlag + "?stale&wait=5m"}
+			hints = append(hints, hint)
+			go hint.run(ctx, h.Netns)
 		}
 	}
 	floorWake := func(sent time.Time) time.Time { return lastWake(floors, sent) }
@@ -124,7 +121,7 @@ func TestBench(t *testing.T) {
 			tg.medianPeriod() // forget the periods of the fill
 		}
 
-		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, FloorByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, Reread: map[string]int{}, Hints: map[string][]time.Duration{}, RxPerEvent: map[string]float64{}}
+		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, FloorByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, Reread: map[string]int{}, RxPerEvent: map[string]float64{}}
 		before := map[string]procStat{}
 		rx0 := map[string]uint64{}
 		for _, h := range hosts {
@@ -187,12 +184,6 @@ func TestBench(t *testing.T) {
 				p.Latency[sys] = append(p.Latency[sys], max(d, 0))
 			}
 			p.MeshdByKind[kind] = append(p.MeshdByKind[kind], max(worst[Meshd], 0))
-			for time.Now().Before(acked.Add(*timeoutFlag)) && lastWake(kvHints, sent).IsZero() {
-				time.Sleep(5 * time.Millisecond)
-			}
-			if w := lastWake(kvHints, sent); !w.IsZero() {
-				p.Hints[HintKV] = append(p.Hints[HintKV], max(w.Sub(acked), 0))
-			}
 			if w := floorWake(sent); !w.IsZero() {
 				p.Latency[Floor] = append(p.Latency[Floor], max(w.Sub(acked), 0))
 				p.FloorByKind[kind] = append(p.FloorByKind[kind], max(w.Sub(acked), 0))
@@ -217,15 +208,14 @@ func TestBench(t *testing.T) {
 					t.Logf("N=%d %s of %s: %s's device showed it on read %d", n, kind, s.Name(), tg.name, reads)
 				}
 			}
-			// The hint meshd follows: fired by the event's writer once the
-			// transaction is acknowledged, as a node does once the catalog
-			// has its change.
+			// The hint meshd follows: written by the event's writer once
+			// it has read the change in the catalog, as a node does.
 			if !ev.hinted.IsZero() {
-				for time.Now().Before(ev.hinted.Add(5*time.Second)) && lastWake(eventHints, ev.hinted).IsZero() {
+				for time.Now().Before(ev.hinted.Add(5*time.Second)) && lastWake(hints, ev.hinted).IsZero() {
 					time.Sleep(5 * time.Millisecond)
 				}
-				if w := lastWake(eventHints, ev.hinted); !w.IsZero() {
-					p.Hints[HintEvent] = append(p.Hints[HintEvent], max(w.Sub(acked), 0))
+				if w := lastWake(hints, ev.hinted); !w.IsZero() {
+					p.Hints = append(p.Hints, max(w.Sub(acked), 0))
 				}
 			}
 		}
@@ -548,14 +538,13 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
   that host's agent (the endpoint and agent meshd watches there), reading the whole response;
   until the slowest of them returns after the write. It asks again as soon as it has read,
   so on a busy agent it is usually first in line when the next change comes.
-- Hints: meshd follows the user event ` + "`consul.hint_event`" + ` (default meshd-hint): a node fires
-  it, naming its instance, once the catalog has its change, and every meshd then reads that
-  one instance. Here the event's writer fires it for the probe as soon as the transaction is
-  acknowledged (` + "`-hint-event \"\"`" + ` turns hints off in meshd and here); the fire is in
-  meshd's latency. Timed beside the floor, through every meshd host's agent, until the
-  slowest of them returns: the user-event list after the fire, and a blocking query on a KV
-  key every event's transaction also sets (a hint transport meshd does not use: one more
-  query held by the servers per host).
+- Hints: meshd follows the KV key ` + "`consul.hint_key`" + ` (default meshd/hint): a node writes
+  it, naming its instance and the catalog index of the change, once the catalog shows the
+  change, and every meshd, woken by its blocking query on that key, reads that one instance.
+  Here the event's writer does the same for the probe once the transaction is acknowledged:
+  one read of the instance, then the key (` + "`-hint-key \"\"`" + ` turns hints off in meshd and
+  here); both are in meshd's latency. The hint key's arrival is timed beside the floor, by a
+  blocking query on it through every meshd host's agent, until the slowest of them returns.
 - CPU per event: meshd's user+system time over the events of a size, divided by the events
   (the userspace WireGuard device runs in a process of its own and is not counted); peak RSS
   is the process's VmHWM. Bytes per event: what the host's underlay link received over the

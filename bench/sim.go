@@ -16,16 +16,6 @@ import (
 // ClassicKV is where the classic approach reads the same nodes from.
 const ClassicKV = "bench/classic/"
 
-// hintKey is a hint transport meshd does not use, timed beside the one it
-// does (the user event): a KV key every event's transaction sets.
-const hintKey = "bench/hint"
-
-// hintOp sets the hint key to the node's name and a number of the change
-// (Consul does not wake watchers of a key set to the value it has).
-func (s Sim) hintOp(change int) *api.TxnOp {
-	return &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: hintKey, Value: []byte(s.Name() + " " + strconv.Itoa(change))}}
-}
-
 // Sim is one simulated mesh node: an external node in the catalog with a
 // meshd instance, and the same data as a KV record for the classic
 // approach. It has no host: nothing sends to its endpoint.
