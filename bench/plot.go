@@ -3,7 +3,9 @@ package bench
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"slices"
+	"strconv"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -18,9 +20,7 @@ func PlotCDF(path string, p Point) error {
 	pl.X.Label.Text = "milliseconds from the write's acknowledgement (log scale)"
 	pl.Y.Label.Text = "fraction of events"
 	pl.X.Scale = plot.LogScale{}
-	// Ticks at round values in the data's range: a log scale's own ticks
-	// label only powers of ten.
-	pl.X.Tick.Marker = plot.DefaultTicks{}
+	pl.X.Tick.Marker = logTicks{}
 	pl.Legend.Top = false
 	pl.Legend.Left = false
 	colors := map[string]color.RGBA{Floor: {120, 120, 120, 255}, Meshd: {0, 110, 200, 255}, Classic: {210, 80, 30, 255}}
@@ -45,4 +45,21 @@ func PlotCDF(path string, p Point) error {
 		pl.Legend.Add(sys, line)
 	}
 	return pl.Save(8*vg.Inch, 5*vg.Inch, path)
+}
+
+// logTicks labels 1, 2 and 5 times each power of ten in range: a log
+// scale's own ticks label only powers of ten, and the default ticks bunch
+// at the right of a log axis.
+type logTicks struct{}
+
+func (logTicks) Ticks(lo, hi float64) []plot.Tick {
+	var ticks []plot.Tick
+	for p := math.Pow(10, math.Floor(math.Log10(lo))); p <= hi; p *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * p; v >= lo && v <= hi {
+				ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+			}
+		}
+	}
+	return ticks
 }
