@@ -12,7 +12,11 @@ FUZZTIME ?= 10s
 # Debian package version: a release sets it; otherwise 0.0.0~git<commit>.
 PKG_VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && echo $${v#v} || echo 0.0.0~git$$(git rev-parse --short HEAD 2>/dev/null || echo dev))
 
-.PHONY: all build deps consul promtool lint test unit fuzz bench bench-quick demo package clean
+# The package's maintainer: one place, read by the .deb's control file, its
+# changelog and its copyright file.
+MAINTAINER := $(shell cat packaging/maintainer)
+
+.PHONY: all build deps consul promtool lint licenses test unit fuzz bench bench-quick demo package clean
 
 all: build
 
@@ -49,7 +53,13 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecodeIncremental$$' -fuzztime $(FUZZTIME) ./catalogsync
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHint$$' -fuzztime $(FUZZTIME) ./catalogsync
 
-test: lint unit fuzz bench-quick
+# Every module linked into bin/meshd must carry a licence from the allow list
+# (internal/licenses): it prints each module with its licence, and fails on
+# a missing, unrecognised or disallowed one.
+licenses: build
+	$(GO) run ./internal/cmd/licenses -binary bin/meshd
+
+test: lint licenses unit fuzz bench-quick
 
 # Convergence of meshd against the classic approach (consul-template + wg
 # syncconf) and the floor (a bare blocking query), in one run: writes
@@ -78,12 +88,20 @@ bench-quick: deps consul
 demo: deps consul build
 	scripts/demo
 
-# out/meshd_<version>_amd64.deb: a static binary, the hardened unit, the
-# default config as a conffile, the example config.
+# out/meshd_<version>_amd64.deb: a static, stripped binary, the hardened
+# unit, the default config as a conffile, the example config, the copyright
+# file of every linked module (the licence check writes it), the changelog
+# and lintian overrides. The binary's symbols and DWARF are kept beside the
+# package in out/meshd_<version>_amd64.debug (the stripped binary names it in
+# its .gnu_debuglink: gdb finds it there).
 package: deps
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(PKG_VERSION)" -o bin/meshd-static ./cmd/meshd
-	mkdir -p out
-	MESHD_PKG_VERSION=$(PKG_VERSION) .bin/nfpm package --config packaging/nfpm.yaml --packager deb --target out/
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(PKG_VERSION)" -o bin/meshd-static.full ./cmd/meshd
+	mkdir -p out/pkg
+	objcopy --only-keep-debug bin/meshd-static.full out/meshd_$(PKG_VERSION)_amd64.debug
+	objcopy --strip-all --add-gnu-debuglink=out/meshd_$(PKG_VERSION)_amd64.debug bin/meshd-static.full bin/meshd-static
+	$(GO) run ./internal/cmd/licenses -binary bin/meshd-static -copyright out/pkg/copyright -contact "$(MAINTAINER)" >/dev/null
+	scripts/debian-changelog "$(PKG_VERSION)" "$(MAINTAINER)" | gzip -9n > out/pkg/changelog.gz
+	MESHD_PKG_VERSION=$(PKG_VERSION) MESHD_MAINTAINER="$(MAINTAINER)" .bin/nfpm package --config packaging/nfpm.yaml --packager deb --target out/
 
 clean:
 	rm -rf bin .bin out
