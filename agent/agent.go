@@ -16,6 +16,7 @@ import (
 
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/gateway"
+	"meshd.dev/meshd/health"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
 	"meshd.dev/meshd/snapshot"
@@ -102,7 +103,7 @@ type Agent struct {
 	lastDesired []peers.Peer
 	rotatedAt   time.Time
 	// lastSummary is the health summary last published, at lastSummaryAt.
-	lastSummary   Summary
+	lastSummary   health.Summary
 	lastSummaryAt time.Time
 	// lastSummaryCheck is when a summary was last computed (written or
 	// not): computing one reads the device.
@@ -481,7 +482,7 @@ func (a *Agent) doLeave(ctx context.Context) error {
 		a.logger.Info("deregistered", "service_id", a.opts.Registration.ID())
 		a.announceGone(ctx)
 	}
-	if _, err := a.opts.Consul.KV().Delete(SummaryPrefix+a.opts.Registration.Node, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	if _, err := a.opts.Consul.KV().Delete(health.SummaryPrefix+a.opts.Registration.Node, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		a.logger.Warn("health summary not deleted", "err", err)
 	}
 	if err := a.opts.Link.Remove(); err != nil {

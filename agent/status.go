@@ -12,6 +12,7 @@ import (
 
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/gateway"
+	"meshd.dev/meshd/health"
 	"meshd.dev/meshd/netlinkx"
 )
 
@@ -112,6 +113,21 @@ type PeerStatus struct {
 	LatestHandshake *time.Time `json:"latest_handshake,omitempty"`
 	RxBytes         int64      `json:"rx_bytes"`
 	TxBytes         int64      `json:"tx_bytes"`
+}
+
+// Health is what the health verdicts read of the status.
+func (st Status) Health() health.Host {
+	h := health.Host{
+		Node: st.Node, Interface: st.Interface, LinkPresent: st.LinkPresent, Converged: st.Converged,
+		NotConvergedSince: st.NotConvergedSince, CatalogReachable: st.Catalog.Reachable,
+		LastGoodRead: st.Catalog.LastGoodRead, BreakerHeld: st.Breaker.Held,
+		Peers: make([]health.Peer, len(st.Peers)),
+	}
+	for i, p := range st.Peers {
+		h.Peers[i] = health.Peer{Node: p.Node, ServiceID: p.ServiceID, Applied: p.State == PeerApplied,
+			Rejected: p.State == PeerRejected, LatestHandshake: p.LatestHandshake}
+	}
+	return h
 }
 
 // Status returns the status after the last reconcile, checked against the

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"meshd.dev/meshd/agent"
+	"meshd.dev/meshd/health"
 	"meshd.dev/meshd/internal/testlab"
 )
 
@@ -36,13 +37,13 @@ func (n *node) health(t *testing.T, args ...string) (int, string) {
 
 // meshRow is the documented schema of `meshd mesh --json`.
 type meshRow struct {
-	Node     string         `json:"node"`
-	Verdict  string         `json:"verdict"`
-	Problems []string       `json:"problems"`
-	Health   string         `json:"health"`
-	Summary  *agent.Summary `json:"summary"`
-	Age      float64        `json:"summary_age_seconds"`
-	From     []string       `json:"unreachable_from"`
+	Node     string          `json:"node"`
+	Verdict  string          `json:"verdict"`
+	Problems []string        `json:"problems"`
+	Health   string          `json:"health"`
+	Summary  *health.Summary `json:"summary"`
+	Age      float64         `json:"summary_age_seconds"`
+	From     []string        `json:"unreachable_from"`
 }
 
 // meshJSON runs `meshd mesh --json` on n.

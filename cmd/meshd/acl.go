@@ -7,8 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/config"
+	"meshd.dev/meshd/health"
 	"meshd.dev/meshd/prefixalloc"
 )
 
@@ -27,7 +27,7 @@ func aclPolicy(node, service, hintKey string, prefix netip.Prefix) string {
 	b.WriteString("service_prefix \"\" {\n  policy = \"read\"\n}\n")
 	fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", prefixalloc.Key(prefix))
 	fmt.Fprintf(&b, "key_prefix %q {\n  policy = \"write\"\n}\n", "meshd/gateways/"+node+"/")
-	fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", agent.SummaryPrefix+node)
+	fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", health.SummaryPrefix+node)
 	b.WriteString("key_prefix \"meshd/\" {\n  policy = \"read\"\n}\n")
 	if hintKey != "" {
 		// A hint names the local agent's node, which meshd asks its agent.

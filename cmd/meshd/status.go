@@ -12,6 +12,7 @@ import (
 
 	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/control"
+	"meshd.dev/meshd/health"
 	"meshd.dev/meshd/netlinkx"
 )
 
@@ -106,6 +107,9 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if st.Breaker.Tripped {
 		fmt.Fprintf(w, "circuit breaker TRIPPED: %d removals pending, %d held (meshd release-removals)\n", st.Breaker.Pending, st.Breaker.Held)
 	}
+	// The same verdict as `meshd health` at its default thresholds.
+	_, verdict := health.Check(st.Health(), health.Defaults, now)
+	fmt.Fprintln(w, clipText("health: "+verdict, 100))
 	if st.Converged {
 		fmt.Fprintln(w, "converged: yes")
 	} else {
