@@ -475,26 +475,14 @@ func (a *Agent) saveSnapshot(s catalogsync.Snapshot, now time.Time) {
 }
 
 func (a *Agent) doLeave(ctx context.Context) error {
-	var errs []error
-	if err := catalogsync.Deregister(ctx, a.opts.Consul, a.opts.Registration.Node); err != nil {
-		errs = append(errs, err)
-	} else {
-		a.logger.Info("deregistered", "service_id", a.opts.Registration.ID())
-		a.announceGone(ctx)
-	}
-	if _, err := a.opts.Consul.KV().Delete(health.SummaryPrefix+a.opts.Registration.Node, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		a.logger.Warn("health summary not deleted", "err", err)
-	}
-	if err := a.opts.Link.Remove(); err != nil {
-		errs = append(errs, err)
-	}
+	remove := []func() error{a.opts.Link.Remove}
 	if a.opts.Gateway != nil {
-		a.stopGateway()
-		if err := a.opts.Gateway.Remove(); err != nil {
-			errs = append(errs, err)
-		}
+		remove = append(remove, func() error {
+			a.stopGateway()
+			return a.opts.Gateway.Remove()
+		})
 	}
-	return errors.Join(errs...)
+	return Leave(ctx, a.opts.Consul, a.opts.Registration, a.opts.HintKey, a.logger, remove...)
 }
 
 // reconcile brings the kernel to the desired state and returns when it

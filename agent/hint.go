@@ -15,10 +15,6 @@ import (
 // reach the hint's index.
 const hintReadWait = 2 * time.Second
 
-// announceTimeout bounds how long this node waits for its own change to
-// reach the catalog before it writes a hint.
-const announceTimeout = 15 * time.Second
-
 // followHints reads every instance a hint names (but this node's own)
 // that the list does not have yet, and puts what it reads in the desired
 // state until the watch's list catches up (catalogsync.Overlay). A read
@@ -71,40 +67,24 @@ func (a *Agent) announce(ctx context.Context) {
 	go a.writeHint(ctx, reg, func(e *peers.Entry) bool { return e != nil && reg.Matches(*e) })
 }
 
-// announceGone writes a hint once the catalog no longer shows this node's
-// entry, waiting for it.
-func (a *Agent) announceGone(ctx context.Context) {
-	if a.opts.HintKey == "" {
-		return
-	}
-	a.writeHint(ctx, a.opts.Registration, func(e *peers.Entry) bool { return e == nil })
-}
-
-// writeHint waits (up to announceTimeout) until the catalog shows reg's
-// entry as done says, then writes the hint: peers woken by it read the
-// catalog, so it must have the change by then. Failures are logged: the
-// watch brings every change without hints.
-func (a *Agent) writeHint(ctx context.Context, reg catalogsync.Registration, done func(*peers.Entry) bool) {
-	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
-	defer cancel()
+// writeHint writes the hint for reg's entry once the catalog shows it as
+// shown says (catalogsync.Announce). Failures are logged: the watch brings
+// every change without hints.
+func (a *Agent) writeHint(ctx context.Context, reg catalogsync.Registration, shown func(*peers.Entry) bool) {
 	node, err := a.consulNode()
 	if err != nil {
 		a.logger.Warn("no hint written: the local agent's node name is unknown", "err", err)
 		return
 	}
-	h := catalogsync.Hint{ConsulNode: node, ServiceID: reg.ID()}
-	if h.Index, err = catalogsync.WaitInstance(ctx, a.opts.Consul, reg.Service, h, done); err != nil {
-		if errors.Is(err, context.Canceled) {
-			return // the agent stops
-		}
-		a.logger.Warn("no hint written: the catalog did not show this node's change", "err", err)
-		return
-	}
-	if err := catalogsync.WriteHint(ctx, a.opts.Consul, a.opts.HintKey, h); err != nil {
+	h, err := catalogsync.Announce(ctx, a.opts.Consul, a.opts.HintKey, node, reg, shown)
+	switch {
+	case errors.Is(err, context.Canceled):
+		// the agent stops
+	case err != nil:
 		a.logger.Warn("no hint written", "err", err)
-		return
+	default:
+		a.logger.Debug("hint written", "key", a.opts.HintKey, "service_id", h.ServiceID, "index", h.Index)
 	}
-	a.logger.Debug("hint written", "key", a.opts.HintKey, "service_id", h.ServiceID, "index", h.Index)
 }
 
 // consulNode is the local agent's node name (asked once).

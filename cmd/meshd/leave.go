@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/control"
@@ -80,29 +81,29 @@ func leave(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	if err := catalogsync.Deregister(ctx, consul, cfg.NodeName); err != nil {
-		errs = append(errs, err)
+	logger := newLogger(cfg)
+	removeLink := func(name string) func() error {
+		return func() error {
+			link, err := netlinkx.Open(netlinkx.Options{Name: name, Logger: logger})
+			if err != nil {
+				return err
+			}
+			defer link.Close()
+			return link.Remove()
+		}
 	}
-	names := []string{cfg.Interface}
+	remove := []func() error{removeLink(cfg.Interface)}
 	if cfg.Gateway.Enabled {
-		names = append(names, cfg.Gateway.Interface)
-		if fw, err := firewall.Open(); err != nil {
-			errs = append(errs, err)
-		} else {
-			errs = append(errs, fw.Remove())
-		}
+		remove = append(remove, removeLink(cfg.Gateway.Interface), func() error {
+			fw, err := firewall.Open()
+			if err != nil {
+				return err
+			}
+			return fw.Remove()
+		})
 	}
-	for _, name := range names {
-		link, err := netlinkx.Open(netlinkx.Options{Name: name, Logger: newLogger(cfg)})
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		errs = append(errs, link.Remove())
-		link.Close()
-	}
-	if err := errors.Join(errs...); err != nil {
+	reg := catalogsync.Registration{Service: cfg.Consul.Service, Node: cfg.NodeName}
+	if err := agent.Leave(ctx, consul, reg, cfg.Consul.HintKey, logger, remove...); err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "node %s left the mesh (no agent was running)\n", cfg.NodeName)
