@@ -485,8 +485,8 @@ func (p *parser) endpoint(key string) netip.AddrPort {
 
 func (p *parser) supernet(key string) netip.Prefix {
 	s := p.raw(key)
-	pfx, err := netip.ParsePrefix(s)
-	if err != nil || !pfx.Addr().Is6() || pfx.Addr().Is4In6() || pfx.Masked() != pfx || pfx.Bits() > 112 {
+	pfx, err := peers.ParseIPv6Prefix(s)
+	if err != nil || pfx.Bits() > 112 {
 		p.fail(key, s, "an IPv6 CIDR of length /112 or shorter without host bits, like fdaa::/16")
 	}
 	return pfx
@@ -514,8 +514,8 @@ func (p *parser) cidr(key string) netip.Prefix {
 	if s == "" {
 		return netip.Prefix{}
 	}
-	pfx, err := netip.ParsePrefix(s)
-	if err != nil || !pfx.Addr().Is6() || pfx.Addr().Is4In6() || pfx.Masked() != pfx {
+	pfx, err := peers.ParseIPv6Prefix(s)
+	if err != nil {
 		p.fail(key, s, "an IPv6 CIDR without host bits, like fdaa:0:1:8000::/49")
 	}
 	return pfx

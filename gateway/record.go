@@ -127,7 +127,7 @@ func (r Record) Validate() error {
 		errs = append(errs, fmt.Errorf("allow has %d prefixes, want 1 to %d", len(r.Allow), MaxAllow))
 	}
 	for _, p := range r.Allow {
-		if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p {
+		if peers.CheckIPv6Prefix(p) != nil {
 			errs = append(errs, fmt.Errorf("allow %s is not a masked IPv6 CIDR", p))
 		}
 	}

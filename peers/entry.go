@@ -89,10 +89,8 @@ func (r Rules) bounds() (lo, hi int) {
 func (r Rules) ValidatePrefix(p netip.Prefix) error {
 	lo, hi := r.bounds()
 	switch {
-	case !p.Addr().Is6() || p.Addr().Is4In6():
-		return bad("prefix", "prefix %s is not IPv6", p)
-	case p.Masked() != p:
-		return bad("prefix", "prefix %s has host bits set (want %s)", p, p.Masked())
+	case CheckIPv6Prefix(p) != nil:
+		return bad("prefix", "prefix %v", CheckIPv6Prefix(p))
 	case !r.Supernet.Contains(p.Addr()) || p.Bits() < r.Supernet.Bits():
 		return bad("prefix", "prefix %s is outside the mesh supernet %s", p, r.Supernet)
 	case p.Bits() < lo || p.Bits() > hi:

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
+
+	"meshd.dev/meshd/peers"
 )
 
 // KVPrefix is where claims live.
@@ -209,7 +211,7 @@ func DefaultPool(prefix netip.Prefix) netip.Prefix {
 // address is never handed out).
 func ValidatePool(pool, prefix netip.Prefix) error {
 	switch {
-	case !pool.IsValid() || !pool.Addr().Is6() || pool.Addr().Is4In6() || pool.Masked() != pool:
+	case peers.CheckIPv6Prefix(pool) != nil:
 		return fmt.Errorf("pool %s is not a masked IPv6 CIDR", pool)
 	case pool.Bits() < prefix.Bits() || !prefix.Contains(pool.Addr()):
 		return fmt.Errorf("pool %s is not inside the gateway's prefix %s", pool, prefix)

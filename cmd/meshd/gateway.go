@@ -207,8 +207,8 @@ func parseAllow(vals []string, supernet netip.Prefix) ([]netip.Prefix, error) {
 	}
 	var out []netip.Prefix
 	for _, v := range vals {
-		p, err := netip.ParsePrefix(v)
-		if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p {
+		p, err := peers.ParseIPv6Prefix(v)
+		if err != nil {
 			return nil, flagError("allow", v, "an IPv6 CIDR without host bits inside the mesh supernet "+supernet.String())
 		}
 		if err := gateway.CheckAllow([]netip.Prefix{p}, supernet); err != nil {
