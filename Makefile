@@ -46,6 +46,7 @@ unit: deps consul promtool
 # One target per run: go test -fuzz takes a single target.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./peers
+	$(GO) test -run '^$$' -fuzz '^FuzzMetaRoundTrip$$' -fuzztime $(FUZZTIME) ./peers
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./snapshot
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecode$$' -fuzztime $(FUZZTIME) ./catalogsync

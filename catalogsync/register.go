@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -39,21 +38,8 @@ func (r Registration) ID() string { return ServiceID(r.Node) }
 
 // Meta is the registration's service metadata (DESIGN.md "Data model").
 func (r Registration) Meta() map[string]string {
-	m := maps.Clone(r.Extra)
-	if m == nil {
-		m = map[string]string{}
-	}
-	maps.Copy(m, map[string]string{
-		peers.MetaVersion:   peers.SchemaVersion,
-		peers.MetaNode:      r.Node,
-		peers.MetaPublicKey: r.PublicKey.String(),
-		peers.MetaEndpoint:  r.Endpoint.String(),
-		peers.MetaPrefix:    r.Prefix.String(),
-	})
-	if r.Keepalive > 0 {
-		m[peers.MetaKeepalive] = strconv.Itoa(int(r.Keepalive / time.Second))
-	}
-	return m
+	return peers.EncodeMeta(peers.Peer{Node: r.Node, PublicKey: r.PublicKey, Endpoint: r.Endpoint,
+		Prefix: r.Prefix, Keepalive: r.Keepalive}, r.Extra)
 }
 
 // Matches reports whether a catalog entry already says what r would

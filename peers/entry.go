@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -97,6 +98,26 @@ func (r Rules) ValidatePrefix(p netip.Prefix) error {
 		return bad("prefix", "prefix %s has length /%d, want /%d to /%d", p, p.Bits(), lo, hi)
 	}
 	return nil
+}
+
+// EncodeMeta is the Meta of p's catalog entry, the inverse of ParseEntry:
+// the schema version, node, public key, endpoint, prefix and (when set)
+// keepalive in whole seconds, with extra (a role's own keys) beside them.
+// extra never overrides those keys.
+func EncodeMeta(p Peer, extra map[string]string) map[string]string {
+	m := make(map[string]string, len(extra)+6)
+	maps.Copy(m, extra)
+	m[MetaVersion] = SchemaVersion
+	m[MetaNode] = p.Node
+	m[MetaPublicKey] = p.PublicKey.String()
+	m[MetaEndpoint] = p.Endpoint.String()
+	m[MetaPrefix] = p.Prefix.String()
+	if p.Keepalive > 0 {
+		m[MetaKeepalive] = strconv.Itoa(int(p.Keepalive / time.Second))
+	} else {
+		delete(m, MetaKeepalive)
+	}
+	return m
 }
 
 // ParseEntry validates a catalog entry. The error is the rejection reason,
