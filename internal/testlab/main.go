@@ -13,6 +13,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"meshd.dev/meshd/internal/leakcheck"
 	"meshd.dev/meshd/netlinkx"
 )
 
@@ -35,14 +36,14 @@ func RequireRoot(t testing.TB) {
 // Main is TestMain for packages whose tests change the network: as root, it
 // runs the package's tests again inside a fresh network namespace of their
 // own, so they cannot touch the host's links and routes, and removes it
-// after. It also serves as the userspace WireGuard device process that
+// after. The tests must leave no goroutine running (leakcheck). It also serves as the userspace WireGuard device process that
 // UserspaceArgv starts.
 func Main(m *testing.M) {
 	if os.Getenv(daemonEnv) == "1" {
 		os.Exit(serveDaemon(os.Args[1:]))
 	}
 	if !IsRoot() || os.Getenv(inNetnsEnv) != "" {
-		os.Exit(m.Run())
+		os.Exit(leakcheck.Run(m))
 	}
 	sweep()
 	ns := fmt.Sprintf("%s%dt", nsPrefix, os.Getpid())
