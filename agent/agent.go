@@ -75,18 +75,12 @@ type Agent struct {
 
 	// Owned by the loop goroutine.
 	stopGateway func() // stops the gateway role's loop and waits for it
-	// applied is what the kernel holds as far as the loop knows: what the
-	// last successful reconcile left (peers.Applied). A change from the
-	// watch is diffed against it without reading a device of thousands of
-	// peers; the kernel itself is read at start, every ResyncInterval,
-	// after a failure or a write outside reconcile (applied is then nil).
-	// While it is set, it was planned for lastDesired, so the next plan
-	// looks only at what changed since (peers.Step).
-	applied *peers.Observed
-	// parses keeps each catalog entry's parse until it changes.
-	parses       peers.ParseCache
-	absentSince  map[wgtypes.Key]time.Time
-	released     map[wgtypes.Key]bool
+	// planner holds all planning memory, its model of the kernel among it:
+	// a change from the watch is planned against that model without
+	// reading a device of thousands of peers; the kernel itself is read at
+	// start, every ResyncInterval, after a failure or a write outside
+	// reconcile (the loop calls Forget).
+	planner      peers.Planner
 	lastRegister time.Time
 	// registerBackoff is the wait before registering again while the
 	// catalog disagrees (see ensureRegistered).
@@ -98,10 +92,8 @@ type Agent struct {
 	failures                    int
 	// notConvergedSince is when the last run of converged reconciles ended.
 	notConvergedSince time.Time
-	// lastDesired is the desired peer set of the last reconcile; rotatedAt
-	// is when the key last changed.
-	lastDesired []peers.Peer
-	rotatedAt   time.Time
+	// rotatedAt is when the key last changed.
+	rotatedAt time.Time
 	// lastSummary is the health summary last published, at lastSummaryAt.
 	lastSummary   health.Summary
 	lastSummaryAt time.Time
@@ -144,13 +136,13 @@ func New(opts Options) *Agent {
 			Logger:     logger,
 			Limiter:    opts.WatchLimiter,
 		},
+		planner: peers.Planner{Rules: opts.Rules, Grace: opts.RemovalGrace,
+			MaxFraction: opts.MaxRemovalFraction, Floor: opts.BreakerFloor},
 		dirty:       make(chan struct{}, 1),
 		leave:       make(chan chan error),
 		release:     make(chan chan int),
 		rotate:      make(chan rotation),
 		kick:        make(chan struct{}, 1),
-		released:    map[wgtypes.Key]bool{},
-		absentSince: map[wgtypes.Key]time.Time{},
 		hinted:      map[string]catalogsync.Hinted{},
 	}
 }
@@ -239,11 +231,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			return ErrLeft
 		case r := <-a.rotate:
-			a.applied = nil
+			a.planner.Forget()
 			r.done <- a.doRotate(ctx, r.key)
 			continue
 		case <-a.kick:
-			a.applied = nil
+			a.planner.Forget()
 			a.kickStalePeers()
 			continue
 		case done := <-a.release:
@@ -251,7 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.markDirty()
 			continue
 		case <-resync.C:
-			a.applied = nil // read the kernel this time
+			a.planner.Forget() // read the kernel this time
 			a.markDirty()
 			continue
 		case <-wake.C:
@@ -379,7 +371,7 @@ func (a *Agent) kickStalePeers() {
 		}
 	}
 	var reset []peers.Peer
-	for _, p := range a.lastDesired {
+	for _, p := range a.planner.Desired() {
 		if stale[p.PublicKey] {
 			reset = append(reset, p)
 		}
@@ -390,11 +382,9 @@ func (a *Agent) kickStalePeers() {
 }
 
 func (a *Agent) doRelease() int {
-	for k := range a.absentSince {
-		a.released[k] = true
-	}
-	a.logger.Warn("operator released held removals", "peers", len(a.released))
-	return len(a.released)
+	n := a.planner.Release()
+	a.logger.Warn("operator released held removals", "peers", n)
+	return n
 }
 
 func (a *Agent) loadSnapshot() {
@@ -502,9 +492,6 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	}
 	a.setStatus(snap, res, err, start)
 	summaryDue := a.publishSummary(ctx, start)
-	if snap != nil {
-		a.lastDesired = res.desired
-	}
 	if err != nil {
 		a.failures++
 		retry := retryDelay(a.failures)
@@ -512,7 +499,7 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		return earliest(start.Add(retry), summaryDue, registerDue)
 	}
 	a.failures = 0
-	return earliest(res.plan.NextDeadline(), summaryDue, registerDue)
+	return earliest(res.Plan.NextDeadline(), summaryDue, registerDue)
 }
 
 // earliest is the earliest of deadlines, zero meaning none.
@@ -527,83 +514,47 @@ func earliest(ts ...time.Time) time.Time {
 }
 
 type result struct {
-	desired  []peers.Peer
-	rejected []peers.Rejection
-	obs      peers.Observed
-	plan     peers.Plan
-	writes   uint64
+	peers.Result
+	writes uint64
 }
 
+// apply brings the kernel to what snap asks for: the planner's plan,
+// written through the link. Without a catalog read yet (snap nil) the link
+// is made sure of and the peers already in the kernel stay as they are.
 func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error) {
 	var res result
 	before := a.opts.Link.Writes()
 	defer func() { res.writes = a.opts.Link.Writes() - before }()
-	// Whatever fails below, the next reconcile reads the kernel again.
-	trusted := a.applied
-	a.applied = nil
-	if trusted == nil || snap == nil {
+	if !a.planner.Trusts() || snap == nil {
 		if err := a.opts.Link.Ensure(); err != nil {
+			a.planner.Forget()
 			return res, fmt.Errorf("ensure link: %w", err)
 		}
 	}
 	if snap == nil {
-		// No catalog read yet: the link is up, and peers already in the
-		// kernel stay as they are until the catalog answers.
 		return res, nil
 	}
 	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
-	res.desired, res.rejected = a.parses.Desire(snap.Entries, self, a.opts.Rules)
-	var obs peers.Observed
-	if trusted != nil {
-		obs = *trusted
-	} else {
-		var err error
-		if obs, err = a.opts.Link.Observe(); err != nil {
-			return res, fmt.Errorf("observe kernel: %w", err)
-		}
+	var err error
+	if res.Result, err = a.planner.Plan(snap.Entries, self, a.opts.Link.Observe, now); err != nil {
+		return res, fmt.Errorf("observe kernel: %w", err)
 	}
-	res.obs = obs
-	rm := peers.Removal{
-		Grace: a.opts.RemovalGrace, Now: now,
-		MaxFraction: a.opts.MaxRemovalFraction, Floor: a.opts.BreakerFloor, Released: a.released,
-	}
-	// Against the state the last plan left, only the change needs looking
-	// at (peers.Step); otherwise the whole desired set and kernel.
-	var (
-		gone, came  []peers.Peer
-		incremental bool
-	)
-	if trusted != nil {
-		gone, came, incremental = peers.Changed(a.lastDesired, res.desired)
-	}
-	if incremental {
-		a.absentSince, res.plan = peers.Step(a.absentSince, res.desired, gone, came, obs, rm)
-	} else {
-		a.absentSince = peers.Track(a.absentSince, res.desired, obs, now)
-		rm.AbsentSince = a.absentSince
-		res.plan = peers.Diff(res.desired, obs, rm)
-	}
-	for k := range a.released {
-		if _, ok := a.absentSince[k]; !ok {
-			delete(a.released, k) // back in the catalog, or gone
-		}
-	}
-	if res.plan.Breaker {
+	plan := res.Plan
+	if plan.Breaker {
 		a.logger.Warn("mass-removal circuit breaker tripped: removals held until released",
-			"pending", res.plan.Pending, "peers", len(obs.Peers), "max_removal_fraction", a.opts.MaxRemovalFraction)
+			"pending", plan.Pending, "peers", len(res.Observed.Peers), "max_removal_fraction", a.opts.MaxRemovalFraction)
 	}
-	if res.plan.Empty() {
-		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.desired), "held", len(res.plan.Held))
-		a.applied = &obs
+	if plan.Empty() {
+		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.Desired), "held", len(plan.Held))
+		a.planner.Commit(res.Result)
 		return res, nil
 	}
-	a.logger.Info("applying plan", "upsert", len(res.plan.Upsert), "remove", len(res.plan.Remove),
-		"add_routes", len(res.plan.AddRoutes), "del_routes", len(res.plan.DelRoutes), "held", len(res.plan.Held))
-	if err := a.opts.Link.Apply(res.plan); err != nil {
+	a.logger.Info("applying plan", "upsert", len(plan.Upsert), "remove", len(plan.Remove),
+		"add_routes", len(plan.AddRoutes), "del_routes", len(plan.DelRoutes), "held", len(plan.Held))
+	if err := a.opts.Link.Apply(plan); err != nil {
 		return res, fmt.Errorf("apply plan: %w", err)
 	}
-	next := peers.Applied(obs, res.plan)
-	a.applied = &next
+	a.planner.Commit(res.Result)
 	return res, nil
 }
 

@@ -219,14 +219,14 @@ type peerSource struct {
 // peers builds the status's peer list.
 func (src peerSource) peers() []PeerStatus {
 	res, err := src.res, src.err
-	out := make([]PeerStatus, 0, len(res.desired)+len(res.rejected)+len(res.plan.Held))
+	out := make([]PeerStatus, 0, len(res.Desired)+len(res.Rejected)+len(res.Plan.Held))
 	// After a successful apply the kernel holds the plan's upserts, so a
 	// desired peer is pending only if the apply failed.
 	upserted := map[wgtypes.Key]bool{}
-	for _, p := range res.plan.Upsert {
+	for _, p := range res.Plan.Upsert {
 		upserted[p.PublicKey] = true
 	}
-	for _, p := range res.desired {
+	for _, p := range res.Desired {
 		state := PeerApplied
 		if err != nil && upserted[p.PublicKey] {
 			state = PeerPending
@@ -236,16 +236,16 @@ func (src peerSource) peers() []PeerStatus {
 			Prefix: p.Prefix.String(), Health: p.Health, State: state,
 		})
 	}
-	for _, r := range res.rejected {
+	for _, r := range res.Rejected {
 		out = append(out, PeerStatus{Node: r.Node, ServiceID: r.ServiceID, State: PeerRejected, Reason: r.Reason, Code: r.Code})
 	}
 	allowed := map[wgtypes.Key][]netip.Prefix{}
-	if len(res.plan.Held) > 0 {
-		for _, kp := range res.obs.Peers {
+	if len(res.Plan.Held) > 0 {
+		for _, kp := range res.Observed.Peers {
 			allowed[kp.PublicKey] = kp.AllowedIPs
 		}
 	}
-	for _, h := range res.plan.Held {
+	for _, h := range res.Plan.Held {
 		until := h.Until
 		ps := PeerStatus{PublicKey: h.PublicKey.String(), State: PeerHeld, HeldUntil: &until,
 			Reason: "gone from the catalog; removal grace until " + until.UTC().Format(time.RFC3339)}
@@ -284,8 +284,8 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	if err != nil {
 		st.LastError = err.Error()
 	}
-	st.Breaker = Breaker{Tripped: res.plan.Breaker, Pending: res.plan.Pending, Released: len(a.released)}
-	for _, h := range res.plan.Held {
+	st.Breaker = Breaker{Tripped: res.Plan.Breaker, Pending: res.Plan.Pending, Released: a.planner.Released()}
+	for _, h := range res.Plan.Held {
 		if h.Breaker {
 			st.Breaker.Held++
 		}

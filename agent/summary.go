@@ -32,7 +32,7 @@ const (
 // summary.)
 func (a *Agent) publishSummary(ctx context.Context, now time.Time) (again time.Time) {
 	since := now.Sub(a.lastSummaryAt)
-	every := max(summaryMinInterval, time.Duration(len(a.lastDesired))*summaryPerPeer)
+	every := max(summaryMinInterval, time.Duration(len(a.planner.Desired()))*summaryPerPeer)
 	if next := a.lastSummaryCheck.Add(every); now.Before(next) {
 		return next
 	}

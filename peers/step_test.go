@@ -317,3 +317,92 @@ func TestDesirePatchMatchesFullPass(t *testing.T) {
 	}
 	t.Logf("%d of 2400 steps started from a patchable result", patched)
 }
+
+// TestPlannerIncrementalMatchesFull drives two Planners through the same
+// random fleet, as catalog entries: one commits every plan and so plans
+// incrementally (Changed, Step) against its model of the kernel; the other
+// forgets its model before every plan and so reads the kernel and plans in
+// full (Track, Diff). Their plans are the same at every step, through
+// grace, breaker and releases.
+func TestPlannerIncrementalMatchesFull(t *testing.T) {
+	opts := []cmp.Option{netipOpts, cmpopts.EquateEmpty()}
+	rules := Rules{Supernet: netip.MustParsePrefix("fdaa::/16")}
+	self := Self{Node: "self", PublicKey: mustKey(250), Prefix: netip.MustParsePrefix("fdaa:1:1::/64")}
+	for seed := range uint64(25) {
+		rng := rand.New(rand.NewPCG(seed, 9))
+		w := &world{rng: rng, nodes: map[string]Peer{}, left: map[string]Peer{}}
+		var index uint64
+		created, modified, metas := map[string]uint64{}, map[string]uint64{}, map[string]string{}
+		entries := func() []Entry {
+			var es []Entry
+			for _, p := range w.desired() {
+				id := "meshd-" + p.Node
+				m := EncodeMeta(p, nil)
+				if key := fmt.Sprint(m); metas[id] != key {
+					index++
+					metas[id], modified[id] = key, index
+					if created[id] == 0 {
+						created[id] = index
+					}
+				}
+				es = append(es, Entry{ServiceID: id, Meta: m, CreateIndex: created[id], ModifyIndex: modified[id], Health: HealthPassing})
+			}
+			for id := range created {
+				if !slices.ContainsFunc(es, func(e Entry) bool { return e.ServiceID == id }) {
+					delete(created, id) // a node that comes back is a new instance
+					delete(metas, id)
+				}
+			}
+			return es
+		}
+		incr, full := &Planner{Rules: rules, Grace: time.Second}, &Planner{Rules: rules, Grace: time.Second}
+		if seed%2 == 0 {
+			incr.MaxFraction, incr.Floor = 0.3, 1
+			full.MaxFraction, full.Floor = 0.3, 1
+		}
+		kernel := Observed{}
+		observe := func() (Observed, error) { return kernel, nil }
+		now := time.Unix(1000, 0)
+		incremental := 0
+		for step := range 60 {
+			for range 1 + rng.IntN(3) {
+				w.change()
+			}
+			now = now.Add(time.Duration(rng.IntN(1500)) * time.Millisecond)
+			if rng.IntN(10) == 0 {
+				if a, b := incr.Release(), full.Release(); a != b {
+					t.Fatalf("seed %d step %d: released %d and %d", seed, step, a, b)
+				}
+			}
+			es := entries()
+			if incr.Trusts() {
+				incremental++
+			}
+			full.Forget()
+			got, err := incr.Plan(es, self, func() (Observed, error) {
+				if step > 0 {
+					t.Fatalf("seed %d step %d: a committed planner read the kernel", seed, step)
+				}
+				return kernel, nil
+			}, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := full.Plan(es, self, observe, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want.Plan, got.Plan, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: incremental plan differs from the full one (-full +incremental):\n%s", seed, step, diff)
+			}
+			if diff := cmp.Diff(want.Desired, got.Desired, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: desired sets differ:\n%s", seed, step, diff)
+			}
+			incr.Commit(got)
+			kernel = Applied(kernel, want.Plan)
+		}
+		if incremental < 59 {
+			t.Errorf("seed %d: %d of 60 plans were incremental", seed, incremental)
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package peers
+
+import (
+	"maps"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Planner turns catalog snapshots into plans, and holds every piece of
+// memory that takes: the parse of each entry (ParseCache), the desired set
+// of the last plan, what the kernel holds once the last plan was written
+// (its model of the kernel), when each peer no entry asks for was first
+// seen absent, and the removals an operator released. It picks the
+// algorithm itself: against a kernel model it trusts, only what changed
+// since the last plan is looked at (Changed, then Step); otherwise the
+// whole desired set against the kernel as read (Track, then Diff). Both
+// give the same plan (TestPlannerIncrementalMatchesFull).
+//
+// A Planner is used by one goroutine. The zero value plans with no
+// removal grace and no circuit breaker; set the fields first.
+type Planner struct {
+	Rules Rules
+	// Grace, MaxFraction and Floor are Removal's.
+	Grace       time.Duration
+	MaxFraction float64
+	Floor       int
+
+	parses      ParseCache
+	desired     []Peer                  // of the last plan
+	model       *Observed               // the kernel after the last committed plan; nil: read it
+	absentSince map[wgtypes.Key]time.Time
+	released    map[wgtypes.Key]bool
+}
+
+// Result is one plan with what it was computed from.
+type Result struct {
+	Desired  []Peer
+	Rejected []Rejection
+	// Observed is the kernel the plan was computed against: as read, or
+	// the planner's model of it.
+	Observed Observed
+	Plan     Plan
+}
+
+// Trusts reports whether the planner has a model of the kernel, so that
+// Plan will not call its observe function.
+func (pl *Planner) Trusts() bool { return pl.model != nil }
+
+// Forget drops the model of the kernel: the next Plan reads the kernel.
+// Call it when something may have changed the kernel behind the planner's
+// back (a failed write, a key rotation, a periodic resync).
+func (pl *Planner) Forget() { pl.model = nil }
+
+// Plan computes the plan that takes the kernel to what entries ask for.
+// observe reads the kernel; it is called only when the planner has no
+// model it trusts. Until Commit, the model is forgotten: a plan that is
+// not written leaves the next Plan to read the kernel.
+func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, error), now time.Time) (Result, error) {
+	var res Result
+	model := pl.model
+	pl.model = nil
+	res.Desired, res.Rejected = pl.parses.Desire(entries, self, pl.Rules)
+	defer func() { pl.desired = res.Desired }()
+	if model != nil {
+		res.Observed = *model
+	} else {
+		var err error
+		if res.Observed, err = observe(); err != nil {
+			return res, err
+		}
+	}
+	if pl.released == nil {
+		pl.released = map[wgtypes.Key]bool{}
+	}
+	rm := Removal{Grace: pl.Grace, Now: now, MaxFraction: pl.MaxFraction, Floor: pl.Floor, Released: pl.released}
+	var (
+		gone, came  []Peer
+		incremental bool
+	)
+	if model != nil {
+		gone, came, incremental = Changed(pl.desired, res.Desired)
+	}
+	if incremental {
+		pl.absentSince, res.Plan = Step(pl.absentSince, res.Desired, gone, came, res.Observed, rm)
+	} else {
+		pl.absentSince = Track(pl.absentSince, res.Desired, res.Observed, now)
+		rm.AbsentSince = pl.absentSince
+		res.Plan = Diff(res.Desired, res.Observed, rm)
+	}
+	maps.DeleteFunc(pl.released, func(k wgtypes.Key, _ bool) bool {
+		_, absent := pl.absentSince[k]
+		return !absent // back in the catalog, or gone
+	})
+	return res, nil
+}
+
+// Commit records that res's plan was written: the kernel now holds what
+// Applied says, and the next Plan may diff against that alone.
+func (pl *Planner) Commit(res Result) {
+	next := res.Observed
+	if !res.Plan.Empty() {
+		next = Applied(res.Observed, res.Plan)
+	}
+	pl.model = &next
+}
+
+// Desired is the desired set of the last plan (sorted by node).
+func (pl *Planner) Desired() []Peer { return pl.desired }
+
+// Release lets every removal now pending go ahead once its grace has
+// ended, despite the circuit breaker, and returns how many peers that is.
+func (pl *Planner) Release() int {
+	if pl.released == nil {
+		pl.released = map[wgtypes.Key]bool{}
+	}
+	for k := range pl.absentSince {
+		pl.released[k] = true
+	}
+	return len(pl.released)
+}
+
+// Released is how many peers the operator's release still covers.
+func (pl *Planner) Released() int { return len(pl.released) }
