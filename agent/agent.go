@@ -138,12 +138,12 @@ func New(opts Options) *Agent {
 		},
 		planner: peers.Planner{Rules: opts.Rules, Grace: opts.RemovalGrace,
 			MaxFraction: opts.MaxRemovalFraction, Floor: opts.BreakerFloor},
-		dirty:       make(chan struct{}, 1),
-		leave:       make(chan chan error),
-		release:     make(chan chan int),
-		rotate:      make(chan rotation),
-		kick:        make(chan struct{}, 1),
-		hinted:      map[string]catalogsync.Hinted{},
+		dirty:   make(chan struct{}, 1),
+		leave:   make(chan chan error),
+		release: make(chan chan int),
+		rotate:  make(chan rotation),
+		kick:    make(chan struct{}, 1),
+		hinted:  map[string]catalogsync.Hinted{},
 	}
 }
 

@@ -27,8 +27,8 @@ type Planner struct {
 	Floor       int
 
 	parses      ParseCache
-	desired     []Peer                  // of the last plan
-	model       *Observed               // the kernel after the last committed plan; nil: read it
+	desired     []Peer    // of the last plan
+	model       *Observed // the kernel after the last committed plan; nil: read it
 	absentSince map[wgtypes.Key]time.Time
 	released    map[wgtypes.Key]bool
 }
