@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-	"golang.org/x/time/rate"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
@@ -41,20 +39,9 @@ type Options struct {
 	// back at start; empty disables it.
 	SnapshotPath   string
 	ResyncInterval time.Duration
-	Consul         *api.Client
-	// ConsulHTTP, when set, reads the watch's responses (see
-	// catalogsync.HTTP).
-	ConsulHTTP *catalogsync.HTTP
-	Datacenter string
-	// HintKey is the Consul KV key that announces a changed entry
-	// (catalogsync.Hint): written after this node's own changes reach the
-	// catalog, and followed so that another node's change is read alone
-	// instead of waiting for the whole list. Empty turns hints off.
-	HintKey string
-	// WatchLimiter, when set, spaces the watch's wakes instead of its
-	// default (catalogsync.Watcher.Limiter).
-	WatchLimiter *rate.Limiter
-	Link         *netlinkx.Link
+	// Catalog is the agent's only way to Consul (*catalogsync.Catalog).
+	Catalog Catalog
+	Link    *netlinkx.Link
 	// Gateway, when set, runs this node's gateway role beside the mesh
 	// loop: it starts and stops with Run, shows in Status, and is taken
 	// down by Leave.
@@ -66,7 +53,6 @@ type Options struct {
 type Agent struct {
 	opts    Options
 	logger  *slog.Logger
-	watcher *catalogsync.Watcher
 	dirty   chan struct{}
 	leave   chan chan error
 	release chan chan int
@@ -103,13 +89,6 @@ type Agent struct {
 
 	mu       sync.Mutex // guards the fields below
 	snapshot *catalogsync.Snapshot
-	// hinted holds the instances hints made the loop read, until the
-	// watch delivers a list at least as new (catalogsync.Overlay).
-	hinted map[string]catalogsync.Hinted
-	// hints, hintReads and hintsApplied count hints naming another node,
-	// those read, and those newer than the list they were put into.
-	hints, hintReads, hintsApplied uint64
-	consulNodeName                 string // the local agent's node, once known
 	// fromDisk is set while snapshot is the saved one, read at start, and
 	// no catalog read has succeeded yet.
 	fromDisk bool
@@ -128,14 +107,6 @@ func New(opts Options) *Agent {
 	return &Agent{
 		opts:   opts,
 		logger: logger,
-		watcher: &catalogsync.Watcher{
-			Client:     opts.Consul,
-			HTTP:       opts.ConsulHTTP,
-			Service:    opts.Registration.Service,
-			Datacenter: opts.Datacenter,
-			Logger:     logger,
-			Limiter:    opts.WatchLimiter,
-		},
 		planner: peers.Planner{Rules: opts.Rules, Grace: opts.RemovalGrace,
 			MaxFraction: opts.MaxRemovalFraction, Floor: opts.BreakerFloor},
 		dirty:   make(chan struct{}, 1),
@@ -143,7 +114,6 @@ func New(opts Options) *Agent {
 		release: make(chan chan int),
 		rotate:  make(chan rotation),
 		kick:    make(chan struct{}, 1),
-		hinted:  map[string]catalogsync.Hinted{},
 	}
 }
 
@@ -184,10 +154,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		a.watcher.Run(ctx, func(s catalogsync.Snapshot) {
+		a.opts.Catalog.Watch(ctx, a.opts.Registration.ID(), func(s catalogsync.Snapshot) {
 			a.mu.Lock()
 			a.snapshot, a.fromDisk = &s, false
-			catalogsync.Prune(a.hinted, s.Index)
 			a.mu.Unlock()
 			a.markDirty()
 			select {
@@ -200,14 +169,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.saveSnapshots(ctx, saves)
 	}()
-	if a.opts.HintKey != "" {
-		wg.Add(1)
-		own, service := a.opts.Registration.ID(), a.opts.Registration.Service
-		go func() {
-			defer wg.Done()
-			a.followHints(ctx, own, service)
-		}()
-	}
 
 	resync := time.NewTicker(a.opts.ResyncInterval)
 	defer resync.Stop()
@@ -329,7 +290,7 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 		return errors.Join(fmt.Errorf("apply the new key: %w", err), a.opts.Link.Ensure())
 	}
 	a.opts.Registration.PublicKey = key.PublicKey()
-	if err := catalogsync.Register(ctx, a.opts.Consul, a.opts.Registration); err != nil {
+	if err := a.opts.Catalog.Publish(ctx, a.opts.Registration, false); err != nil {
 		// The catalog still announces the old key: go back to it.
 		a.opts.Registration.PublicKey = oldPub
 		a.opts.Link.SetPrivateKey(oldPriv)
@@ -340,7 +301,6 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 	a.lastRegister, a.registerBackoff = time.Now(), time.Second
 	a.registered++
 	a.rotatedAt = time.Now()
-	a.announce(ctx)
 	a.logger.Info("rotated key", "old_public_key", oldPub, "public_key", key.PublicKey())
 	a.markDirty()
 	// Peers learn the new key within a catalog propagation; by then, each
@@ -472,7 +432,7 @@ func (a *Agent) doLeave(ctx context.Context) error {
 			return a.opts.Gateway.Remove()
 		})
 	}
-	return Leave(ctx, a.opts.Consul, a.opts.Registration, a.opts.HintKey, a.logger, remove...)
+	return Leave(ctx, a.opts.Catalog, a.opts.Registration, remove...)
 }
 
 // reconcile brings the kernel to the desired state and returns when it
@@ -480,7 +440,7 @@ func (a *Agent) doLeave(ctx context.Context) error {
 func (a *Agent) reconcile(ctx context.Context) time.Time {
 	start := time.Now()
 	a.mu.Lock()
-	snap := catalogsync.Overlay(a.snapshot, a.hinted)
+	snap := a.snapshot
 	a.mu.Unlock()
 
 	res, err := a.apply(snap, start)
@@ -595,21 +555,13 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 			a.logger.Warn("the catalog shows another entry for this node; registering it again", "service_id", a.opts.Registration.ID(),
 				"catalog_index", index, "catalog_meta", shown.Meta, "catalog_tags", shown.Tags)
 		}
-		// The local agent already has the entry, so registering the same
-		// definition again would not make it sync: the agent believes the
-		// catalog is in step and only its periodic anti-entropy (a minute
-		// or more) would notice. Removing and adding it makes it sync now.
-		if err := catalogsync.Deregister(ctx, a.opts.Consul, a.opts.Registration.Node); err != nil {
-			a.logger.Warn("deregister before re-registering failed", "err", err)
-		}
 	}
-	if err := catalogsync.Register(ctx, a.opts.Consul, a.opts.Registration); err != nil {
+	if err := a.opts.Catalog.Publish(ctx, a.opts.Registration, a.registered > 0); err != nil {
 		a.logger.Warn("register failed; will retry", "err", err)
 		return again
 	}
 	a.registered++
 	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
-	a.announce(ctx)
 	return again
 }
 

@@ -84,7 +84,8 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")},
 		RemovalGrace: o.grace, ResyncInterval: time.Second,
 		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot,
-		Consul: c, Link: link, Logger: logger, HintKey: o.hints, WatchLimiter: o.limiter,
+		Link: link, Logger: logger,
+		Catalog: &catalogsync.Catalog{Client: c, Service: "meshd", HintKey: o.hints, Limiter: o.limiter, Logger: logger},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

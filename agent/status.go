@@ -198,13 +198,13 @@ func (a *Agent) Status() Status {
 
 // catalogStatus must be called with mu held.
 func (a *Agent) catalogStatus() CatalogStatus {
-	w := a.watcher.State()
+	w := a.opts.Catalog.State()
 	cs := CatalogStatus{Reachable: w.Reachable, LastIndex: w.LastIndex, LastGoodRead: w.LastGoodRead, LastError: w.LastError}
 	if a.snapshot != nil {
 		cs.Entries = len(a.snapshot.Entries)
 	}
 	cs.SnapshotInUse, cs.SnapshotSaved = a.fromDisk, a.savedAt
-	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = a.hints, a.hintReads, a.hintsApplied, w.Reads
+	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsApplied, w.Reads
 	return cs
 }
 

@@ -2,11 +2,7 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 
 	"meshd.dev/meshd/health"
 )
@@ -41,13 +37,8 @@ func (a *Agent) publishSummary(ctx context.Context, now time.Time) (again time.T
 	if s.Same(a.lastSummary) && since < health.Heartbeat {
 		return time.Time{}
 	}
-	b, err := json.Marshal(s)
-	if err != nil {
-		return time.Time{}
-	}
-	key := health.SummaryPrefix + a.opts.Registration.Node
-	if _, err := a.opts.Consul.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		a.logger.Debug("health summary not published", "err", fmt.Errorf("put %s: %w", key, err))
+	if err := a.opts.Catalog.PutSummary(ctx, s); err != nil {
+		a.logger.Debug("health summary not published", "err", err)
 		return time.Time{}
 	}
 	a.lastSummary, a.lastSummaryAt = s, now

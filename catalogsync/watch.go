@@ -32,6 +32,11 @@ type State struct {
 	// Reads counts successful reads; Delivered counts the snapshots passed
 	// on (reads whose content changed).
 	Reads, Delivered uint64
+	// Hints counts the hints that named another node's entry (Catalog);
+	// HintReads the instances they made this node read (a hint the list
+	// already has is not read); HintsApplied the reads newer than the list
+	// they went into.
+	Hints, HintReads, HintsApplied uint64
 }
 
 // Watcher watches the instances of one service (Run) or a KV folder

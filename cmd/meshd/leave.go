@@ -102,8 +102,9 @@ func leave(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 			return fw.Remove()
 		})
 	}
+	cat := &catalogsync.Catalog{Client: consul, Service: cfg.Consul.Service, HintKey: cfg.Consul.HintKey, Logger: logger}
 	reg := catalogsync.Registration{Service: cfg.Consul.Service, Node: cfg.NodeName}
-	if err := agent.Leave(ctx, consul, reg, cfg.Consul.HintKey, logger, remove...); err != nil {
+	if err := agent.Leave(ctx, cat, reg, remove...); err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "node %s left the mesh (no agent was running)\n", cfg.NodeName)

@@ -1,0 +1,31 @@
+package catalogsync
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"meshd.dev/meshd/peers"
+)
+
+// announceTimeout bounds how long a node waits for its own change to reach
+// the catalog before it writes a hint.
+const announceTimeout = 15 * time.Second
+
+// Announce writes the hint for reg's entry at key once the catalog shows
+// that entry as shown says (shown(nil) for "gone"), waiting up to
+// announceTimeout: peers woken by the hint read the catalog, so it must
+// have the change by then. consulNode is the local agent's node, where reg
+// is registered.
+func Announce(ctx context.Context, c *api.Client, key, consulNode string, reg Registration, shown func(*peers.Entry) bool) (Hint, error) {
+	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
+	defer cancel()
+	h := Hint{ConsulNode: consulNode, ServiceID: reg.ID()}
+	var err error
+	if h.Index, err = WaitInstance(ctx, c, reg.Service, h, shown); err != nil {
+		return h, fmt.Errorf("the catalog did not show the change of %s: %w", reg.ID(), err)
+	}
+	return h, WriteHint(ctx, c, key, h)
+}

@@ -1,0 +1,247 @@
+package catalogsync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.org/x/time/rate"
+
+	"meshd.dev/meshd/health"
+	"meshd.dev/meshd/peers"
+)
+
+// hintReadWait bounds how long a hint's read waits for a lagging server to
+// reach the hint's index.
+const hintReadWait = 2 * time.Second
+
+// Catalog is one node's whole use of Consul for the mesh: it watches the
+// service (the whole list, with hints merged in: Watch delivers snapshots
+// and nobody above it sees a hint), publishes and withdraws the node's
+// entry (writing the hint that announces each change), and puts the
+// node's health summary. The agent reaches Consul only through it.
+//
+// Set the exported fields, then call Watch once; the other methods may be
+// called from any goroutine.
+type Catalog struct {
+	Client *api.Client
+	// HTTP, when set, reads the list watch's responses (see HTTP).
+	HTTP       *HTTP
+	Service    string
+	Datacenter string
+	// HintKey is the KV key that announces a changed entry (see Hint):
+	// written after this node's own changes reach the catalog, and
+	// followed so that another node's change is read alone instead of
+	// waiting for the whole list. Empty turns hints off.
+	HintKey string
+	// Limiter, when set, spaces the list watch's wakes (Watcher.Limiter).
+	Limiter *rate.Limiter
+	Logger  *slog.Logger
+
+	once    sync.Once
+	watcher *Watcher
+	// announcing counts hint writers in flight; Watch waits for them.
+	announcing sync.WaitGroup
+
+	mu   sync.Mutex // guards the fields below
+	list *Snapshot  // the last list the watch read
+	// hinted holds the instances hints made this node read, until the list
+	// is at least as new (Overlay, Prune).
+	hinted                         map[string]Hinted
+	hints, hintReads, hintsApplied uint64
+	consulNode                     string // the local agent's node, once known
+	deliverMu                      sync.Mutex
+}
+
+func (c *Catalog) init() {
+	c.once.Do(func() {
+		if c.Logger == nil {
+			c.Logger = slog.New(slog.DiscardHandler)
+		}
+		c.watcher = &Watcher{Client: c.Client, HTTP: c.HTTP, Service: c.Service, Datacenter: c.Datacenter,
+			Logger: c.Logger, Limiter: c.Limiter}
+		c.hinted = map[string]Hinted{}
+	})
+}
+
+// Watch watches the service until ctx is done, calling deliver with every
+// new view of it: the last list read with the instances hints made it read
+// put over it (Overlay). own is this node's service ID: hints naming it
+// are not followed. deliver is never called concurrently. Watch returns
+// once every goroutine it started, hint writers included, has ended.
+func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot)) {
+	c.init()
+	send := func() {
+		c.mu.Lock()
+		s := Overlay(c.list, c.hinted)
+		c.mu.Unlock()
+		if s == nil {
+			return
+		}
+		c.deliverMu.Lock()
+		defer c.deliverMu.Unlock()
+		deliver(*s)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		c.watcher.Run(ctx, func(s Snapshot) {
+			c.mu.Lock()
+			c.list = &s
+			Prune(c.hinted, s.Index)
+			c.mu.Unlock()
+			send()
+		})
+	})
+	if c.HintKey != "" {
+		wg.Go(func() {
+			hw := &Watcher{Client: c.Client, Datacenter: c.Datacenter, Logger: c.Logger}
+			hw.RunHints(ctx, c.HintKey, func(h Hint) {
+				if h.ServiceID != own && c.readHint(ctx, h) {
+					send()
+				}
+			})
+		})
+	}
+	wg.Wait()
+	c.announcing.Wait()
+}
+
+// readHint reads the instance a hint names, unless the list already has
+// the change, and keeps what it read until the list catches up. It reports
+// whether the view changed. A read that fails is left to the list.
+func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
+	c.mu.Lock()
+	c.hints++
+	known := c.list != nil && h.Index <= c.list.Index
+	c.mu.Unlock()
+	if known {
+		return false // the list already has the change
+	}
+	// A server answering stale reads may lag the one the writer read:
+	// wait (briefly) until it has the hint's index.
+	q := &api.QueryOptions{Datacenter: c.Datacenter, WaitIndex: h.Index - 1, WaitTime: hintReadWait}
+	start := time.Now()
+	e, index, err := ReadInstance(ctx, c.Client, c.Service, h, q)
+	if err != nil {
+		c.Logger.Debug("hint not read; the watch brings the change", "service_id", h.ServiceID, "err", err)
+		return false
+	}
+	c.Logger.Debug("hint read", "service_id", h.ServiceID, "index", index, "found", e != nil, "took", time.Since(start))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hintReads++
+	if c.list == nil || index <= c.list.Index {
+		return false
+	}
+	c.hinted[h.ServiceID] = Hinted{Entry: e, Index: index}
+	c.hintsApplied++
+	return true
+}
+
+// State is the list watch's state with the hint counters.
+func (c *Catalog) State() State {
+	c.init()
+	st := c.watcher.State()
+	c.mu.Lock()
+	st.Hints, st.HintReads, st.HintsApplied = c.hints, c.hintReads, c.hintsApplied
+	c.mu.Unlock()
+	return st
+}
+
+// Publish registers reg on the local agent and, with hints on, announces
+// it once the catalog shows it (in the background; Watch waits for it).
+// again says the agent registered it before and the catalog lost or
+// changed it: the local agent believes the catalog is in step, so
+// registering the same definition would not make it sync until its
+// anti-entropy (a minute or more); removing and adding it makes it sync
+// now.
+func (c *Catalog) Publish(ctx context.Context, reg Registration, again bool) error {
+	c.init()
+	if again {
+		if err := Deregister(ctx, c.Client, reg.Node); err != nil {
+			c.Logger.Warn("deregister before re-registering failed", "err", err)
+		}
+	}
+	if err := Register(ctx, c.Client, reg); err != nil {
+		return err
+	}
+	if c.HintKey != "" {
+		c.announcing.Go(func() {
+			c.announce(ctx, reg, func(e *peers.Entry) bool { return e != nil && reg.Matches(*e) })
+		})
+	}
+	return nil
+}
+
+// Withdraw takes reg's entry out of the catalog for good (see the package
+// function Withdraw), announcing it with this catalog's hint key.
+func (c *Catalog) Withdraw(ctx context.Context, reg Registration) error {
+	c.init()
+	err := Deregister(ctx, c.Client, reg.Node)
+	if err == nil {
+		c.Logger.Info("deregistered", "service_id", reg.ID())
+		if c.HintKey != "" {
+			c.announce(ctx, reg, func(e *peers.Entry) bool { return e == nil })
+		}
+	}
+	key := health.SummaryPrefix + reg.Node
+	if _, derr := c.Client.KV().Delete(key, (&api.WriteOptions{}).WithContext(ctx)); derr != nil {
+		c.Logger.Warn("health summary not deleted", "key", key, "err", derr)
+	}
+	return err
+}
+
+// announce writes the hint for reg once the catalog shows it as shown
+// says. Failures are logged: the watch brings every change without hints.
+func (c *Catalog) announce(ctx context.Context, reg Registration, shown func(*peers.Entry) bool) {
+	node, err := c.localNode()
+	if err != nil {
+		c.Logger.Warn("no hint written: the local agent's node name is unknown", "err", err)
+		return
+	}
+	h, err := Announce(ctx, c.Client, c.HintKey, node, reg, shown)
+	switch {
+	case errors.Is(err, context.Canceled):
+		// the agent stops
+	case err != nil:
+		c.Logger.Warn("no hint written", "err", err)
+	default:
+		c.Logger.Debug("hint written", "key", c.HintKey, "service_id", h.ServiceID, "index", h.Index)
+	}
+}
+
+// localNode is the local agent's node name (asked once).
+func (c *Catalog) localNode() (string, error) {
+	c.mu.Lock()
+	node := c.consulNode
+	c.mu.Unlock()
+	if node != "" {
+		return node, nil
+	}
+	node, err := c.Client.Agent().NodeName()
+	if err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	c.consulNode = node
+	c.mu.Unlock()
+	return node, nil
+}
+
+// PutSummary writes s as the node's health summary.
+func (c *Catalog) PutSummary(ctx context.Context, s health.Summary) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	key := health.SummaryPrefix + s.Node
+	if _, err := c.Client.KV().Put(&api.KVPair{Key: key, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
+}
