@@ -15,6 +15,7 @@ import (
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/health"
+	"meshd.dev/meshd/internal/loop"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
 	"meshd.dev/meshd/snapshot"
@@ -51,13 +52,9 @@ type Options struct {
 
 // Agent runs the control loop of one mesh node.
 type Agent struct {
-	opts    Options
-	logger  *slog.Logger
-	dirty   chan struct{}
-	leave   chan chan error
-	release chan chan int
-	rotate  chan rotation
-	kick    chan struct{}
+	opts   Options
+	logger *slog.Logger
+	loop   loop.Loop
 
 	// Owned by the loop goroutine.
 	stopGateway func() // stops the gateway role's loop and waits for it
@@ -75,11 +72,11 @@ type Agent struct {
 	// reconciles, reconcileErrors and reconcileSeconds count the loop's work.
 	reconciles, reconcileErrors uint64
 	reconcileSeconds            float64
-	failures                    int
 	// notConvergedSince is when the last run of converged reconciles ended.
 	notConvergedSince time.Time
-	// rotatedAt is when the key last changed.
-	rotatedAt time.Time
+	// rotatedAt is when the key last changed; kickAt when to reset the
+	// sessions that have not handshaken since (kickStalePeers), or zero.
+	rotatedAt, kickAt time.Time
 	// lastSummary is the health summary last published, at lastSummaryAt.
 	lastSummary   health.Summary
 	lastSummaryAt time.Time
@@ -104,25 +101,14 @@ func New(opts Options) *Agent {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{
+	a := &Agent{
 		opts:   opts,
 		logger: logger,
 		planner: peers.Planner{Rules: opts.Rules, Grace: opts.RemovalGrace,
 			MaxFraction: opts.MaxRemovalFraction, Floor: opts.BreakerFloor},
-		dirty:   make(chan struct{}, 1),
-		leave:   make(chan chan error),
-		release: make(chan chan int),
-		rotate:  make(chan rotation),
-		kick:    make(chan struct{}, 1),
 	}
-}
-
-// markDirty asks for a reconcile; it never blocks and coalesces.
-func (a *Agent) markDirty() {
-	select {
-	case a.dirty <- struct{}{}:
-	default:
-	}
+	a.loop = loop.Loop{Reconcile: a.reconcile, Resync: opts.ResyncInterval, OnResync: a.planner.Forget}
+	return a
 }
 
 // Run runs the loop until ctx is done (returning nil, with everything left
@@ -158,7 +144,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Lock()
 			a.snapshot, a.fromDisk = &s, false
 			a.mu.Unlock()
-			a.markDirty()
+			a.loop.Mark()
 			select {
 			case saves <- struct{}{}:
 			default:
@@ -170,94 +156,40 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.saveSnapshots(ctx, saves)
 	}()
 
-	resync := time.NewTicker(a.opts.ResyncInterval)
-	defer resync.Stop()
-	// One timer serves both the end of the nearest removal grace and the
-	// retry after a failed reconcile: whichever is due first.
-	wake := time.NewTimer(time.Hour)
-	wake.Stop()
-	defer wake.Stop()
-
-	a.markDirty()
-	for {
-		select {
-		case <-ctx.Done():
-			a.logger.Info("stopping; registration, link, peers and routes stay in place")
-			return nil
-		case done := <-a.leave:
-			err := a.doLeave(ctx)
-			done <- err
-			if err != nil {
-				return err
-			}
-			return ErrLeft
-		case r := <-a.rotate:
-			a.planner.Forget()
-			r.done <- a.doRotate(ctx, r.key)
-			continue
-		case <-a.kick:
-			a.planner.Forget()
-			a.kickStalePeers()
-			continue
-		case done := <-a.release:
-			done <- a.doRelease()
-			a.markDirty()
-			continue
-		case <-resync.C:
-			a.planner.Forget() // read the kernel this time
-			a.markDirty()
-			continue
-		case <-wake.C:
-			a.markDirty()
-			continue
-		case <-a.dirty:
-		}
-		next := a.reconcile(ctx)
-		wake.Stop()
-		if !next.IsZero() {
-			wake.Reset(max(time.Until(next), 0))
-		}
+	if err := a.loop.Run(ctx); err != nil {
+		return err
 	}
+	a.logger.Info("stopping; registration, link, peers and routes stay in place")
+	return nil
 }
 
 // Leave makes the running loop deregister the node and remove its link and
 // routes; Run then returns. It returns what the leave returned.
 func (a *Agent) Leave(ctx context.Context) error {
-	done := make(chan error, 1)
-	select {
-	case a.leave <- done:
-	case <-ctx.Done():
-		return ctx.Err()
+	var err error
+	if derr := a.loop.Do(ctx, func(ctx context.Context) error {
+		if err = a.doLeave(ctx); err != nil {
+			return err
+		}
+		return ErrLeft
+	}); derr != nil {
+		return derr
 	}
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 // ReleaseRemovals lets the removals the circuit breaker holds go ahead: every
 // peer now pending removal may be removed once its grace has ended. It
 // returns how many peers were released.
 func (a *Agent) ReleaseRemovals(ctx context.Context) (int, error) {
-	done := make(chan int, 1)
-	select {
-	case a.release <- done:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	select {
-	case n := <-done:
-		return n, nil
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-}
-
-type rotation struct {
-	key  wgtypes.Key
-	done chan error
+	var n int
+	err := a.loop.Do(ctx, func(context.Context) error {
+		n = a.planner.Release()
+		a.logger.Warn("operator released held removals", "peers", n)
+		a.loop.Mark()
+		return nil
+	})
+	return n, err
 }
 
 // RotateKey switches the node to a new private key: it configures the
@@ -268,18 +200,15 @@ type rotation struct {
 // with it at once, and a handshake the device could not answer yet would
 // only be retried after WireGuard's 5 s rekey timeout.
 func (a *Agent) RotateKey(ctx context.Context, key wgtypes.Key) error {
-	r := rotation{key: key, done: make(chan error, 1)}
-	select {
-	case a.rotate <- r:
-	case <-ctx.Done():
-		return ctx.Err()
+	var err error
+	if derr := a.loop.Do(ctx, func(ctx context.Context) error {
+		a.planner.Forget()
+		err = a.doRotate(ctx, key)
+		return nil
+	}); derr != nil {
+		return derr
 	}
-	select {
-	case err := <-r.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return err
 }
 
 func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
@@ -302,15 +231,10 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 	a.registered++
 	a.rotatedAt = time.Now()
 	a.logger.Info("rotated key", "old_public_key", oldPub, "public_key", key.PublicKey())
-	a.markDirty()
+	a.loop.Mark()
 	// Peers learn the new key within a catalog propagation; by then, each
 	// should have handshaken with the new key. Check once, after a second.
-	time.AfterFunc(time.Second, func() {
-		select {
-		case a.kick <- struct{}{}:
-		default:
-		}
-	})
+	a.kickAt = a.rotatedAt.Add(time.Second)
 	return nil
 }
 
@@ -339,12 +263,6 @@ func (a *Agent) kickStalePeers() {
 	if err := a.opts.Link.ResetPeers(reset); err != nil {
 		a.logger.Warn("reset stale sessions after key rotation", "err", err)
 	}
-}
-
-func (a *Agent) doRelease() int {
-	n := a.planner.Release()
-	a.logger.Warn("operator released held removals", "peers", n)
-	return n
 }
 
 func (a *Agent) loadSnapshot() {
@@ -436,9 +354,15 @@ func (a *Agent) doLeave(ctx context.Context) error {
 }
 
 // reconcile brings the kernel to the desired state and returns when it
-// must run again at the latest (a grace ending, a retry), or zero.
-func (a *Agent) reconcile(ctx context.Context) time.Time {
+// must run again at the latest (a grace ending, a registration or summary
+// due), or zero.
+func (a *Agent) reconcile(ctx context.Context) (time.Time, error) {
 	start := time.Now()
+	if !a.kickAt.IsZero() && !start.Before(a.kickAt) {
+		a.kickAt = time.Time{}
+		a.planner.Forget()
+		a.kickStalePeers()
+	}
 	a.mu.Lock()
 	snap := a.snapshot
 	a.mu.Unlock()
@@ -453,24 +377,10 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	a.setStatus(snap, res, err, start)
 	summaryDue := a.publishSummary(ctx, start)
 	if err != nil {
-		a.failures++
-		retry := retryDelay(a.failures)
-		a.logger.Error("reconcile failed", "err", err, "retry_in", retry)
-		return earliest(start.Add(retry), summaryDue, registerDue)
+		a.logger.Error("reconcile failed; retrying after a backoff", "err", err)
+		return loop.Earliest(summaryDue, registerDue, a.kickAt), err
 	}
-	a.failures = 0
-	return earliest(res.Plan.NextDeadline(), summaryDue, registerDue)
-}
-
-// earliest is the earliest of deadlines, zero meaning none.
-func earliest(ts ...time.Time) time.Time {
-	var first time.Time
-	for _, t := range ts {
-		if first.IsZero() || !t.IsZero() && t.Before(first) {
-			first = t
-		}
-	}
-	return first
+	return loop.Earliest(res.Plan.NextDeadline(), summaryDue, registerDue, a.kickAt), nil
 }
 
 type result struct {
@@ -563,12 +473,4 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 	a.registered++
 	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
 	return again
-}
-
-func retryDelay(failures int) time.Duration {
-	d := 250 * time.Millisecond
-	for i := 1; i < failures && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
 }

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"golang.org/x/time/rate"
 
+	"meshd.dev/meshd/internal/loop"
 	"meshd.dev/meshd/peers"
 )
 
@@ -159,7 +159,7 @@ func follow[T any](ctx context.Context, w *Watcher, what string, read func(*api.
 			// stall for the whole WaitTime. Read afresh.
 			index = 0
 			failures++
-			d := backoff(failures, minBackoff, maxBackoff)
+			d := loop.Backoff(failures, minBackoff, maxBackoff)
 			w.setState(func(s *State) { s.Reachable = false; s.LastError = err.Error() })
 			logger.Warn("catalog read failed", "watch", what, "err", err, "retry_in", d.Round(time.Millisecond))
 			select {
@@ -214,16 +214,4 @@ func Convert(in []*api.ServiceEntry) []peers.Entry {
 	}
 	slices.SortFunc(out, func(a, b peers.Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
 	return out
-}
-
-// backoff is capped exponential backoff with full jitter: a random wait in
-// [lo, lo*2^(n-1)] capped at hi, so a fleet that lost Consul at the same
-// moment does not come back at the same moment.
-func backoff(n int, lo, hi time.Duration) time.Duration {
-	ceil := lo
-	for i := 1; i < n && ceil < hi; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, hi)
-	return lo + rand.N(ceil-lo+1)
 }

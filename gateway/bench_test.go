@@ -70,8 +70,8 @@ func benchApplyOnePeer(b *testing.B, n int, full bool) {
 	all := benchPairs(b, n+b.N)
 	r.pairs, r.synced = all[:n], true
 	start := time.Now()
-	if next := r.reconcile(b.Context(), t0); !next.IsZero() {
-		b.Fatalf("initial sync failed: %s", r.Status().LastError)
+	if _, err := r.reconcile(b.Context(), t0); err != nil {
+		b.Fatalf("initial sync failed: %v", err)
 	}
 	initial := time.Since(start)
 	writes := link.Writes()
@@ -81,8 +81,8 @@ func benchApplyOnePeer(b *testing.B, n int, full bool) {
 		if full {
 			r.applied = nil
 		}
-		if next := r.reconcile(b.Context(), t0); !next.IsZero() {
-			b.Fatalf("reconcile failed: %s", r.Status().LastError)
+		if _, err := r.reconcile(b.Context(), t0); err != nil {
+			b.Fatalf("reconcile failed: %v", err)
 		}
 	}
 	b.StopTimer()

@@ -15,6 +15,7 @@ import (
 
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/firewall"
+	"meshd.dev/meshd/internal/loop"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
 )
@@ -105,57 +106,29 @@ func (r *Runner) Run(ctx context.Context) error {
 		cancel()
 		wg.Wait()
 	}()
-	dirty := make(chan struct{}, 1)
-	mark := func() {
-		select {
-		case dirty <- struct{}{}:
-		default:
-		}
+	l := &loop.Loop{
+		Reconcile: func(ctx context.Context) (time.Time, error) { return r.reconcile(ctx, time.Now()) },
+		Resync:    r.opts.ResyncInterval,
+		OnResync:  func() { r.applied = nil }, // read the kernel this time
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		r.watcher.RunKV(ctx, PeersKey(r.opts.Node), func(kvs api.KVPairs, _ uint64) {
 			read := pairs(kvs)
 			r.mu.Lock()
 			r.pairs, r.synced = read, true
 			r.mu.Unlock()
-			mark()
+			l.Mark()
 		})
-	}()
+	})
 	if err := enableForwarding(); err != nil {
 		r.opts.Logger.Error("gateway cannot forward", "err", err)
 	}
-	resync := time.NewTicker(r.opts.ResyncInterval)
-	defer resync.Stop()
-	wake := time.NewTimer(time.Hour)
-	wake.Stop()
-	defer wake.Stop()
-	mark()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-resync.C:
-			r.applied = nil // read the kernel this time
-			mark()
-			continue
-		case <-wake.C:
-			mark()
-			continue
-		case <-dirty:
-		}
-		next := r.reconcile(ctx, time.Now())
-		wake.Stop()
-		if !next.IsZero() {
-			wake.Reset(max(time.Until(next), 0))
-		}
-	}
+	return l.Run(ctx)
 }
 
 // reconcile applies the records once and returns when to look again (the
-// next expiry, or a retry after a failure), or zero.
-func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
+// next expiry), or zero, and what failed.
+func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error) {
 	r.mu.Lock()
 	pairs, synced := r.pairs, r.synced
 	r.mu.Unlock()
@@ -164,10 +137,7 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
 		// has; users keep their access.
 		err := r.opts.Link.Ensure()
 		r.setStatus(func(s *Status) { s.LastError = errString(err) })
-		if err != nil {
-			return now.Add(time.Second)
-		}
-		return time.Time{}
+		return time.Time{}, err
 	}
 	st := Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
 	var errs []error
@@ -207,10 +177,9 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) time.Time {
 		s.Synced, s.Peers, s.Rejected, s.LastError = true, len(st.Peers), st.Rejected, errString(err)
 	})
 	if err != nil {
-		r.opts.Logger.Error("gateway reconcile failed", "err", err)
-		return now.Add(time.Second)
+		r.opts.Logger.Error("gateway reconcile failed; retrying after a backoff", "err", err)
 	}
-	return st.NextExpiry
+	return st.NextExpiry, err
 }
 
 // observe returns what the user link holds: read from the kernel (after
