@@ -134,11 +134,11 @@ func (st Status) Health() health.Host {
 // device as it is now.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
-	st := a.status
-	src := a.peerSource
+	st := a.status.st
+	src := a.status.src
+	a.mu.Unlock()
 	st.Differences = slices.Clone(st.Differences)
 	st.Catalog = a.catalogStatus()
-	a.mu.Unlock()
 	st.Peers = src.peers()
 	if a.opts.Gateway != nil {
 		gs := a.opts.Gateway.Status()
@@ -196,16 +196,39 @@ func (a *Agent) Status() Status {
 	return st
 }
 
-// catalogStatus must be called with mu held.
 func (a *Agent) catalogStatus() CatalogStatus {
 	w := a.opts.Catalog.State()
 	cs := CatalogStatus{Reachable: w.Reachable, LastIndex: w.LastIndex, LastGoodRead: w.LastGoodRead, LastError: w.LastError}
-	if a.snapshot != nil {
-		cs.Entries = len(a.snapshot.Entries)
+	snap, fromDisk, savedAt := a.view.get()
+	if snap != nil {
+		cs.Entries = len(snap.Entries)
 	}
-	cs.SnapshotInUse, cs.SnapshotSaved = a.fromDisk, a.savedAt
+	cs.SnapshotInUse, cs.SnapshotSaved = fromDisk, savedAt
 	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsApplied, w.Reads
 	return cs
+}
+
+// statusState is the status of the last reconcile.
+type statusState struct {
+	st  Status
+	src peerSource // makes st's peer list when it is asked for
+}
+
+// stats counts the loop's work.
+type stats struct {
+	reconciles, errors uint64
+	seconds            float64
+	// notConvergedSince is when the last run of converged reconciles ended.
+	notConvergedSince time.Time
+}
+
+// count counts one reconcile that started at start.
+func (s *stats) count(start time.Time, err error) {
+	s.reconciles++
+	s.seconds += time.Since(start).Seconds()
+	if err != nil {
+		s.errors++
+	}
 }
 
 // peerSource is what a status's peer list is made from: kept as it is at
@@ -276,10 +299,10 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		Prefix:           a.opts.Prefix.String(),
 		LastReconcile:    now,
 		KernelWrites:     a.opts.Link.Writes(),
-		Registrations:    a.registered,
-		Reconciles:       a.reconciles,
-		ReconcileErrors:  a.reconcileErrors,
-		ReconcileSeconds: a.reconcileSeconds,
+		Registrations:    a.reg.count,
+		Reconciles:       a.stats.reconciles,
+		ReconcileErrors:  a.stats.errors,
+		ReconcileSeconds: a.stats.seconds,
 	}
 	if err != nil {
 		st.LastError = err.Error()
@@ -290,9 +313,7 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 			st.Breaker.Held++
 		}
 	}
-	a.mu.Lock()
-	fromDisk := a.fromDisk
-	a.mu.Unlock()
+	_, fromDisk, _ := a.view.get()
 	st.Converged = err == nil && snap != nil && !fromDisk && st.Breaker.Held == 0
 	switch {
 	case snap == nil:
@@ -307,15 +328,15 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		st.Differences = append(st.Differences, "last reconcile failed: "+err.Error())
 	}
 	if st.Converged {
-		a.notConvergedSince = time.Time{}
+		a.stats.notConvergedSince = time.Time{}
 	} else {
-		if a.notConvergedSince.IsZero() {
-			a.notConvergedSince = now
+		if a.stats.notConvergedSince.IsZero() {
+			a.stats.notConvergedSince = now
 		}
-		since := a.notConvergedSince
+		since := a.stats.notConvergedSince
 		st.NotConvergedSince = &since
 	}
 	a.mu.Lock()
-	a.status, a.peerSource = st, peerSource{res: res, err: err}
+	a.status = statusState{st: st, src: peerSource{res: res, err: err}}
 	a.mu.Unlock()
 }

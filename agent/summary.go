@@ -7,6 +7,15 @@ import (
 	"meshd.dev/meshd/health"
 )
 
+// summaryState is what the loop remembers of the summaries it published.
+type summaryState struct {
+	last health.Summary // published last, at at
+	at   time.Time
+	// check is when a summary was last computed (written or not):
+	// computing one reads the device.
+	check time.Time
+}
+
 const (
 	// summaryMinInterval bounds the write rate of a changing summary;
 	// summaryPerPeer spaces summaries further on large devices.
@@ -27,20 +36,20 @@ const (
 // busy machine a small device's read can take long enough to starve the
 // summary.)
 func (a *Agent) publishSummary(ctx context.Context, now time.Time) (again time.Time) {
-	since := now.Sub(a.lastSummaryAt)
+	since := now.Sub(a.summary.at)
 	every := max(summaryMinInterval, time.Duration(len(a.planner.Desired()))*summaryPerPeer)
-	if next := a.lastSummaryCheck.Add(every); now.Before(next) {
+	if next := a.summary.check.Add(every); now.Before(next) {
 		return next
 	}
-	a.lastSummaryCheck = now
+	a.summary.check = now
 	s := health.Summarize(a.Status().Health(), health.Defaults, now)
-	if s.Same(a.lastSummary) && since < health.Heartbeat {
+	if s.Same(a.summary.last) && since < health.Heartbeat {
 		return time.Time{}
 	}
 	if err := a.opts.Catalog.PutSummary(ctx, s); err != nil {
 		a.logger.Debug("health summary not published", "err", err)
 		return time.Time{}
 	}
-	a.lastSummary, a.lastSummaryAt = s, now
+	a.summary.last, a.summary.at = s, now
 	return time.Time{}
 }

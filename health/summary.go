@@ -43,7 +43,6 @@ func Summarize(h Host, th Thresholds, now time.Time) Summary {
 
 // Same reports whether two summaries say the same, their times aside.
 func (s Summary) Same(o Summary) bool {
-	s.Updated, o.Updated = time.Time{}, time.Time{}
 	return slices.Equal(s.StaleHandshakes, o.StaleHandshakes) &&
 		s.Node == o.Node && s.Converged == o.Converged && s.PeersApplied == o.PeersApplied &&
 		s.Rejected == o.Rejected && s.BreakerHeld == o.BreakerHeld &&

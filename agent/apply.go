@@ -1,0 +1,54 @@
+package agent
+
+import (
+	"fmt"
+	"time"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/peers"
+)
+
+type result struct {
+	peers.Result
+	writes uint64
+}
+
+// apply brings the kernel to what snap asks for: the planner's plan,
+// written through the link. Without a catalog read yet (snap nil) the link
+// is made sure of and the peers already in the kernel stay as they are.
+func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error) {
+	var res result
+	before := a.opts.Link.Writes()
+	defer func() { res.writes = a.opts.Link.Writes() - before }()
+	if !a.planner.Trusts() || snap == nil {
+		if err := a.opts.Link.Ensure(); err != nil {
+			a.planner.Forget()
+			return res, fmt.Errorf("ensure link: %w", err)
+		}
+	}
+	if snap == nil {
+		return res, nil
+	}
+	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
+	var err error
+	if res.Result, err = a.planner.Plan(snap.Entries, self, a.opts.Link.Observe, now); err != nil {
+		return res, fmt.Errorf("observe kernel: %w", err)
+	}
+	plan := res.Plan
+	if plan.Breaker {
+		a.logger.Warn("mass-removal circuit breaker tripped: removals held until released",
+			"pending", plan.Pending, "peers", len(res.Observed.Peers), "max_removal_fraction", a.opts.MaxRemovalFraction)
+	}
+	if plan.Empty() {
+		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.Desired), "held", len(plan.Held))
+		a.planner.Commit(res.Result)
+		return res, nil
+	}
+	a.logger.Info("applying plan", "upsert", len(plan.Upsert), "remove", len(plan.Remove),
+		"add_routes", len(plan.AddRoutes), "del_routes", len(plan.DelRoutes), "held", len(plan.Held))
+	if err := a.opts.Link.Apply(plan); err != nil {
+		return res, fmt.Errorf("apply plan: %w", err)
+	}
+	a.planner.Commit(res.Result)
+	return res, nil
+}

@@ -1,0 +1,151 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/netlinkx"
+	"meshd.dev/meshd/peers"
+)
+
+// registrar is the state of this node's own catalog entry.
+type registrar struct {
+	last time.Time // the last registration attempt
+	// backoff is the wait before registering again while the catalog
+	// disagrees (see ensureRegistered).
+	backoff time.Duration
+	count   uint64 // catalog writes made
+}
+
+// rotation is the state of the last key rotation.
+type rotation struct {
+	at time.Time // when the key last changed
+	// kickAt is when to reset the sessions that have not handshaken since
+	// (kickStalePeers), or zero.
+	kickAt time.Time
+}
+
+// ensureRegistered registers at start, and again when the catalog lacks
+// this node's entry or shows a different one (the local agent lost its
+// state, someone deregistered or rewrote it through the catalog, or
+// meshd's identity changed). Consul's ACLs cannot stop another host's token
+// from doing that (see README, "Consul ACLs"), so it is put back at once;
+// while the catalog keeps disagreeing, the waits between attempts double
+// from 1 to 10 seconds. It returns when to look again, or zero.
+func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) (again time.Time) {
+	var shown *peers.Entry // this node's entry as the catalog shows it
+	if snap != nil {
+		for i, e := range snap.Entries {
+			if a.opts.Registration.Matches(e) {
+				a.reg.backoff = 0
+				return time.Time{}
+			}
+			if e.ServiceID == a.opts.Registration.ID() {
+				shown = &snap.Entries[i]
+			}
+		}
+	}
+	if next := a.reg.last.Add(a.reg.backoff); !a.reg.last.IsZero() && now.Before(next) {
+		return next
+	}
+	a.reg.last = now
+	a.reg.backoff = min(max(2*a.reg.backoff, time.Second), 10*time.Second)
+	again = now.Add(a.reg.backoff)
+	if a.reg.count > 0 {
+		var index uint64
+		if snap != nil {
+			index = snap.Index
+		}
+		if shown == nil {
+			a.logger.Warn("the catalog lacks this node's entry; registering it again", "service_id", a.opts.Registration.ID(), "catalog_index", index)
+		} else {
+			a.logger.Warn("the catalog shows another entry for this node; registering it again", "service_id", a.opts.Registration.ID(),
+				"catalog_index", index, "catalog_meta", shown.Meta, "catalog_tags", shown.Tags)
+		}
+	}
+	if err := a.opts.Catalog.Publish(ctx, a.opts.Registration, a.reg.count > 0); err != nil {
+		a.logger.Warn("register failed; will retry", "err", err)
+		return again
+	}
+	a.reg.count++
+	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
+	return again
+}
+
+// RotateKey switches the node to a new private key: it configures the
+// device with it and publishes the new public key back to back, and
+// returns once both are done.
+//
+// The device goes first: a peer that learns the new key starts a handshake
+// with it at once, and a handshake the device could not answer yet would
+// only be retried after WireGuard's 5 s rekey timeout.
+func (a *Agent) RotateKey(ctx context.Context, key wgtypes.Key) error {
+	var err error
+	if derr := a.loop.Do(ctx, func(ctx context.Context) error {
+		a.planner.Forget()
+		err = a.doRotate(ctx, key)
+		return nil
+	}); derr != nil {
+		return derr
+	}
+	return err
+}
+
+func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
+	oldPub, oldPriv := a.opts.Registration.PublicKey, a.opts.Link.PrivateKey()
+	a.opts.Link.SetPrivateKey(key)
+	if err := a.opts.Link.Ensure(); err != nil {
+		a.opts.Link.SetPrivateKey(oldPriv)
+		return errors.Join(fmt.Errorf("apply the new key: %w", err), a.opts.Link.Ensure())
+	}
+	a.opts.Registration.PublicKey = key.PublicKey()
+	if err := a.opts.Catalog.Publish(ctx, a.opts.Registration, false); err != nil {
+		// The catalog still announces the old key: go back to it.
+		a.opts.Registration.PublicKey = oldPub
+		a.opts.Link.SetPrivateKey(oldPriv)
+		return errors.Join(fmt.Errorf("publish the new key: %w", err), a.opts.Link.Ensure())
+	}
+	// The watch shows the old entry until the catalog has the new one:
+	// that is not a reason to register again (see ensureRegistered).
+	a.reg.last, a.reg.backoff = time.Now(), time.Second
+	a.reg.count++
+	a.rot.at = time.Now()
+	a.logger.Info("rotated key", "old_public_key", oldPub, "public_key", key.PublicKey())
+	a.loop.Mark()
+	// Peers learn the new key within a catalog propagation; by then, each
+	// should have handshaken with the new key. Check once, after a second.
+	a.rot.kickAt = a.rot.at.Add(time.Second)
+	return nil
+}
+
+// kickStalePeers resets the sessions of desired peers that have not
+// handshaken since the key rotation: their handshake most likely collided
+// with ours (both sides initiated at once), and WireGuard would retry only
+// after its 5 s rekey timeout. A reset makes this side start a fresh
+// handshake now, which the peer, holding the new key by then, answers.
+func (a *Agent) kickStalePeers() {
+	dev, err := netlinkx.ReadDevice(a.opts.Link.Name())
+	if err != nil {
+		return
+	}
+	stale := map[wgtypes.Key]bool{}
+	for _, p := range dev.Peers {
+		if p.LastHandshake.Before(a.rot.at) {
+			stale[p.PublicKey] = true
+		}
+	}
+	var reset []peers.Peer
+	for _, p := range a.planner.Desired() {
+		if stale[p.PublicKey] {
+			reset = append(reset, p)
+		}
+	}
+	if err := a.opts.Link.ResetPeers(reset); err != nil {
+		a.logger.Warn("reset stale sessions after key rotation", "err", err)
+	}
+}
