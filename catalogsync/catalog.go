@@ -178,6 +178,10 @@ func (c *Catalog) Publish(ctx context.Context, reg Registration, again bool) err
 	return nil
 }
 
+// Wait waits for the hint writers Publish started (Watch does too): a
+// command that publishes and exits calls it before exiting.
+func (c *Catalog) Wait() { c.announcing.Wait() }
+
 // Withdraw takes reg's entry out of the catalog for good (see the package
 // function Withdraw), announcing it with this catalog's hint key.
 func (c *Catalog) Withdraw(ctx context.Context, reg Registration) error {

@@ -102,7 +102,7 @@ func leave(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 			return fw.Remove()
 		})
 	}
-	cat := &catalogsync.Catalog{Client: consul, Service: cfg.Consul.Service, HintKey: cfg.Consul.HintKey, Logger: logger}
+	cat := newCatalog(cfg, consul, nil, logger)
 	reg := catalogsync.Registration{Service: cfg.Consul.Service, Node: cfg.NodeName}
 	if err := agent.Leave(ctx, cat, reg, remove...); err != nil {
 		return err

@@ -68,6 +68,13 @@ func newLogger(cfg *config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
+// newCatalog is the node's catalog (catalogsync.Catalog) as cfg configures
+// it; http, when set, reads the list watch's responses.
+func newCatalog(cfg *config.Config, consul *api.Client, http *catalogsync.HTTP, logger *slog.Logger) *catalogsync.Catalog {
+	return &catalogsync.Catalog{Client: consul, HTTP: http, Service: cfg.Consul.Service,
+		Datacenter: cfg.Consul.Datacenter, HintKey: cfg.Consul.HintKey, Logger: logger}
+}
+
 // consulClient builds a client from the standard CONSUL_HTTP_* variables
 // (as api.DefaultConfig reads them) overridden by meshd's own keys.
 func consulClient(cfg *config.Config) (*api.Client, error) {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/gateway"
@@ -65,7 +64,9 @@ func newRotateKeyCmd() *cobra.Command {
 	}
 }
 
-// publish registers the node with a new key when no agent runs.
+// publish publishes the node's entry with a new key when no agent runs,
+// as the agent's own rotation does (catalogsync.Catalog.Publish: the entry,
+// then its hint once the catalog shows it).
 func publish(ctx context.Context, cfg *config.Config, key keystore.PrivateKey) error {
 	consul, err := consulClient(cfg)
 	if err != nil {
@@ -79,5 +80,7 @@ func publish(ctx context.Context, cfg *config.Config, key keystore.PrivateKey) e
 		}
 		gw = gatewayInfo(cfg, gwKey)
 	}
-	return catalogsync.Register(ctx, consul, registration(cfg, key, gw))
+	cat := newCatalog(cfg, consul, nil, newLogger(cfg))
+	defer cat.Wait()
+	return cat.Publish(ctx, registration(cfg, key, gw), false)
 }

@@ -128,11 +128,10 @@ func run(ctx context.Context, cfg *config.Config) error {
 		BreakerFloor:       breakerFloor,
 		SnapshotPath:       filepath.Join(cfg.StateDir, snapshot.FileName),
 		ResyncInterval:     cfg.ResyncInterval,
-		Catalog: &catalogsync.Catalog{Client: consul, HTTP: consulHTTP, Service: cfg.Consul.Service,
-			Datacenter: cfg.Consul.Datacenter, HintKey: cfg.Consul.HintKey, Logger: logger},
-		Link:    link,
-		Gateway: gw,
-		Logger:  logger,
+		Catalog:            newCatalog(cfg, consul, consulHTTP, logger),
+		Link:               link,
+		Gateway:            gw,
+		Logger:             logger,
 	})
 	logger.Info("starting", "node", cfg.NodeName, "interface", cfg.Interface, "prefix", cfg.Prefix,
 		"endpoint", cfg.Endpoint, "public_key", key.Public(), "config", cfg.File)
