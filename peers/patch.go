@@ -10,21 +10,18 @@ import (
 // pass costs about the same.
 const maxPatch = 256
 
-// patch computes Desire from the last result when only a few entries
-// changed (by service ID: added, removed, or with another ModifyIndex,
-// CreateIndex or health), so that a change in a catalog of thousands costs
-// what the change touches. It applies only where the order of entries
-// cannot matter: the last result had no conflict between entries, and no
-// changed entry conflicts with an accepted peer (else ok is false and
-// Desire makes its full pass). Then every entry's verdict depends on that
-// entry alone, and removing or adding one changes no other's.
-func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej []Rejection, ok bool) {
-	type change struct{ old, new *Entry }
-	var changes []change
-	last := c.last
+// change is one entry that changed between two catalog reads: old nil
+// for an added entry, new nil for a removed one.
+type change struct{ old, new *Entry }
+
+// changedEntries compares two lists of entries sorted by service ID: an
+// entry changed when it was added or removed, or has another ModifyIndex,
+// CreateIndex or health. ok is false when entries is not strictly sorted or
+// more than maxPatch changed.
+func changedEntries(last, entries []Entry) (changes []change, ok bool) {
 	for i, j := 0, 0; i < len(last) || j < len(entries); {
 		if j > 0 && j < len(entries) && entries[j-1].ServiceID >= entries[j].ServiceID {
-			return nil, nil, false // not strictly sorted
+			return nil, false // not strictly sorted
 		}
 		switch {
 		case j == len(entries) || i < len(last) && last[i].ServiceID < entries[j].ServiceID:
@@ -42,8 +39,24 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 			j++
 		}
 		if len(changes) > maxPatch {
-			return nil, nil, false
+			return nil, false
 		}
+	}
+	return changes, true
+}
+
+// patch computes Desire from the last result when only a few entries
+// changed (by service ID: added, removed, or with another ModifyIndex,
+// CreateIndex or health), so that a change in a catalog of thousands costs
+// what the change touches. It applies only where the order of entries
+// cannot matter: the last result had no conflict between entries, and no
+// changed entry conflicts with an accepted peer (else ok is false and
+// Desire makes its full pass). Then every entry's verdict depends on that
+// entry alone, and removing or adding one changes no other's.
+func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej []Rejection, ok bool) {
+	changes, ok := changedEntries(c.last, entries)
+	if !ok {
+		return nil, nil, false
 	}
 	if len(changes) == 0 {
 		return c.lastOut, c.lastRej, true

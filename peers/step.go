@@ -73,10 +73,6 @@ func Step(absentSince map[wgtypes.Key]time.Time, desired, gone, came []Peer, obs
 		}
 		return obs.Peers[i], true
 	}
-	hasRoute := func(p netip.Prefix) bool {
-		_, ok := slices.BinarySearchFunc(obs.Routes, p, netip.Prefix.Compare)
-		return ok
-	}
 	cameKeys := make(map[wgtypes.Key]bool, len(came))
 	cameOwns := make(map[netip.Prefix]bool, len(came))
 	for _, p := range came {
@@ -128,22 +124,34 @@ func Step(absentSince map[wgtypes.Key]time.Time, desired, gone, came []Peer, obs
 		absent = append(absent, kp)
 	}
 	kept := decideAbsent(&plan, absent, len(desired), len(obs.Peers), rm)
+	var wasAbsent []KernelPeer
+	for k := range absentSince {
+		if kp, ok := findPeer(k); ok {
+			wasAbsent = append(wasAbsent, kp)
+		}
+	}
+	stepRoutes(&plan, obs, gone, came, append(wasAbsent, absentNow...), cameOwns, kept)
+	slices.SortFunc(plan.Remove, compareKeys)
+	slices.SortFunc(plan.Held, func(a, b Held) int { return compareKeys(a.PublicKey, b.PublicKey) })
+	slices.SortFunc(plan.AddRoutes, netip.Prefix.Compare)
+	return next, plan
+}
 
-	// Routes a plan may delete: the gone peers' prefixes and the allowed IPs
-	// of peers absent before or now; each goes unless a peer that came or a
-	// held peer keeps it.
+// stepRoutes is Step's part for routes. The routes a plan may delete are
+// the gone peers' prefixes and the allowed IPs of the peers absent before
+// or now; each goes unless a peer that came (cameOwns) or a held peer
+// (kept) keeps it. The prefixes of peers that came are added where
+// missing.
+func stepRoutes(plan *Plan, obs Observed, gone, came []Peer, absent []KernelPeer, cameOwns, kept map[netip.Prefix]bool) {
+	hasRoute := func(p netip.Prefix) bool {
+		_, ok := slices.BinarySearchFunc(obs.Routes, p, netip.Prefix.Compare)
+		return ok
+	}
 	var maybeDel []netip.Prefix
 	for _, p := range gone {
 		maybeDel = append(maybeDel, p.Prefix)
 	}
-	for k := range absentSince {
-		if kp, ok := findPeer(k); ok {
-			for _, a := range kp.AllowedIPs {
-				maybeDel = append(maybeDel, a.Masked())
-			}
-		}
-	}
-	for _, kp := range absentNow {
+	for _, kp := range absent {
 		for _, a := range kp.AllowedIPs {
 			maybeDel = append(maybeDel, a.Masked())
 		}
@@ -160,10 +168,6 @@ func Step(absentSince map[wgtypes.Key]time.Time, desired, gone, came []Peer, obs
 			plan.AddRoutes = append(plan.AddRoutes, p.Prefix)
 		}
 	}
-	slices.SortFunc(plan.Remove, compareKeys)
-	slices.SortFunc(plan.Held, func(a, b Held) int { return compareKeys(a.PublicKey, b.PublicKey) })
-	slices.SortFunc(plan.AddRoutes, netip.Prefix.Compare)
-	return next, plan
 }
 
 // replaced reports whether a kernel peer no desired peer asks for may go
