@@ -83,27 +83,11 @@ func Create(ctx context.Context, c *api.Client, gw Info, req Request, now time.T
 		if !req.Replace {
 			return Record{}, fmt.Errorf("%s/%s on %s: %w", req.Org, req.Name, gw.Node, ErrNameTaken)
 		}
-		prev, err := Decode(gw.Node, key, old.Value)
-		if err != nil {
-			return Record{}, fmt.Errorf("cannot replace: %w", err)
-		}
-		rec.Address = prev.Address
-		ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: key, Value: rec.Encode(), Index: old.ModifyIndex}}}
-		if _, err := txn(ctx, c, ops); err != nil {
-			return Record{}, fmt.Errorf("replace %s: %w", key, err)
-		}
-		return rec, nil
+		return replace(ctx, c, gw, old, rec)
 	}
-
-	pairs, _, err := kv.List(AddressesKey(gw.Node), q)
+	taken, err := takenAddresses(kv, gw, q)
 	if err != nil {
-		return Record{}, fmt.Errorf("read address claims of %s: %w", gw.Node, err)
-	}
-	taken := map[netip.Addr]bool{}
-	for _, p := range pairs {
-		if a, err := netip.ParseAddr(p.Key[len(AddressesKey(gw.Node)):]); err == nil && gw.Pool.Contains(a) {
-			taken[a] = true
-		}
+		return Record{}, err
 	}
 	usable := prefixalloc.Usable(gw.Pool, 128)
 	if big.NewInt(int64(len(taken))).Cmp(usable) >= 0 {
@@ -152,6 +136,36 @@ func Create(ctx context.Context, c *api.Client, gw Info, req Request, now time.T
 		return Record{}, fmt.Errorf("%s (%s): %w", gw.Node, gw.Pool, ErrExhausted)
 	}
 	return rec, nil
+}
+
+// replace writes rec over the record old, keeping old's address, if old is
+// still what the store holds (check-and-set).
+func replace(ctx context.Context, c *api.Client, gw Info, old *api.KVPair, rec Record) (Record, error) {
+	prev, err := Decode(gw.Node, old.Key, old.Value)
+	if err != nil {
+		return Record{}, fmt.Errorf("cannot replace: %w", err)
+	}
+	rec.Address = prev.Address
+	ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: old.Key, Value: rec.Encode(), Index: old.ModifyIndex}}}
+	if _, err := txn(ctx, c, ops); err != nil {
+		return Record{}, fmt.Errorf("replace %s: %w", old.Key, err)
+	}
+	return rec, nil
+}
+
+// takenAddresses reads the gateway's address claims inside its pool.
+func takenAddresses(kv *api.KV, gw Info, q *api.QueryOptions) (map[netip.Addr]bool, error) {
+	pairs, _, err := kv.List(AddressesKey(gw.Node), q)
+	if err != nil {
+		return nil, fmt.Errorf("read address claims of %s: %w", gw.Node, err)
+	}
+	taken := map[netip.Addr]bool{}
+	for _, p := range pairs {
+		if a, err := netip.ParseAddr(p.Key[len(AddressesKey(gw.Node)):]); err == nil && gw.Pool.Contains(a) {
+			taken[a] = true
+		}
+	}
+	return taken, nil
 }
 
 // txnError is a rolled-back transaction: which operations failed, and why.

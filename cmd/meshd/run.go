@@ -135,12 +135,17 @@ func run(ctx context.Context, cfg *config.Config) error {
 	})
 	logger.Info("starting", "node", cfg.NodeName, "interface", cfg.Interface, "prefix", cfg.Prefix,
 		"endpoint", cfg.Endpoint, "public_key", key.Public(), "config", cfg.File)
+	return serve(ctx, cfg, a, sock, logger)
+}
 
+// serve runs the agent with its status socket and metrics listener until
+// ctx ends or the node leaves.
+func serve(ctx context.Context, cfg *config.Config, a *agent.Agent, sock net.Listener, logger *slog.Logger) error {
 	serveCtx, stopServe := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { served <- control.Serve(serveCtx, sock, handler{a, cfg.KeyFile}) }()
 	metricsDone := serveMetrics(serveCtx, cfg.MetricsAddress, a, logger)
-	err = a.Run(ctx)
+	err := a.Run(ctx)
 	stopServe()
 	<-served
 	<-metricsDone
