@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -248,4 +249,30 @@ func (c *Catalog) PutSummary(ctx context.Context, s health.Summary) error {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
 	return nil
+}
+
+// Fleet reads what `meshd mesh` shows (stale reads allowed): every
+// instance of service, and the health summaries by node. A summary counts
+// for the node its KV key names (only that node's token may write the key),
+// and only if the summary says the same node: one host cannot publish
+// another's row.
+func Fleet(ctx context.Context, c *api.Client, service string) ([]peers.Entry, map[string]health.Summary, error) {
+	q := (&api.QueryOptions{AllowStale: true}).WithContext(ctx)
+	entries, _, err := c.Health().Service(service, "", false, q)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the %s service: %w", service, err)
+	}
+	pairs, _, err := c.KV().List(health.SummaryPrefix, q)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read health summaries: %w", err)
+	}
+	summaries := map[string]health.Summary{}
+	for _, p := range pairs {
+		node := strings.TrimPrefix(p.Key, health.SummaryPrefix)
+		var s health.Summary
+		if json.Unmarshal(p.Value, &s) == nil && s.Node == node {
+			summaries[node] = s
+		}
+	}
+	return Convert(entries), summaries, nil
 }

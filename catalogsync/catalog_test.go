@@ -2,11 +2,13 @@ package catalogsync
 
 import (
 	"context"
+	"encoding/json"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/health"
@@ -100,5 +102,27 @@ func TestCatalog(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Watch did not end with its context")
+	}
+}
+
+// TestFleetForgedSummary: a summary counts only under its own node's key:
+// one host writing a summary that names another (its token may write only
+// its own key) does not become that host's row.
+func TestFleetForgedSummary(t *testing.T) {
+	c := testlab.StartDevConsul(t).Client(t)
+	put := func(key string, s health.Summary) {
+		b, _ := json.Marshal(s)
+		if _, err := c.KV().Put(&api.KVPair{Key: key, Value: b}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(health.SummaryPrefix+"h1", health.Summary{Node: "h1", Converged: true})
+	put(health.SummaryPrefix+"h3", health.Summary{Node: "h2", Converged: true}) // h3 forging h2's row
+	_, summaries, err := Fleet(context.Background(), c, "meshd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := summaries["h2"]; ok || len(summaries) != 1 || !summaries["h1"].Converged {
+		t.Errorf("summaries = %+v, want h1's alone", summaries)
 	}
 }

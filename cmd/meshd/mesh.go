@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
 	"meshd.dev/meshd/catalogsync"
@@ -38,24 +36,12 @@ func newMeshCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			q := (&api.QueryOptions{AllowStale: true}).WithContext(ctx)
-			entries, _, err := consul.Health().Service(cfg.Consul.Service, "", false, q)
+			entries, summaries, err := catalogsync.Fleet(ctx, consul, cfg.Consul.Service)
 			if err != nil {
-				return fmt.Errorf("read the %s service: %w", cfg.Consul.Service, err)
-			}
-			pairs, _, err := consul.KV().List(health.SummaryPrefix, q)
-			if err != nil {
-				return fmt.Errorf("read health summaries: %w", err)
-			}
-			summaries := map[string]health.Summary{}
-			for _, p := range pairs {
-				var s health.Summary
-				if json.Unmarshal(p.Value, &s) == nil && s.Node != "" {
-					summaries[s.Node] = s
-				}
+				return err
 			}
 			var nodes []health.Node
-			for _, e := range catalogsync.Convert(entries) {
+			for _, e := range entries {
 				node := e.Meta[peers.MetaNode]
 				if node == "" {
 					node = strings.TrimPrefix(e.ServiceID, "meshd-")
