@@ -1,6 +1,9 @@
-// Package catalogsync is meshd's only contact with Consul: it registers this
-// node's instance of the meshd service on the local agent and watches the
-// service's health endpoint with blocking queries.
+// Package catalogsync is the mesh's only contact with Consul (the gateway's
+// record store and the prefix allocator keep their own KV code): Catalog
+// registers this node's instance of the meshd service on the local agent,
+// watches the service's health endpoint with blocking queries, follows and
+// writes hints and merges them into what it delivers, and puts the node's
+// health summary.
 //
 // The watch follows consul-template's watch/view.go: it waits on the last
 // index, resets to 0 when the index goes backwards, treats an index of 0 as
