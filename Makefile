@@ -57,6 +57,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecodeMatchesAPI$$' -fuzztime $(FUZZTIME) ./catalogsync
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecodeIncremental$$' -fuzztime $(FUZZTIME) ./catalogsync
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHint$$' -fuzztime $(FUZZTIME) ./catalogsync
+	$(GO) test -run '^$$' -fuzz '^FuzzScanDepth$$' -fuzztime $(FUZZTIME) ./catalogsync
 
 # Every module linked into bin/meshd must carry a licence from the allow list
 # (internal/licenses): it prints each module with its licence, and fails on

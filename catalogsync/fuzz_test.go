@@ -115,3 +115,27 @@ func checkRound(t *testing.T, h *HTTP, es []*api.ServiceEntry, round int) {
 		t.Fatalf("round %d: decode differs from the API's:\napi %+v\nraw %+v", round, want, got)
 	}
 }
+
+// FuzzScanDepth decodes responses nested around the scanner's depth limit
+// with fuzzed content at the bottom: it never panics, never accepts a body
+// deeper than maxDepth, and decodes the same twice.
+func FuzzScanDepth(f *testing.F) {
+	f.Add(uint8(maxDepth-2), "1")
+	f.Add(uint8(maxDepth-1), "{}")
+	f.Add(uint8(maxDepth-3), `{"a":[1,{"b":null}]}`)
+	f.Add(uint8(0), `"x"`)
+	f.Fuzz(func(t *testing.T, k uint8, inner string) {
+		h := &HTTP{}
+		first, err := h.decode(nested(int(k), inner))
+		if err != nil {
+			return
+		}
+		if int(k)+2 > maxDepth {
+			t.Fatalf("accepted a body nested %d deep", int(k)+2)
+		}
+		second, err := h.decode(nested(int(k), inner))
+		if err != nil || !sameEntries(first, second) {
+			t.Fatalf("second decode differs: %v", err)
+		}
+	})
+}

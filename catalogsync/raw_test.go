@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
@@ -69,5 +70,28 @@ func TestDecodeReusesUnchangedElements(t *testing.T) {
 	// 197 unchanged; n050, n500 and n999 read anew.
 	if reused != 197 || reread != 3 {
 		t.Errorf("%d instances reused, %d read anew; want every unchanged one reused", reused, reread)
+	}
+}
+
+// nested is a health response of one instance whose Node holds a field
+// nested k arrays deep: the deepest value is at depth 2+k (the element and
+// Node are the first two).
+func nested(k int, inner string) []byte {
+	return []byte(`[{"Node":{"X":` + strings.Repeat("[", k) + inner + strings.Repeat("]", k) +
+		`},"Service":{"ID":"meshd-h1","Meta":{"v":"1"},"CreateIndex":1,"ModifyIndex":1},"Checks":[]}]`)
+}
+
+// TestScannerDepth: nesting up to maxDepth decodes; one level more is a
+// clear error, not a stack the body chooses the size of.
+func TestScannerDepth(t *testing.T) {
+	es, err := (&HTTP{}).decode(nested(maxDepth-2, "1"))
+	if err != nil || len(es) != 1 || es[0].ServiceID != "meshd-h1" {
+		t.Fatalf("at the depth limit: %v, %+v", err, es)
+	}
+	for _, k := range []int{maxDepth - 1, 1 << 20} {
+		_, err := (&HTTP{}).decode(nested(k, "1"))
+		if err == nil || !strings.Contains(err.Error(), "nested deeper than 32") {
+			t.Errorf("nested %d deep: %v, want a depth error", k+2, err)
+		}
 	}
 }

@@ -15,9 +15,15 @@ import (
 
 var errSyntax = errors.New("malformed JSON")
 
+// maxDepth bounds how deeply objects and arrays may nest. Consul's answer
+// nests five levels; a hostile or corrupt body nested millions deep would
+// otherwise recurse until the goroutine's stack is exhausted.
+const maxDepth = 32
+
 type scanner struct {
-	b []byte
-	i int
+	b     []byte
+	i     int
+	depth int // objects and arrays open around the position
 }
 
 func (s *scanner) ws() {
@@ -157,6 +163,10 @@ func (s *scanner) each(open byte, f func(key []byte) error) error {
 	if err := s.expect(open); err != nil {
 		return err
 	}
+	if s.depth++; s.depth > maxDepth {
+		return fmt.Errorf("%w at byte %d: nested deeper than %d", errSyntax, s.i, maxDepth)
+	}
+	defer func() { s.depth-- }()
 	if s.peek() == closing {
 		s.i++
 		return nil
