@@ -20,12 +20,13 @@ const FileName = "catalog.json"
 // Version is the file format version.
 const Version = 1
 
-// maxSize bounds what Decode reads: far above any real fleet (10,000
-// entries are about 4 MB), far below what could exhaust memory.
-const maxSize = 256 << 20
+// maxSize bounds what Decode reads and what Save writes: far above any
+// real fleet (10,000 entries are about 4 MB), far below what could exhaust
+// memory. (A variable so that tests can reach it with a small file.)
+var maxSize = 256 << 20
 
 // ErrTooLarge is returned for a file larger than any real snapshot.
-var ErrTooLarge = errors.New("snapshot file is larger than 256 MiB")
+var ErrTooLarge = errors.New("snapshot is larger than 256 MiB")
 
 type file struct {
 	Version int       `json:"version"`
@@ -85,14 +86,29 @@ func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
 }
 
 // Save writes s to path atomically with mode 0600, streaming it to the
-// file (with 10,000 entries it is megabytes).
+// file (with 10,000 entries it is megabytes). A snapshot larger than Load
+// reads is not saved (ErrTooLarge): the file at path stays as it was, so a
+// restart still finds the last one it can load.
 func Save(path string, s catalogsync.Snapshot, savedAt time.Time) error {
 	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
-		if err := encode(w, s, savedAt); err != nil {
+		if err := encode(&limitWriter{w: w, left: maxSize}, s, savedAt); err != nil {
 			return fmt.Errorf("encode snapshot: %w", err)
 		}
 		return nil
 	})
+}
+
+// limitWriter fails with ErrTooLarge once more than left bytes are written.
+type limitWriter struct {
+	w    io.Writer
+	left int
+}
+
+func (l *limitWriter) Write(b []byte) (int, error) {
+	if l.left -= len(b); l.left < 0 {
+		return 0, ErrTooLarge
+	}
+	return l.w.Write(b)
 }
 
 // Decode parses a snapshot file's bytes.
@@ -129,7 +145,7 @@ func Load(path string) (Saved, error) {
 		return Saved{}, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxSize+1))
+	b, err := io.ReadAll(io.LimitReader(f, int64(maxSize)+1))
 	if err != nil {
 		return Saved{}, fmt.Errorf("read snapshot: %w", err)
 	}

@@ -119,3 +119,30 @@ func TestEncodeIsTheFileMarshalled(t *testing.T) {
 		}
 	}
 }
+
+// TestSaveRefusesWhatLoadCannotRead: a snapshot of exactly the size limit
+// saves and loads; one byte over is not saved (ErrTooLarge), and the file
+// saved before stays, loadable.
+func TestSaveRefusesWhatLoadCannotRead(t *testing.T) {
+	b, err := Encode(sample, time.Unix(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(old int) { maxSize = old }(maxSize)
+	maxSize = len(b)
+	path := filepath.Join(t.TempDir(), FileName)
+	if err := Save(path, sample, time.Unix(0, 0)); err != nil {
+		t.Fatalf("at the limit: %v", err)
+	}
+	if _, err := Load(path); err != nil {
+		t.Fatalf("load at the limit: %v", err)
+	}
+	bigger := catalogsync.Snapshot{Index: 43, Entries: append(sample.Entries[:2:2], peers.Entry{ServiceID: "meshd-h4"})}
+	if err := Save(path, bigger, time.Unix(1, 0)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Save over the limit = %v, want ErrTooLarge", err)
+	}
+	got, err := Load(path)
+	if err != nil || got.Index != 42 {
+		t.Errorf("after a refused save: %+v, %v; want the earlier snapshot", got.Index, err)
+	}
+}
