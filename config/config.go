@@ -149,6 +149,17 @@ func AddFlags(fs *pflag.FlagSet) {
 // holds the flags of AddFlags; only flags the user set override. warnings
 // lists unknown keys in the file (ignored, not fatal).
 func Load(path string, flags *pflag.FlagSet) (cfg *Config, warnings []string, err error) {
+	return load(path, flags, false)
+}
+
+// LoadToWrite is Load for the command that writes the configuration
+// (`meshd init`): an explicit path that does not exist yet is an empty
+// file, which that command then creates.
+func LoadToWrite(path string, flags *pflag.FlagSet) (cfg *Config, warnings []string, err error) {
+	return load(path, flags, true)
+}
+
+func load(path string, flags *pflag.FlagSet, missingOK bool) (cfg *Config, warnings []string, err error) {
 	v := viper.New()
 	v.SetConfigType("yaml")
 	for _, k := range Keys {
@@ -177,6 +188,8 @@ func Load(path string, flags *pflag.FlagSet) (cfg *Config, warnings []string, er
 		warnings = unknownKeys(v, file)
 	case errors.Is(err, fs.ErrNotExist) && path == "":
 		file = ""
+	case errors.Is(err, fs.ErrNotExist) && missingOK:
+		// file stays: the command writes it
 	default:
 		return nil, nil, fmt.Errorf("config: read %s: %w", file, err)
 	}

@@ -40,7 +40,7 @@ func newInitCmd() *cobra.Command {
 			"anything an operator already set there. Running it again changes nothing.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd)
+			cfg, err := loadConfigWith(cmd, config.LoadToWrite)
 			if err != nil {
 				return err
 			}

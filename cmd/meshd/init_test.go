@@ -225,3 +225,34 @@ func TestConsulEnvironment(t *testing.T) {
 		t.Errorf("--consul-address did not win over CONSUL_HTTP_ADDR: %v: %s", err, out)
 	}
 }
+
+// TestInitCreatesConfig: `meshd init --config FILE` writes FILE when it
+// does not exist yet, its directory too, mode 0640, with what the flags
+// and environment said; any other command still refuses a missing file.
+func TestInitCreatesConfig(t *testing.T) {
+	bin := meshdBin(t)
+	consul := testlab.StartDevConsul(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "etc", "meshd", "meshd.yaml")
+	cmd := exec.Command(bin, "init", "--json", "--config", path, "--endpoint", "192.0.2.9:51820")
+	cmd.Env = append(os.Environ(), "MESHD_NODE_NAME=fresh", "MESHD_STATE_DIR="+filepath.Join(dir, "state"),
+		"MESHD_KEY_FILE="+filepath.Join(dir, "state", "private.key"), "MESHD_CONSUL_ADDRESS="+consul.HTTPAddr)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("init with a config file that does not exist: %v\n%s", err, out)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o640 {
+		t.Fatalf("config file: %v, mode %v; want it created 0640", err, st)
+	}
+	b, _ := os.ReadFile(path)
+	for _, want := range []string{"node_name: fresh", "endpoint: 192.0.2.9:51820", "prefix: fdaa:"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("config lacks %q:\n%s", want, b)
+		}
+	}
+	out, err = exec.Command(bin, "status", "--config", filepath.Join(dir, "missing.yaml")).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "missing.yaml") {
+		t.Errorf("status with a missing config: %v %q; want exit 2 naming the file", err, out)
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
@@ -34,8 +35,14 @@ func newRootCmd() *cobra.Command {
 
 // loadConfig loads the configuration for cmd and reports unknown keys.
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
+	return loadConfigWith(cmd, config.Load)
+}
+
+// loadConfigWith is loadConfig through load (config.Load or
+// config.LoadToWrite).
+func loadConfigWith(cmd *cobra.Command, load func(string, *pflag.FlagSet) (*config.Config, []string, error)) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	cfg, warnings, err := config.Load(path, cmd.Flags())
+	cfg, warnings, err := load(path, cmd.Flags())
 	for _, w := range warnings {
 		fmt.Fprintln(os.Stderr, "meshd: warning: "+w)
 	}
