@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"meshd.dev/meshd/agent"
+	"meshd.dev/meshd/health"
 )
 
 func TestPrintStatusFits100Columns(t *testing.T) {
@@ -32,5 +33,35 @@ func TestPrintStatusFits100Columns(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestPrintEscapesOutsideText: catalog strings with terminal escapes (a
+// hostile entry's service ID, node, reason) reach the operator's terminal
+// as visible escapes, not as control bytes.
+func TestPrintEscapesOutsideText(t *testing.T) {
+	now := time.Now()
+	st := agent.Status{
+		Node: "web-1", Interface: "wg0", LinkPresent: true, Converged: true,
+		Catalog: agent.CatalogStatus{Reachable: false, LastError: "Unexpected response code: 500 (\x1b[2Jwiped)"},
+		Peers: []agent.PeerStatus{
+			{ServiceID: "meshd-\x1b]0;owned\x07", Node: "x\x1b[31m", State: agent.PeerRejected, Reason: "node \"x\x1b[31m\" is not a DNS label"},
+			{Node: "h2\u202e", Endpoint: "192.0.2.1:1", State: agent.PeerApplied},
+		},
+	}
+	var b strings.Builder
+	printStatus(&b, st, now)
+	var m strings.Builder
+	printMesh(&m, []health.Row{{Node: "evil\x1b[8m", Verdict: "broken", Problems: []string{"\x07bell"}}})
+	for name, out := range map[string]string{"status": b.String(), "mesh": m.String()} {
+		if strings.ContainsAny(out, "\x1b\x07\u202e") {
+			t.Errorf("%s output carries control characters:\n%q", name, out)
+		}
+		if !strings.Contains(out, `\x1b`) {
+			t.Errorf("%s output does not show the escape:\n%s", name, out)
+		}
+	}
+	if !strings.Contains(b.String(), `meshd-\x1b]0;owned\a: node \"x\x1b[31m\" is not a DNS label`) {
+		t.Errorf("rejected line not escaped as expected:\n%s", b.String())
 	}
 }

@@ -74,7 +74,7 @@ func printMesh(w io.Writer, rows []health.Row) {
 			peersCol = fmt.Sprint(r.Summary.PeersApplied)
 			ageCol = (time.Duration(r.SummaryAge) * time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", clipText(r.Node, 16), r.Verdict, or(r.Health, "-"), peersCol, ageCol,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", clipText(r.Node, 16), r.Verdict, clipText(or(r.Health, "-"), 10), peersCol, ageCol,
 			clipText(strings.Join(r.Problems, "; "), 44))
 	}
 	tw.Flush()

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -96,7 +99,7 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	c := st.Catalog
 	reach := "reachable"
 	if !c.Reachable {
-		reach = "UNREACHABLE (" + c.LastError + ")"
+		reach = "UNREACHABLE (" + escape(c.LastError) + ")"
 	}
 	lastRead := "never"
 	if !c.LastGoodRead.IsZero() {
@@ -158,9 +161,31 @@ func or(s, def string) string {
 	return s
 }
 
+// Text that came from outside (service IDs, node names, rejection reasons
+// quoting catalog values) is escaped first: a control character or an
+// invalid byte is printed as a Go escape (\x1b), never sent to the
+// operator's terminal.
 func clipText(s string, n int) string {
+	s = escape(s)
 	if len(s) <= n {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// escape replaces every byte that is not printable UTF-8 with its Go
+// escape; printable text is left as it is.
+func escape(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	q := strconv.QuoteToGraphic(s)
+	return q[1 : len(q)-1]
 }
