@@ -198,7 +198,24 @@ func load(path string, flags *pflag.FlagSet, missingOK bool) (cfg *Config, warni
 		return nil, warnings, err
 	}
 	cfg.File = file
-	return cfg, warnings, nil
+	return cfg, append(warnings, secretWarnings(cfg, flags)...), nil
+}
+
+// secretWarnings are the ways the Consul token can leak: a token file
+// others may read, and a token on the command line (every local user sees
+// it in ps). Warnings, not errors: the operator may have reasons, and
+// refusing would stop a running fleet's restarts.
+func secretWarnings(cfg *Config, flags *pflag.FlagSet) []string {
+	var out []string
+	if flags != nil && flags.Changed("consul-token") {
+		out = append(out, "--consul-token shows the token to every local user (ps); set consul.token_file or CONSUL_HTTP_TOKEN_FILE instead")
+	}
+	if f := cfg.Consul.TokenFile; f != "" {
+		if st, err := os.Stat(f); err == nil && st.Mode().Perm()&0o077 != 0 {
+			out = append(out, fmt.Sprintf("consul.token_file %s has mode %04o: readable by others; chmod 600 it", f, st.Mode().Perm()))
+		}
+	}
+	return out
 }
 
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

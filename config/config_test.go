@@ -208,3 +208,29 @@ func TestExampleFile(t *testing.T) {
 		t.Errorf("example config lacks a member key: %v", err)
 	}
 }
+
+// TestSecretWarnings: a token file others may read and a token given as a
+// flag each draw a warning; a 0600 token file from the config draws none.
+func TestSecretWarnings(t *testing.T) {
+	dir := t.TempDir()
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := writeFile(t, "node_name: h1\nconsul:\n  token_file: "+token+"\n")
+	_, warn, err := Load(path, flagSet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warn) != 1 || !strings.Contains(warn[0], "has mode 0644: readable by others") {
+		t.Errorf("warnings for a 0644 token file = %q", warn)
+	}
+	os.Chmod(token, 0o600)
+	if _, warn, _ := Load(path, flagSet(t)); len(warn) != 0 {
+		t.Errorf("warnings for a 0600 token file = %q, want none", warn)
+	}
+	_, warn, _ = Load(path, flagSet(t, "--consul-token", "s3cret"))
+	if len(warn) != 1 || !strings.Contains(warn[0], "--consul-token shows the token to every local user") {
+		t.Errorf("warnings for --consul-token = %q", warn)
+	}
+}
