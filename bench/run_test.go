@@ -3,8 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -19,6 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/internal/testlab"
 )
 
@@ -139,10 +138,10 @@ func TestBench(t *testing.T) {
 		if *profileFlag != "" && n == sizes[len(sizes)-1] {
 			go func() {
 				defer close(profiled)
-				if err := saveProfile(hosts[0], *profileFlag, time.Duration(*eventsFlag)*400*time.Millisecond); err != nil {
+				if err := saveProfile(hosts[0], "profile", max(int((time.Duration(*eventsFlag)*400*time.Millisecond).Seconds()), 1), *profileFlag); err != nil {
 					t.Errorf("profile: %v", err)
 				}
-				if err := saveURL(hosts[0], "/debug/pprof/heap", *profileFlag+".heap"); err != nil {
+				if err := saveProfile(hosts[0], "heap", 0, *profileFlag+".heap"); err != nil {
 					t.Errorf("heap profile: %v", err)
 				}
 			}()
@@ -344,27 +343,14 @@ func TestBench(t *testing.T) {
 	}
 }
 
-// saveProfile saves a CPU profile of h's meshd over d (its pprof endpoint
-// on the metrics listener).
-func saveProfile(h *meshHost, path string, d time.Duration) error {
-	return saveURL(h, fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), path)
-}
-
-// saveURL saves what h's metrics listener serves at path.
-func saveURL(h *meshHost, urlPath, path string) error {
-	client := &http.Client{Transport: &http.Transport{DialContext: testlab.DialInNetns(h.Netns)}}
-	resp, err := client.Get("http://127.0.0.1:9474" + urlPath)
+// saveProfile saves one of h's meshd's Go profiles (control.Profile: over
+// its status socket, as `meshd debug pprof` does) to path.
+func saveProfile(h *meshHost, name string, seconds int, path string) error {
+	b, err := control.Profile(context.Background(), h.sock, name, seconds)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = io.Copy(f, resp.Body)
-	return err
+	return os.WriteFile(path, b, 0o600)
 }
 
 func maxTime(a, b time.Time) time.Time {

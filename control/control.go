@@ -8,8 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -81,6 +84,12 @@ func Serve(ctx context.Context, l net.Listener, h Handler) error {
 		}
 		io.WriteString(w, "rotated\n")
 	})
+	// Go's profiler, for operators chasing CPU or memory: here, behind the
+	// socket only root (and the socket's group) may open, never on the
+	// metrics listener (its profiles and goroutine dumps would be anyone's
+	// who can reach Prometheus's port).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -160,4 +169,15 @@ func ReleaseRemovals(ctx context.Context, path string) (int, error) {
 func RotateKey(ctx context.Context, path string) error {
 	_, err := do(ctx, path, http.MethodPost, "/v1/rotate-key")
 	return err
+}
+
+// Profile fetches one of the running agent's Go profiles (heap, goroutine,
+// allocs, block, mutex, threadcreate, or profile: CPU for seconds) in
+// pprof's format.
+func Profile(ctx context.Context, path, name string, seconds int) ([]byte, error) {
+	route := "/debug/pprof/" + url.PathEscape(name)
+	if seconds > 0 {
+		route += "?seconds=" + strconv.Itoa(seconds)
+	}
+	return do(ctx, path, http.MethodGet, route)
 }

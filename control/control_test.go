@@ -101,3 +101,19 @@ func TestSecondAgentRefused(t *testing.T) {
 		t.Errorf("second Listen: %v, want a refusal", err)
 	}
 }
+
+// TestProfile: the agent's profiles come through the control socket, in
+// pprof's (gzipped protobuf) format; an unknown one is an error.
+func TestProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshd.sock")
+	serve(t, path, &fakeAgent{})
+	for _, name := range []string{"heap", "goroutine"} {
+		b, err := Profile(context.Background(), path, name, 0)
+		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("%s profile: %d bytes, %v; want gzip", name, len(b), err)
+		}
+	}
+	if _, err := Profile(context.Background(), path, "nonsense", 0); err == nil {
+		t.Error("an unknown profile was served")
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -17,8 +16,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"meshd.dev/meshd/agent"
@@ -161,15 +158,7 @@ func serve(ctx context.Context, cfg *config.Config, a *agent.Agent, sock net.Lis
 // the data plane.
 func serveMetrics(ctx context.Context, addr string, a *agent.Agent, logger *slog.Logger) <-chan struct{} {
 	done := make(chan struct{})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.Collector{Status: a.Status})
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	// Go's profiler, for operators chasing CPU or memory: the listener is
-	// on loopback unless metrics_address says otherwise.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: addr, Handler: metrics.Handler(a.Status), ReadHeaderTimeout: 5 * time.Second}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		logger.Error("metrics listener not started", "metrics_address", addr, "err", err)
