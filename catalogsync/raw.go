@@ -45,6 +45,10 @@ func NewHTTP(cfg *api.Config) *HTTP {
 // maxResponse bounds a health response: far above 100,000 instances.
 const maxResponse = 1 << 30
 
+// keptBuffer is how much larger than four times the last response the
+// read buffer may stay.
+const keptBuffer = 1 << 20
+
 // Service reads the instances of service as q asks, returning them sorted
 // by service ID with the response's index.
 func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions) ([]peers.Entry, uint64, error) {
@@ -78,9 +82,14 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 		return nil, 0, err
 	}
 	defer resp.Body.Close()
-	// One buffer serves every read: decode copies out what it keeps.
+	// One buffer serves every read: decode copies out what it keeps. After
+	// a read far smaller than the buffer (the fleet shrank, or one huge
+	// answer passed), it is dropped: the next read grows a new one to fit.
 	body, err := readAll(h.buf[:0], io.LimitReader(resp.Body, maxResponse))
 	h.buf = body
+	if cap(body) > 4*len(body)+keptBuffer {
+		h.buf = nil
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", u.Path, err)
 	}

@@ -1,8 +1,12 @@
 package catalogsync
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -93,5 +97,34 @@ func TestScannerDepth(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "nested deeper than 32") {
 			t.Errorf("nested %d deep: %v, want a depth error", k+2, err)
 		}
+	}
+}
+
+// TestReadBufferShrinks: after one huge answer, the next small one does
+// not keep the huge buffer.
+func TestReadBufferShrinks(t *testing.T) {
+	big := nested(0, `"`+strings.Repeat("x", 8<<20)+`"`)
+	small := nested(0, "1")
+	body := big
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Consul-Index", "7")
+		w.Write(body)
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	h := &HTTP{client: srv.Client(), base: *u}
+	if _, _, err := h.Service(context.Background(), "meshd", &api.QueryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if cap(h.buf) < 8<<20 {
+		t.Fatalf("buffer of %d bytes after an 8 MiB answer", cap(h.buf))
+	}
+	body = small
+	es, _, err := h.Service(context.Background(), "meshd", &api.QueryOptions{})
+	if err != nil || len(es) != 1 {
+		t.Fatalf("small answer: %v %+v", err, es)
+	}
+	if cap(h.buf) > 4*len(small)+keptBuffer {
+		t.Errorf("buffer still %d bytes after a %d-byte answer", cap(h.buf), len(small))
 	}
 }

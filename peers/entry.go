@@ -31,6 +31,9 @@ const (
 	// them did not come from a well-behaved meshd.
 	MaxMetaValue = 512
 	MaxMetaKeys  = 64
+	// MaxTags bounds an entry's tags (each at most MaxMetaValue long):
+	// meshd uses one, a role.
+	MaxTags = 64
 )
 
 // Health of an entry, as the catalog reports its checks (worst wins).
@@ -137,6 +140,14 @@ func ParseEntry(e Entry, r Rules) (Peer, error) {
 	if len(tooLong) > 0 {
 		k := slices.Min(tooLong)
 		return Peer{}, bad("meta", "meta %s is %d characters, more than %d", clip(k), len(e.Meta[k]), MaxMetaValue)
+	}
+	if len(e.Tags) > MaxTags {
+		return Peer{}, bad("tags", "%d tags, more than %d", len(e.Tags), MaxTags)
+	}
+	for _, tag := range e.Tags {
+		if len(tag) > MaxMetaValue {
+			return Peer{}, bad("tags", "a tag of %d characters, more than %d", len(tag), MaxMetaValue)
+		}
 	}
 	if v := e.Meta[MetaVersion]; v != SchemaVersion {
 		return Peer{}, bad("version", "meta v is %q, want %q", clip(v), SchemaVersion)

@@ -1,6 +1,7 @@
 package peers
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -195,7 +196,7 @@ func TestDesire(t *testing.T) {
 			gotReasons := map[string]string{}
 			for _, r := range rej {
 				gotReasons[r.ServiceID] = r.Reason
-				if !slices.Contains([]string{"meta", "version", "node", "public_key", "endpoint", "prefix", "keepalive",
+				if !slices.Contains([]string{"meta", "tags", "version", "node", "public_key", "endpoint", "prefix", "keepalive",
 					CodeDuplicateNode, CodeDuplicateKey, CodeOwnKey, CodeOverlapsSelf, CodeOverlap}, r.Code) {
 					t.Errorf("rejection %s has code %q, not one of the fixed set", r.ServiceID, r.Code)
 				}
@@ -528,6 +529,30 @@ func TestParseEntryDeterministic(t *testing.T) {
 		_, err := ParseEntry(e, rules)
 		if err == nil || !strings.Contains(err.Error(), "meta aa is 514 characters") {
 			t.Fatalf("ParseEntry: %v, want the over-long value of key aa", err)
+		}
+	}
+}
+
+// TestTagsBounded: an entry may carry up to MaxTags tags of up to
+// MaxMetaValue characters; more is a rejection naming the tags.
+func TestTagsBounded(t *testing.T) {
+	ok := entry(2)
+	ok.Tags = make([]string, MaxTags)
+	for i := range ok.Tags {
+		ok.Tags[i] = strings.Repeat("t", MaxMetaValue)
+	}
+	if _, err := ParseEntry(ok, rules); err != nil {
+		t.Fatalf("%d tags of %d characters: %v", MaxTags, MaxMetaValue, err)
+	}
+	many := entry(2)
+	many.Tags = append(slices.Clone(ok.Tags), "one-more")
+	long := entry(2)
+	long.Tags = []string{strings.Repeat("t", MaxMetaValue+1)}
+	for name, e := range map[string]Entry{"65 tags": many, "a long tag": long} {
+		_, err := ParseEntry(e, rules)
+		var ee *EntryError
+		if !errors.As(err, &ee) || ee.Field != "tags" {
+			t.Errorf("%s: %v, want a tags rejection", name, err)
 		}
 	}
 }
