@@ -1,10 +1,12 @@
 package netlinkx_test
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -310,5 +312,28 @@ func TestRemoveEndsUserspaceProcess(t *testing.T) {
 			t.Fatal("UAPI socket still there 5s after the link was deleted: the device process did not end")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestUserspaceLogCapped: a userspace device process started with a log
+// keeps it capped: a log already at the cap is rotated to .1 and the
+// process's own lines go to a fresh one.
+func TestUserspaceLogCapped(t *testing.T) {
+	testlab.RequireRoot(t)
+	path := filepath.Join(t.TempDir(), "userspace-wgcap0.log")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("x"), netlinkx.MaxUserspaceLog), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := testlab.OpenLink(t, netlinkx.Options{Name: "wgcap0", MTU: 1420, ListenPort: 51829,
+		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), path)})
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 10*time.Second, "the device's first line in a fresh log", func() bool {
+		b, _ := os.ReadFile(path)
+		return bytes.Contains(b, []byte("userspace device up")) && len(b) < 4096
+	})
+	if st, err := os.Stat(path + ".1"); err != nil || st.Size() != netlinkx.MaxUserspaceLog {
+		t.Errorf("the full log was not kept as .1: %v", err)
 	}
 }

@@ -36,6 +36,11 @@ func UserspaceStarter(argv []string, logPath string) func(name string, mtu int) 
 		}
 		cmd := exec.Command(argv[0], append(argv[1:], name, fmt.Sprint(mtu))...)
 		cmd.Stdout, cmd.Stderr = out, out
+		if logPath != "" {
+			// The process keeps its log under MaxUserspaceLog itself
+			// (UserspaceLogger): it runs for months.
+			cmd.Env = append(os.Environ(), UserspaceLogEnv+"="+logPath)
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("start %s: %w", argv[0], err)

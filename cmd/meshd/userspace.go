@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -31,8 +30,7 @@ func newUserspaceCmd() *cobra.Command {
 			// in our own session), but an explicit one ends the device.
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			return netlinkx.ServeUserspace(ctx, args[0], mtu, logger)
+			return netlinkx.ServeUserspace(ctx, args[0], mtu, netlinkx.UserspaceLogger())
 		},
 	}
 }

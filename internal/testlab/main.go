@@ -96,7 +96,7 @@ func UserspaceArgv() []string {
 }
 
 func serveDaemon(args []string) int {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	logger := netlinkx.UserspaceLogger()
 	if len(args) != 2 {
 		logger.Error("usage: NAME MTU", "args", args)
 		return 2
