@@ -313,7 +313,7 @@ func TestDiff(t *testing.T) {
 			desired: []Peer{p2},
 			obs:     Observed{Peers: []KernelPeer{kernelPeer(2), kernelPeer(3)}, Routes: routes(2, 3)},
 			absent:  map[wgtypes.Key]time.Time{p3.PublicKey: t0.Add(-time.Minute)},
-			want:    Plan{Remove: []wgtypes.Key{p3.PublicKey}, DelRoutes: routes(3), Pending: 1},
+			want:    Plan{Remove: []wgtypes.Key{p3.PublicKey}, DelRoutes: routes(3), Pending: 1, Expired: 1},
 		},
 		{
 			name:    "unknown kernel peer gets the full grace",

@@ -53,7 +53,17 @@ type Removal struct {
 	Floor       int
 	// Released peers may go despite the breaker: an operator said so.
 	Released map[wgtypes.Key]bool
+	// Recent is how many peers were removed for their grace within the
+	// last BreakerWindow, and Peak the most kernel peers seen within it
+	// (the Planner keeps both): the breaker counts removals over the
+	// window against the largest mesh of the window, so removing just under
+	// the threshold, waiting out the grace and repeating cannot empty the
+	// mesh. Zero: this plan alone counts.
+	Recent, Peak int
 }
+
+// BreakerWindow is how long removals count towards the circuit breaker.
+const BreakerWindow = time.Hour
 
 // Held is a kernel peer kept although no catalog entry asks for it.
 type Held struct {
@@ -75,9 +85,14 @@ type Plan struct {
 	// Held peers stay for now; the earliest Until is when to look again.
 	Held []Held
 	// Breaker says the mass-removal circuit breaker is tripped: Pending
-	// removals are more than the rules allow at once.
+	// removals (with the window's recent ones) are more than the rules
+	// allow.
 	Breaker bool
 	Pending int
+	// Expired counts the peers of Remove that go because their grace ended
+	// (not those replaced by a new key): the removals the breaker's window
+	// remembers.
+	Expired int
 }
 
 // Empty reports whether the plan writes nothing.

@@ -29,8 +29,52 @@ type Planner struct {
 	parses      ParseCache
 	desired     []Peer    // of the last plan
 	model       *Observed // the kernel after the last committed plan; nil: read it
+	now         time.Time // of the last Plan
 	absentSince map[wgtypes.Key]time.Time
 	released    map[wgtypes.Key]bool
+	window      breakerWindow
+}
+
+// breakerWindow remembers, for BreakerWindow, the removals made for their
+// grace and the kernel's peer counts.
+type breakerWindow struct {
+	removed []event // removals committed, oldest first
+	sizes   []event // kernel peer counts, oldest first, each larger than every later one
+}
+
+type event struct {
+	at time.Time
+	n  int
+}
+
+// prune forgets what is older than the window.
+func (w *breakerWindow) prune(now time.Time) {
+	old := func(e event) bool { return now.Sub(e.at) > BreakerWindow }
+	for len(w.removed) > 0 && old(w.removed[0]) {
+		w.removed = w.removed[1:]
+	}
+	for len(w.sizes) > 0 && old(w.sizes[0]) {
+		w.sizes = w.sizes[1:]
+	}
+}
+
+// seen records a kernel of n peers: the largest within the window is
+// sizes[0] (a monotonic queue).
+func (w *breakerWindow) seen(now time.Time, n int) {
+	for len(w.sizes) > 0 && w.sizes[len(w.sizes)-1].n <= n {
+		w.sizes = w.sizes[:len(w.sizes)-1]
+	}
+	w.sizes = append(w.sizes, event{now, n})
+}
+
+func (w *breakerWindow) recent() (removed, peak int) {
+	for _, e := range w.removed {
+		removed += e.n
+	}
+	if len(w.sizes) > 0 {
+		peak = w.sizes[0].n
+	}
+	return removed, peak
 }
 
 // Result is one plan with what it was computed from.
@@ -58,6 +102,7 @@ func (pl *Planner) Forget() { pl.model = nil }
 // not written leaves the next Plan to read the kernel.
 func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, error), now time.Time) (Result, error) {
 	var res Result
+	pl.now = now
 	model := pl.model
 	pl.model = nil
 	res.Desired, res.Rejected = pl.parses.Desire(entries, self, pl.Rules)
@@ -73,7 +118,10 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	if pl.released == nil {
 		pl.released = map[wgtypes.Key]bool{}
 	}
+	pl.window.prune(now)
+	pl.window.seen(now, len(res.Observed.Peers))
 	rm := Removal{Grace: pl.Grace, Now: now, MaxFraction: pl.MaxFraction, Floor: pl.Floor, Released: pl.released}
+	rm.Recent, rm.Peak = pl.window.recent()
 	var (
 		gone, came  []Peer
 		incremental bool
@@ -98,6 +146,9 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 // Commit records that res's plan was written: the kernel now holds what
 // Applied says, and the next Plan may diff against that alone.
 func (pl *Planner) Commit(res Result) {
+	if res.Plan.Expired > 0 {
+		pl.window.removed = append(pl.window.removed, event{pl.now, res.Plan.Expired})
+	}
 	next := res.Observed
 	if !res.Plan.Empty() {
 		next = Applied(res.Observed, res.Plan)

@@ -192,8 +192,9 @@ func replaced(kp KernelPeer, owned map[netip.Prefix]bool) bool {
 func decideAbsent(plan *Plan, absent []KernelPeer, desired, kernel int, rm Removal) map[netip.Prefix]bool {
 	kept := map[netip.Prefix]bool{}
 	plan.Pending = len(absent)
+	counted, base := len(absent)+rm.Recent, max(kernel, rm.Peak)
 	plan.Breaker = rm.MaxFraction > 0 && len(absent) > 0 &&
-		(desired == 0 || len(absent) > rm.Floor && float64(len(absent)) > rm.MaxFraction*float64(kernel))
+		(desired == 0 || counted > rm.Floor && float64(counted) > rm.MaxFraction*float64(base))
 	for _, kp := range absent {
 		since, ok := rm.AbsentSince[kp.PublicKey]
 		if !ok {
@@ -203,6 +204,7 @@ func decideAbsent(plan *Plan, absent []KernelPeer, desired, kernel int, rm Remov
 		due := !rm.Now.Before(until)
 		if due && (!plan.Breaker || rm.Released[kp.PublicKey]) {
 			plan.Remove = append(plan.Remove, kp.PublicKey)
+			plan.Expired++
 			continue
 		}
 		plan.Held = append(plan.Held, Held{PublicKey: kp.PublicKey, Until: until, Breaker: due})

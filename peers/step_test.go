@@ -399,10 +399,64 @@ func TestPlannerIncrementalMatchesFull(t *testing.T) {
 				t.Fatalf("seed %d step %d: desired sets differ:\n%s", seed, step, diff)
 			}
 			incr.Commit(got)
+			full.Commit(want) // its model is forgotten before each plan, its removals counted
 			kernel = Applied(kernel, want.Plan)
 		}
 		if incremental < 59 {
 			t.Errorf("seed %d: %d of 60 plans were incremental", seed, incremental)
 		}
+	}
+}
+
+// TestBreakerWindow is the slow-drain attack on the circuit breaker:
+// remove just under the threshold, wait out the grace, repeat. With a
+// mesh of 20, a fraction of 0.5 and a floor of 3, eight removals go; five
+// more within the hour would each have passed alone (5 of the 12 left),
+// but the window counts 13 of the 20 it saw: the breaker holds them. An
+// hour later the window has forgotten, and five of twelve go.
+func TestBreakerWindow(t *testing.T) {
+	pl := &Planner{Rules: rules, Grace: time.Minute, MaxFraction: 0.5, Floor: 3}
+	var kernel Observed
+	observe := func() (Observed, error) { return kernel, nil }
+	step := func(nodes []int, now time.Time) Plan {
+		t.Helper()
+		var es []Entry
+		for _, n := range nodes {
+			es = append(es, entry(n))
+		}
+		slices.SortFunc(es, func(a, b Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+		res, err := pl.Plan(es, self, observe, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl.Commit(res)
+		kernel = Applied(kernel, res.Plan)
+		return res.Plan
+	}
+	span := func(lo, hi int) []int {
+		var out []int
+		for n := lo; n <= hi; n++ {
+			out = append(out, n)
+		}
+		return out
+	}
+	t0 := time.Unix(1000, 0)
+	step(span(2, 21), t0)
+	if len(kernel.Peers) != 20 {
+		t.Fatalf("%d peers, want 20", len(kernel.Peers))
+	}
+	step(span(10, 21), t0.Add(time.Second)) // 8 leave
+	if p := step(span(10, 21), t0.Add(2*time.Minute)); len(p.Remove) != 8 || p.Breaker {
+		t.Fatalf("first round: %d removed, breaker %v; want 8 removed", len(p.Remove), p.Breaker)
+	}
+	step(span(15, 21), t0.Add(3*time.Minute)) // 5 more leave
+	p := step(span(15, 21), t0.Add(5*time.Minute))
+	if !p.Breaker || len(p.Remove) != 0 || len(kernel.Peers) != 12 {
+		t.Fatalf("second round within the hour: breaker %v, %d removed, %d peers; want the breaker holding all 5",
+			p.Breaker, len(p.Remove), len(kernel.Peers))
+	}
+	p = step(span(15, 21), t0.Add(2*time.Minute+BreakerWindow+time.Second))
+	if p.Breaker || len(p.Remove) != 5 {
+		t.Errorf("after the window: breaker %v, %d removed; want the 5 removed", p.Breaker, len(p.Remove))
 	}
 }
