@@ -90,8 +90,8 @@ type Plan struct {
 	Breaker bool
 	Pending int
 	// Expired counts the peers of Remove that go because their grace ended
-	// (not those replaced by a new key): the removals the breaker's window
-	// remembers.
+	// (not those replaced by a new key, nor those an operator released):
+	// the removals the breaker's window remembers.
 	Expired int
 }
 

@@ -204,7 +204,9 @@ func decideAbsent(plan *Plan, absent []KernelPeer, desired, kernel int, rm Remov
 		due := !rm.Now.Before(until)
 		if due && (!plan.Breaker || rm.Released[kp.PublicKey]) {
 			plan.Remove = append(plan.Remove, kp.PublicKey)
-			plan.Expired++
+			if !rm.Released[kp.PublicKey] {
+				plan.Expired++ // an operator's release is not counted against the next removals
+			}
 			continue
 		}
 		plan.Held = append(plan.Held, Held{PublicKey: kp.PublicKey, Until: until, Breaker: due})

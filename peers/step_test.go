@@ -460,3 +460,43 @@ func TestBreakerWindow(t *testing.T) {
 		t.Errorf("after the window: breaker %v, %d removed; want the 5 removed", p.Breaker, len(p.Remove))
 	}
 }
+
+// TestBreakerWindowRelease: removals an operator released are not held
+// against the next ones: after a released mass removal, one more node
+// leaving goes after its grace.
+func TestBreakerWindowRelease(t *testing.T) {
+	pl := &Planner{Rules: rules, Grace: time.Minute, MaxFraction: 0.5, Floor: 3}
+	var kernel Observed
+	observe := func() (Observed, error) { return kernel, nil }
+	step := func(lo, hi int, now time.Time) Plan {
+		t.Helper()
+		var es []Entry
+		for n := lo; n <= hi; n++ {
+			es = append(es, entry(n))
+		}
+		slices.SortFunc(es, func(a, b Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+		res, err := pl.Plan(es, self, observe, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl.Commit(res)
+		kernel = Applied(kernel, res.Plan)
+		return res.Plan
+	}
+	t0 := time.Unix(1000, 0)
+	step(2, 21, t0)
+	step(14, 21, t0.Add(time.Second)) // 12 of 20 leave
+	if p := step(14, 21, t0.Add(2*time.Minute)); !p.Breaker {
+		t.Fatal("12 of 20 leaving did not trip the breaker")
+	}
+	if n := pl.Release(); n != 12 {
+		t.Fatalf("released %d, want 12", n)
+	}
+	if p := step(14, 21, t0.Add(3*time.Minute)); len(p.Remove) != 12 {
+		t.Fatalf("%d removed after the release, want 12", len(p.Remove))
+	}
+	step(15, 21, t0.Add(4*time.Minute)) // one more leaves
+	if p := step(15, 21, t0.Add(6*time.Minute)); p.Breaker || len(p.Remove) != 1 {
+		t.Errorf("one more leaving after a release: breaker %v, %d removed; want it removed", p.Breaker, len(p.Remove))
+	}
+}
