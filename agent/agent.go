@@ -30,6 +30,8 @@ type Options struct {
 	// off.
 	MaxRemovalFraction float64
 	BreakerFloor       int
+	// MaxPeers caps the peers (peers.Planner.MaxPeers); zero: no cap.
+	MaxPeers int
 	// SnapshotPath is where the last good catalog read is kept and read
 	// back at start; empty disables it.
 	SnapshotPath   string
@@ -77,7 +79,7 @@ func New(opts Options) *Agent {
 		opts:   opts,
 		logger: logger,
 		planner: peers.Planner{Rules: opts.Rules, Grace: opts.RemovalGrace,
-			MaxFraction: opts.MaxRemovalFraction, Floor: opts.BreakerFloor},
+			MaxFraction: opts.MaxRemovalFraction, Floor: opts.BreakerFloor, MaxPeers: opts.MaxPeers},
 	}
 	a.loop = loop.Loop{Reconcile: a.reconcile, Resync: opts.ResyncInterval, OnResync: a.planner.Forget}
 	return a

@@ -53,8 +53,9 @@ type options struct {
 	snapshot string
 	key      *wgtypes.Key
 	// hints is the hint event (none if empty); limiter spaces the watch.
-	hints   string
-	limiter *rate.Limiter
+	hints    string
+	limiter  *rate.Limiter
+	maxPeers int
 }
 
 // start runs an agent with a real userspace device named iface against c.
@@ -83,7 +84,7 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		Registration: self, Prefix: prefix, ListenPort: 51820,
 		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")},
 		RemovalGrace: o.grace, ResyncInterval: time.Second,
-		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot,
+		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot, MaxPeers: o.maxPeers,
 		Link: link, Logger: logger,
 		Catalog: &catalogsync.Catalog{Client: c, Service: "meshd", HintKey: o.hints, Limiter: o.limiter, Logger: logger},
 	})
@@ -535,4 +536,33 @@ func TestHintAlone(t *testing.T) {
 	if k := h.kernelPeers(t); len(k) != 2 || !k[r3.PublicKey] || !k[r9.PublicKey] {
 		t.Errorf("kernel peers %v; want r3 (new key) and r9", k)
 	}
+}
+
+// TestMaxPeers: with max_peers 2 and three remote nodes in a real Consul,
+// the kernel holds the two registered first; the third is listed rejected
+// with its reason, and takes the place one of them frees when it leaves.
+func TestMaxPeers(t *testing.T) {
+	c, rs := withRemotes(t, 2, 3, 4)
+	h := startWith(t, c, "wga7", options{grace: time.Second, maxPeers: 2})
+	testlab.Eventually(t, 20*time.Second, "the two oldest applied, the third rejected", func() bool {
+		k := h.kernelPeers(t)
+		return k[rs[0].PublicKey] && k[rs[1].PublicKey] && !k[rs[2].PublicKey] && len(k) == 2 &&
+			h.peerState(rs[2].PublicKey) == "" // a rejected entry has no key in status
+	})
+	var rejected []agent.PeerStatus
+	for _, p := range h.a.Status().Peers {
+		if p.State == agent.PeerRejected {
+			rejected = append(rejected, p)
+		}
+	}
+	if len(rejected) != 1 || rejected[0].Node != rs[2].Node || rejected[0].Code != "max_peers" || !strings.Contains(rejected[0].Reason, "at most 2 peers") {
+		t.Fatalf("rejected = %+v, want %s over max_peers", rejected, rs[2].Node)
+	}
+	if err := catalogsync.Deregister(context.Background(), c, rs[0].Node); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 20*time.Second, "the third applied in the freed place", func() bool {
+		k := h.kernelPeers(t)
+		return k[rs[1].PublicKey] && k[rs[2].PublicKey] && !k[rs[0].PublicKey]
+	})
 }

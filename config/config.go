@@ -39,6 +39,7 @@ type Config struct {
 	MetricsAddress     string
 	RemovalGrace       time.Duration
 	MaxRemovalFraction float64
+	MaxPeers           int
 	ResyncInterval     time.Duration
 	LogLevel           string
 	LogFormat          string
@@ -103,6 +104,7 @@ var Keys = []Key{
 	{"metrics_address", "127.0.0.1:9474", "host:port of the Prometheus metrics listener"},
 	{"removal_grace", "5m", "how long a node gone from the catalog keeps its peer"},
 	{"max_removal_fraction", "0.5", "fraction of peers whose pending removal trips the circuit breaker"},
+	{"max_peers", "25000", "most peers this host holds; entries past it (the newest registrations) are rejected"},
 	{"resync_interval", "30s", "how often the kernel is compared with the catalog even without events"},
 	{"log_level", "info", "debug, info, warn or error"},
 	{"log_format", "text", "text or json"},
@@ -246,6 +248,7 @@ func parse(v *viper.Viper) (*Config, error) {
 		MetricsAddress:     p.hostPort("metrics_address"),
 		RemovalGrace:       p.duration("removal_grace", 0),
 		MaxRemovalFraction: p.fraction("max_removal_fraction"),
+		MaxPeers:           p.intRange("max_peers", 1, 1_000_000),
 		ResyncInterval:     p.duration("resync_interval", time.Second),
 		LogLevel:           p.oneOf("log_level", "debug", "info", "warn", "error"),
 		LogFormat:          p.oneOf("log_format", "text", "json"),

@@ -251,6 +251,8 @@ const (
 	CodeOwnKey        = "own_key"
 	CodeOverlapsSelf  = "overlaps_self"
 	CodeOverlap       = "overlapping_prefix"
+	// CodeMaxPeers: a valid entry past the peer cap (Planner.MaxPeers).
+	CodeMaxPeers = "max_peers"
 )
 
 // Self is this host's own identity.

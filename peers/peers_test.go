@@ -196,7 +196,7 @@ func TestDesire(t *testing.T) {
 			gotReasons := map[string]string{}
 			for _, r := range rej {
 				gotReasons[r.ServiceID] = r.Reason
-				if !slices.Contains([]string{"meta", "tags", "version", "node", "public_key", "endpoint", "prefix", "keepalive",
+				if !slices.Contains([]string{"meta", "tags", CodeMaxPeers, "version", "node", "public_key", "endpoint", "prefix", "keepalive",
 					CodeDuplicateNode, CodeDuplicateKey, CodeOwnKey, CodeOverlapsSelf, CodeOverlap}, r.Code) {
 					t.Errorf("rejection %s has code %q, not one of the fixed set", r.ServiceID, r.Code)
 				}

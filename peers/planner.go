@@ -1,7 +1,11 @@
 package peers
 
 import (
+	"cmp"
+	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -25,6 +29,11 @@ type Planner struct {
 	Grace       time.Duration
 	MaxFraction float64
 	Floor       int
+	// MaxPeers caps the desired set (zero: no cap): past it, the entries
+	// registered last are rejected (CodeMaxPeers), so a flood of valid
+	// entries cannot grow the device without bound, and the peers the mesh
+	// had first keep their place.
+	MaxPeers int
 
 	parses      ParseCache
 	desired     []Peer    // of the last plan
@@ -106,6 +115,9 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	model := pl.model
 	pl.model = nil
 	res.Desired, res.Rejected = pl.parses.Desire(entries, self, pl.Rules)
+	if pl.MaxPeers > 0 && len(res.Desired) > pl.MaxPeers {
+		res.Desired, res.Rejected = capPeers(res.Desired, res.Rejected, pl.MaxPeers)
+	}
 	defer func() { pl.desired = res.Desired }()
 	if model != nil {
 		res.Observed = *model
@@ -173,3 +185,27 @@ func (pl *Planner) Release() int {
 
 // Released is how many peers the operator's release still covers.
 func (pl *Planner) Released() int { return len(pl.released) }
+
+// capPeers keeps the max oldest peers of desired (by CreateIndex, then
+// node), in desired's order, and rejects the rest.
+func capPeers(desired []Peer, rejected []Rejection, max int) ([]Peer, []Rejection) {
+	byAge := slices.Clone(desired)
+	slices.SortFunc(byAge, func(a, b Peer) int {
+		return cmp.Or(cmp.Compare(a.CreateIndex, b.CreateIndex), strings.Compare(a.Node, b.Node))
+	})
+	over := make(map[string]bool, len(byAge)-max)
+	for _, p := range byAge[max:] {
+		over[p.Node] = true
+	}
+	kept := make([]Peer, 0, max)
+	rejected = slices.Clone(rejected)
+	for _, p := range desired {
+		if !over[p.Node] {
+			kept = append(kept, p)
+			continue
+		}
+		rejected = append(rejected, Rejection{Node: p.Node, Code: CodeMaxPeers,
+			Reason: fmt.Sprintf("over max_peers: this host holds at most %d peers, the oldest registrations first", max)})
+	}
+	return kept, rejected
+}

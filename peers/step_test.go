@@ -500,3 +500,45 @@ func TestBreakerWindowRelease(t *testing.T) {
 		t.Errorf("one more leaving after a release: breaker %v, %d removed; want it removed", p.Breaker, len(p.Remove))
 	}
 }
+
+// TestMaxPeers: past the cap, the newest registrations are rejected with
+// their reason; the kept peers stay sorted by node, and a cap the set fits
+// changes nothing.
+func TestMaxPeers(t *testing.T) {
+	var es []Entry
+	for _, n := range []int{5, 2, 9, 7, 3} {
+		e := entry(n)
+		e.CreateIndex = uint64(100 - n) // h9 registered first, h2 last
+		es = append(es, e)
+	}
+	slices.SortFunc(es, func(a, b Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+	pl := &Planner{Rules: rules, MaxPeers: 3}
+	res, err := pl.Plan(es, self, func() (Observed, error) { return Observed{}, nil }, time.Unix(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept, rejected []string
+	for _, p := range res.Desired {
+		kept = append(kept, p.Node)
+	}
+	for _, r := range res.Rejected {
+		if r.Code != CodeMaxPeers || !strings.Contains(r.Reason, "at most 3 peers") {
+			t.Errorf("rejection %+v", r)
+		}
+		rejected = append(rejected, r.Node)
+	}
+	slices.Sort(rejected)
+	if diff := cmp.Diff([]string{"h5", "h7", "h9"}, kept); diff != "" {
+		t.Errorf("kept (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"h2", "h3"}, rejected); diff != "" {
+		t.Errorf("rejected (-want +got):\n%s", diff)
+	}
+	if len(res.Plan.Upsert) != 3 {
+		t.Errorf("plan upserts %d peers, want 3", len(res.Plan.Upsert))
+	}
+	pl = &Planner{Rules: rules, MaxPeers: 5}
+	if res, _ := pl.Plan(es, self, func() (Observed, error) { return Observed{}, nil }, time.Unix(0, 0)); len(res.Desired) != 5 || len(res.Rejected) != 0 {
+		t.Errorf("a cap the set fits: %d peers, %d rejected", len(res.Desired), len(res.Rejected))
+	}
+}

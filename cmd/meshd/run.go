@@ -122,6 +122,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		Rules:              cfg.Rules(),
 		RemovalGrace:       cfg.RemovalGrace,
 		MaxRemovalFraction: cfg.MaxRemovalFraction,
+		MaxPeers:           cfg.MaxPeers,
 		BreakerFloor:       breakerFloor,
 		SnapshotPath:       filepath.Join(cfg.StateDir, snapshot.FileName),
 		ResyncInterval:     cfg.ResyncInterval,
