@@ -92,6 +92,9 @@ type CatalogStatus struct {
 	Hints        uint64 `json:"hints"`
 	HintReads    uint64 `json:"hint_reads"`
 	HintsApplied uint64 `json:"hints_applied"`
+	// OlderKept counts instance versions a list showed older than an
+	// earlier list had (a lagging server), which were not applied.
+	OlderKept uint64 `json:"older_kept"`
 }
 
 // PeerStatus is one node as this host sees it.
@@ -205,6 +208,7 @@ func (a *Agent) catalogStatus() CatalogStatus {
 	}
 	cs.SnapshotInUse, cs.SnapshotSaved = fromDisk, savedAt
 	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsApplied, w.Reads
+	cs.OlderKept = w.OlderKept
 	return cs
 }
 

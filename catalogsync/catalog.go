@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -42,7 +43,10 @@ type Catalog struct {
 	HintKey string
 	// Limiter, when set, spaces the list watch's wakes (Watcher.Limiter).
 	Limiter *rate.Limiter
-	Logger  *slog.Logger
+	// MaxStale, when set, refuses a list from a server that last heard
+	// from its leader longer ago (Watcher.MaxStale).
+	MaxStale time.Duration
+	Logger   *slog.Logger
 
 	once    sync.Once
 	watcher *Watcher
@@ -56,7 +60,13 @@ type Catalog struct {
 	hinted                         map[string]Hinted
 	hints, hintReads, hintsApplied uint64
 	consulNode                     string // the local agent's node, once known
-	deliverMu                      sync.Mutex
+	// newest holds, by service ID, the newest version of each instance a
+	// list showed: a list from a lagging server (its index went backwards)
+	// does not bring back an older version of an instance (a rotated-out
+	// key). olderKept counts the versions it kept so.
+	newest    map[string]peers.Entry
+	olderKept uint64
+	deliverMu sync.Mutex
 }
 
 func (c *Catalog) init() {
@@ -65,7 +75,7 @@ func (c *Catalog) init() {
 			c.Logger = slog.New(slog.DiscardHandler)
 		}
 		c.watcher = &Watcher{Client: c.Client, HTTP: c.HTTP, Service: c.Service, Datacenter: c.Datacenter,
-			Logger: c.Logger, Limiter: c.Limiter}
+			Logger: c.Logger, Limiter: c.Limiter, MaxStale: c.MaxStale}
 		c.hinted = map[string]Hinted{}
 	})
 }
@@ -92,6 +102,9 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 	wg.Go(func() {
 		c.watcher.Run(ctx, func(s Snapshot) {
 			c.mu.Lock()
+			if kept := c.keepNewest(&s); kept > 0 {
+				c.Logger.Warn("the catalog answered with older versions of instances; keeping the newer ones", "instances", kept, "index", s.Index)
+			}
 			c.list = &s
 			Prune(c.hinted, s.Index)
 			c.mu.Unlock()
@@ -110,6 +123,31 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 	}
 	wg.Wait()
 	c.announcing.Wait()
+}
+
+// keepNewest puts in s, for every instance an earlier list showed in a
+// newer version (same CreateIndex, higher ModifyIndex), that version with
+// s's health, and remembers s's versions otherwise. It returns how many it
+// kept. c.mu must be held.
+func (c *Catalog) keepNewest(s *Snapshot) int {
+	next := make(map[string]peers.Entry, len(s.Entries))
+	kept := 0
+	for i, e := range s.Entries {
+		prev, ok := c.newest[e.ServiceID]
+		if ok && prev.CreateIndex == e.CreateIndex && e.ModifyIndex < prev.ModifyIndex {
+			if kept == 0 {
+				s.Entries = slices.Clone(s.Entries) // the watch keeps its own to compare
+			}
+			prev.Health = e.Health
+			s.Entries[i] = prev
+			kept++
+			e = prev
+		}
+		next[e.ServiceID] = e
+	}
+	c.newest = next
+	c.olderKept += uint64(kept)
+	return kept
 }
 
 // readHint reads the instance a hint names, unless the list already has
@@ -149,7 +187,7 @@ func (c *Catalog) State() State {
 	c.init()
 	st := c.watcher.State()
 	c.mu.Lock()
-	st.Hints, st.HintReads, st.HintsApplied = c.hints, c.hintReads, c.hintsApplied
+	st.Hints, st.HintReads, st.HintsApplied, st.OlderKept = c.hints, c.hintReads, c.hintsApplied, c.olderKept
 	c.mu.Unlock()
 	return st
 }

@@ -3,7 +3,14 @@ package catalogsync
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/time/rate"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,5 +131,114 @@ func TestFleetForgedSummary(t *testing.T) {
 	}
 	if _, ok := summaries["h2"]; ok || len(summaries) != 1 || !summaries["h1"].Converged {
 		t.Errorf("summaries = %+v, want h1's alone", summaries)
+	}
+}
+
+// TestStaleAnswers feeds the Catalog scripted answers of the health
+// endpoint: a fake, because a real Consul server cannot be made to lag its
+// leader by a chosen minute, or to answer with an older index, on demand.
+// An answer from a server out of touch with its leader for longer than
+// MaxStale is not applied, and status says why; an answer whose index went
+// backwards does not bring back an older version of an instance. Both
+// read paths (the API client and the raw reader) are tried.
+func TestStaleAnswers(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(map[bool]string{false: "api", true: "raw"}[raw], func(t *testing.T) {
+			type answer struct {
+				index, modify uint64
+				key           string
+				lastContactMS int
+			}
+			answers := []answer{
+				{index: 10, modify: 10, key: "k1"},
+				{index: 12, modify: 12, key: "k-stale", lastContactMS: 60000}, // a minute out of touch
+				{index: 5, modify: 8, key: "k0"},                              // index went backwards: an older version
+				{index: 20, modify: 20, key: "k2"},
+			}
+			var mu sync.Mutex
+			served := 0
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				a := answers[min(served, len(answers)-1)]
+				if served < len(answers) {
+					served++
+				}
+				mu.Unlock()
+				if served == len(answers) && r.URL.Query().Get("index") == "20" {
+					time.Sleep(200 * time.Millisecond) // the last answer holds, as a blocking query would
+				}
+				w.Header().Set("X-Consul-Index", strconv.FormatUint(a.index, 10))
+				w.Header().Set("X-Consul-LastContact", strconv.Itoa(a.lastContactMS))
+				w.Header().Set("X-Consul-KnownLeader", "true")
+				fmt.Fprintf(w, `[{"Node":{"Node":"n"},"Service":{"ID":"meshd-h2","Service":"meshd","Meta":{"v":"1","public_key":%q},"CreateIndex":3,"ModifyIndex":%d},"Checks":[]}]`, a.key, a.modify)
+			}))
+			defer srv.Close()
+			cfg := &api.Config{Address: strings.TrimPrefix(srv.URL, "http://")}
+			client, err := api.NewClient(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cat := &Catalog{Client: client, Service: "meshd", MaxStale: 30 * time.Second,
+				Limiter: rate.NewLimiter(rate.Inf, 1)}
+			if raw {
+				cat.HTTP = NewHTTP(cfg)
+			}
+			var views []string
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				cat.Watch(ctx, "meshd-h1", func(s Snapshot) {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, e := range s.Entries {
+						views = append(views, fmt.Sprintf("%d:%s", s.Index, e.Meta["public_key"]))
+					}
+				})
+			}()
+			testlab.Eventually(t, 20*time.Second, "the last answer delivered", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(views) > 0 && views[len(views)-1] == "20:k2"
+			})
+			cancel()
+			<-done
+			mu.Lock()
+			defer mu.Unlock()
+			if diff := cmp.Diff([]string{"10:k1", "5:k1", "20:k2"}, views); diff != "" {
+				t.Errorf("views (-want +got):\n%s", diff)
+			}
+			if st := cat.State(); st.OlderKept != 1 {
+				t.Errorf("state %+v, want one older version kept", st)
+			}
+		})
+	}
+}
+
+// TestStaleStatus: while every answer is too stale, nothing is delivered
+// and the watch's state says why.
+func TestStaleStatus(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Consul-Index", "10")
+		w.Header().Set("X-Consul-LastContact", "45000")
+		w.Write([]byte(`[]`))
+	}))
+	defer srv.Close()
+	client, _ := api.NewClient(&api.Config{Address: strings.TrimPrefix(srv.URL, "http://")})
+	cat := &Catalog{Client: client, Service: "meshd", MaxStale: 30 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	delivered := false
+	go func() {
+		defer close(done)
+		cat.Watch(ctx, "meshd-h1", func(Snapshot) { delivered = true })
+	}()
+	testlab.Eventually(t, 10*time.Second, "the stale answer reported", func() bool {
+		return strings.Contains(cat.State().LastError, "last heard from the leader 45s ago (catalog.max_stale 30s)")
+	})
+	cancel()
+	<-done
+	if delivered {
+		t.Error("a stale answer was delivered")
 	}
 }

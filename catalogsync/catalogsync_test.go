@@ -224,7 +224,7 @@ func TestHTTPMatchesAPI(t *testing.T) {
 	}
 	q := &api.QueryOptions{AllowStale: true}
 	for round := range 2 {
-		got, index, err := h.Service(ctx, "meshd", q)
+		got, rawMeta, err := h.Service(ctx, "meshd", q)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,8 +235,11 @@ func TestHTTPMatchesAPI(t *testing.T) {
 		if diff := cmp.Diff(catalogsync.Convert(entries), got); diff != "" {
 			t.Errorf("round %d: raw read differs from the API's (-api +raw):\n%s", round, diff)
 		}
-		if index == 0 || index > meta.LastIndex {
+		if index := rawMeta.LastIndex; index == 0 || index > meta.LastIndex {
 			t.Errorf("round %d: index %d, API says %d", round, index, meta.LastIndex)
+		}
+		if !rawMeta.KnownLeader || rawMeta.LastContact != meta.LastContact {
+			t.Errorf("round %d: raw read's leader contact %+v, API says %v %v", round, rawMeta, meta.KnownLeader, meta.LastContact)
 		}
 	}
 	if _, _, err := h.Service(ctx, "meshd", &api.QueryOptions{Datacenter: "nowhere"}); err == nil {

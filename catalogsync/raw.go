@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -51,7 +52,7 @@ const keptBuffer = 1 << 20
 
 // Service reads the instances of service as q asks, returning them sorted
 // by service ID with the response's index.
-func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions) ([]peers.Entry, uint64, error) {
+func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions) ([]peers.Entry, *api.QueryMeta, error) {
 	u := h.base
 	u.Path = "/v1/health/service/" + url.PathEscape(service)
 	v := url.Values{}
@@ -70,7 +71,7 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 	u.RawQuery = v.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	// Set explicitly, so the transport neither asks for gzip nor inflates.
 	req.Header.Set("Accept-Encoding", "identity")
@@ -79,7 +80,7 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	// One buffer serves every read: decode copies out what it keeps. After
@@ -91,20 +92,27 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 		h.buf = nil
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", u.Path, err)
+		return nil, nil, fmt.Errorf("read %s: %w", u.Path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, 0, api.StatusError{Code: resp.StatusCode, Body: strings.TrimSpace(string(body))}
+		return nil, nil, api.StatusError{Code: resp.StatusCode, Body: strings.TrimSpace(string(body))}
 	}
 	index, err := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: bad X-Consul-Index %q", u.Path, resp.Header.Get("X-Consul-Index"))
+		return nil, nil, fmt.Errorf("%s: bad X-Consul-Index %q", u.Path, resp.Header.Get("X-Consul-Index"))
 	}
+	meta := &api.QueryMeta{LastIndex: index}
+	// Consul sets these on every read: how long ago the answering server
+	// heard from the leader (zero on the leader), and whether it knows one.
+	if ms, err := strconv.ParseUint(resp.Header.Get("X-Consul-LastContact"), 10, 64); err == nil {
+		meta.LastContact = time.Duration(ms) * time.Millisecond
+	}
+	meta.KnownLeader = resp.Header.Get("X-Consul-KnownLeader") == "true"
 	entries, err := h.decode(body)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: %w", u.Path, err)
+		return nil, nil, fmt.Errorf("%s: %w", u.Path, err)
 	}
-	return entries, index, nil
+	return entries, meta, nil
 }
 
 // readAll reads r to its end into buf, growing it by a quarter when full

@@ -3,6 +3,8 @@ package catalogsync
 import (
 	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -15,6 +17,10 @@ import (
 	"meshd.dev/meshd/internal/loop"
 	"meshd.dev/meshd/peers"
 )
+
+// ErrStale is a catalog answer from a server too long out of touch with
+// its leader (Watcher.MaxStale).
+var ErrStale = errors.New("catalog answer too stale")
 
 // Snapshot is one read of the meshd service.
 type Snapshot struct {
@@ -37,6 +43,9 @@ type State struct {
 	// already has is not read); HintsApplied the reads newer than the list
 	// they went into.
 	Hints, HintReads, HintsApplied uint64
+	// OlderKept counts instance versions a list showed older than one an
+	// earlier list had, which the Catalog kept instead.
+	OlderKept uint64
 }
 
 // Watcher watches the instances of one service (Run) or a KV folder
@@ -56,6 +65,9 @@ type Watcher struct {
 	// MinBackoff and MaxBackoff bound the wait after an error (defaults
 	// 250ms and 10s: a fleet retries at most every 10s, spread by jitter).
 	MinBackoff, MaxBackoff time.Duration
+	// MaxStale, when set, refuses a service read whose answering server
+	// last heard from the leader longer ago (ErrStale).
+	MaxStale time.Duration
 
 	mu    sync.Mutex
 	state State
@@ -86,14 +98,29 @@ func NextIndex(prev, got uint64) uint64 {
 // deliver runs on Run's goroutine and must not block for long.
 func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 	read := func(q *api.QueryOptions) ([]peers.Entry, uint64, error) {
+		var (
+			entries []peers.Entry
+			meta    *api.QueryMeta
+			err     error
+		)
 		if w.HTTP != nil {
-			return w.HTTP.Service(q.Context(), w.Service, q)
+			entries, meta, err = w.HTTP.Service(q.Context(), w.Service, q)
+		} else {
+			var es []*api.ServiceEntry
+			es, meta, err = w.Client.Health().Service(w.Service, "", false, q)
+			entries = Convert(es)
 		}
-		entries, meta, err := w.Client.Health().Service(w.Service, "", false, q)
 		if err != nil {
 			return nil, 0, err
 		}
-		return Convert(entries), meta.LastIndex, nil
+		// A stale read may come from a server cut off from the leader for
+		// long: what it says may be long past (a rotated-out key). Such an
+		// answer is not applied; the next read may reach another server.
+		if w.MaxStale > 0 && meta.LastContact > w.MaxStale {
+			return nil, 0, fmt.Errorf("%w: the answering server last heard from the leader %s ago (catalog.max_stale %s)",
+				ErrStale, meta.LastContact.Round(time.Millisecond), w.MaxStale)
+		}
+		return entries, meta.LastIndex, nil
 	}
 	return follow(ctx, w, "service "+w.Service, read, sameEntries,
 		func(entries []peers.Entry, index uint64) { deliver(Snapshot{Index: index, Entries: entries}) })

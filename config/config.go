@@ -61,6 +61,9 @@ type Consul struct {
 	// HintKey is the KV key that announces a changed entry (empty: no
 	// hints).
 	HintKey string
+	// MaxStale refuses a catalog list from a server that last heard from
+	// its leader longer ago (key catalog.max_stale).
+	MaxStale time.Duration
 }
 
 // Gateway configures the user-peer link of a gateway node.
@@ -114,6 +117,7 @@ var Keys = []Key{
 	{"consul.service", "meshd", "Consul service every meshd registers"},
 	{"consul.datacenter", "", "Consul datacenter (default: the agent's)"},
 	{"consul.hint_key", "meshd/hint", "Consul KV key announcing a changed entry, so peers read just that entry (empty: off)"},
+	{"catalog.max_stale", "30s", "a catalog list from a server that last heard from its leader longer ago is not applied"},
 	{"gateway.enabled", "false", "run the gateway link for end users' peers"},
 	{"gateway.interface", "wg-gw", "WireGuard interface for end users' peers"},
 	{"gateway.listen_port", "51821", "UDP listen port of the gateway interface"},
@@ -259,6 +263,7 @@ func parse(v *viper.Viper) (*Config, error) {
 			Service:    p.serviceName("consul.service"),
 			Datacenter: p.str("consul.datacenter"),
 			HintKey:    p.kvKey("consul.hint_key"),
+			MaxStale:   p.duration("catalog.max_stale", time.Second),
 		},
 		Gateway: Gateway{
 			Enabled:    p.boolean("gateway.enabled"),

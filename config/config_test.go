@@ -43,7 +43,7 @@ func TestDefaults(t *testing.T) {
 		StatusSocket: "/run/meshd/meshd.sock", MetricsAddress: "127.0.0.1:9474",
 		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, MaxPeers: 25000, ResyncInterval: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text",
-		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint"},
+		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint", MaxStale: 30 * time.Second},
 		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key"},
 	}
 	cfg.File = ""
@@ -129,6 +129,7 @@ func TestBadValues(t *testing.T) {
 		{"keepalive: 1.5s", "keepalive", "1.5s", "whole seconds"},
 		{"max_removal_fraction: 1.5", "max_removal_fraction", "1.5", "fraction"},
 		{"max_peers: 0", "max_peers", "0", "1 to 1000000"},
+		{"catalog:\n  max_stale: 10ms", "catalog.max_stale", "10ms", "duration"},
 		{"node_name: Host_1", "node_name", "Host_1", "DNS label"},
 		{"interface: this-name-is-far-too-long", "interface", "this-name-is-far-too-long", "1-15 characters"},
 		{"key_file: relative/key", "key_file", "relative/key", "absolute path"},
