@@ -408,6 +408,38 @@ func TestPlannerIncrementalMatchesFull(t *testing.T) {
 	}
 }
 
+// mesh is a Planner whose plans a simulated kernel follows.
+type mesh struct {
+	pl     *Planner
+	kernel Observed
+}
+
+// step plans for the entries of nodes at now, commits, and applies.
+func (m *mesh) step(t *testing.T, nodes []int, now time.Time) Plan {
+	t.Helper()
+	var es []Entry
+	for _, n := range nodes {
+		es = append(es, entry(n))
+	}
+	slices.SortFunc(es, func(a, b Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
+	res, err := m.pl.Plan(es, self, func() (Observed, error) { return m.kernel, nil }, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.pl.Commit(res)
+	m.kernel = Applied(m.kernel, res.Plan)
+	return res.Plan
+}
+
+// span is the nodes lo to hi.
+func span(lo, hi int) []int {
+	var out []int
+	for n := lo; n <= hi; n++ {
+		out = append(out, n)
+	}
+	return out
+}
+
 // TestBreakerWindow is the slow-drain attack on the circuit breaker:
 // remove just under the threshold, wait out the grace, repeat. With a
 // mesh of 20, a fraction of 0.5 and a floor of 3, eight removals go; five
@@ -415,31 +447,9 @@ func TestPlannerIncrementalMatchesFull(t *testing.T) {
 // but the window counts 13 of the 20 it saw: the breaker holds them. An
 // hour later the window has forgotten, and five of twelve go.
 func TestBreakerWindow(t *testing.T) {
-	pl := &Planner{Rules: rules, Grace: time.Minute, MaxFraction: 0.5, Floor: 3}
-	var kernel Observed
-	observe := func() (Observed, error) { return kernel, nil }
-	step := func(nodes []int, now time.Time) Plan {
-		t.Helper()
-		var es []Entry
-		for _, n := range nodes {
-			es = append(es, entry(n))
-		}
-		slices.SortFunc(es, func(a, b Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
-		res, err := pl.Plan(es, self, observe, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pl.Commit(res)
-		kernel = Applied(kernel, res.Plan)
-		return res.Plan
-	}
-	span := func(lo, hi int) []int {
-		var out []int
-		for n := lo; n <= hi; n++ {
-			out = append(out, n)
-		}
-		return out
-	}
+	m := &mesh{pl: &Planner{Rules: rules, Grace: time.Minute, MaxFraction: 0.5, Floor: 3}}
+	step := func(nodes []int, now time.Time) Plan { t.Helper(); return m.step(t, nodes, now) }
+	kernel := &m.kernel
 	t0 := time.Unix(1000, 0)
 	step(span(2, 21), t0)
 	if len(kernel.Peers) != 20 {
@@ -465,24 +475,9 @@ func TestBreakerWindow(t *testing.T) {
 // against the next ones: after a released mass removal, one more node
 // leaving goes after its grace.
 func TestBreakerWindowRelease(t *testing.T) {
-	pl := &Planner{Rules: rules, Grace: time.Minute, MaxFraction: 0.5, Floor: 3}
-	var kernel Observed
-	observe := func() (Observed, error) { return kernel, nil }
-	step := func(lo, hi int, now time.Time) Plan {
-		t.Helper()
-		var es []Entry
-		for n := lo; n <= hi; n++ {
-			es = append(es, entry(n))
-		}
-		slices.SortFunc(es, func(a, b Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
-		res, err := pl.Plan(es, self, observe, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pl.Commit(res)
-		kernel = Applied(kernel, res.Plan)
-		return res.Plan
-	}
+	m := &mesh{pl: &Planner{Rules: rules, Grace: time.Minute, MaxFraction: 0.5, Floor: 3}}
+	step := func(lo, hi int, now time.Time) Plan { t.Helper(); return m.step(t, span(lo, hi), now) }
+	pl := m.pl
 	t0 := time.Unix(1000, 0)
 	step(2, 21, t0)
 	step(14, 21, t0.Add(time.Second)) // 12 of 20 leave
