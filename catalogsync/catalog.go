@@ -61,10 +61,11 @@ type Catalog struct {
 	hints, hintReads, hintsApplied uint64
 	consulNode                     string // the local agent's node, once known
 	// newest holds, by service ID, the newest version of each instance a
-	// list showed: a list from a lagging server (its index went backwards)
-	// does not bring back an older version of an instance (a rotated-out
-	// key). olderKept counts the versions it kept so.
-	newest    map[string]peers.Entry
+	// list showed and when it was first seen: a list from a lagging server
+	// (its index went backwards) does not bring back an older version of
+	// an instance (a rotated-out key). olderKept counts the versions it
+	// kept so.
+	newest    map[string]seenEntry
 	olderKept uint64
 	deliverMu sync.Mutex
 }
@@ -125,25 +126,43 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 	c.announcing.Wait()
 }
 
+// seenEntry is an instance's version and when a list first showed it.
+type seenEntry struct {
+	peers.Entry
+	at time.Time
+}
+
 // keepNewest puts in s, for every instance an earlier list showed in a
-// newer version (same CreateIndex, higher ModifyIndex), that version with
-// s's health, and remembers s's versions otherwise. It returns how many it
-// kept. c.mu must be held.
+// newer version (same CreateIndex, higher ModifyIndex) first seen within
+// keepWindow, that version with s's health, and remembers s's versions
+// otherwise. It returns how many it kept. c.mu must be held.
+//
+// The window: an answer that passed MaxStale is at most that far behind
+// the leader, so a version superseded longer ago cannot come back from a
+// lagging server; an older ModifyIndex seen after it is a restored
+// snapshot of the servers (their indexes went back for good) and is
+// believed.
 func (c *Catalog) keepNewest(s *Snapshot) int {
-	next := make(map[string]peers.Entry, len(s.Entries))
+	now := time.Now()
+	window := max(2*c.MaxStale, time.Minute)
+	next := make(map[string]seenEntry, len(s.Entries))
 	kept := 0
 	for i, e := range s.Entries {
 		prev, ok := c.newest[e.ServiceID]
-		if ok && prev.CreateIndex == e.CreateIndex && e.ModifyIndex < prev.ModifyIndex {
+		switch {
+		case ok && prev.CreateIndex == e.CreateIndex && e.ModifyIndex < prev.ModifyIndex && now.Sub(prev.at) < window:
 			if kept == 0 {
 				s.Entries = slices.Clone(s.Entries) // the watch keeps its own to compare
 			}
 			prev.Health = e.Health
-			s.Entries[i] = prev
+			s.Entries[i] = prev.Entry
 			kept++
-			e = prev
+			next[e.ServiceID] = prev
+		case ok && prev.ModifyIndex == e.ModifyIndex && prev.CreateIndex == e.CreateIndex:
+			next[e.ServiceID] = seenEntry{e, prev.at}
+		default:
+			next[e.ServiceID] = seenEntry{e, now}
 		}
-		next[e.ServiceID] = e
 	}
 	c.newest = next
 	c.olderKept += uint64(kept)

@@ -20,6 +20,7 @@ import (
 
 	"meshd.dev/meshd/health"
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/peers"
 )
 
 // TestCatalog runs two nodes' catalogs against one real Consul: what one
@@ -240,5 +241,31 @@ func TestStaleStatus(t *testing.T) {
 	<-done
 	if delivered {
 		t.Error("a stale answer was delivered")
+	}
+}
+
+// TestKeepNewestWindow: an older version of an instance is replaced by the
+// newer one seen within the window (a lagging server), and believed after
+// it (the servers restored an older snapshot: their indexes went back for
+// good, and the host has since registered again).
+func TestKeepNewestWindow(t *testing.T) {
+	entry := func(modify uint64, key string) peers.Entry {
+		return peers.Entry{ServiceID: "meshd-h2", CreateIndex: 3, ModifyIndex: modify, Meta: map[string]string{"public_key": key}}
+	}
+	for _, tt := range []struct {
+		name    string
+		seenAgo time.Duration
+		want    string
+	}{
+		{"lagging server within the window", 10 * time.Second, "new"},
+		{"restored servers after the window", 2 * time.Minute, "old"},
+	} {
+		c := &Catalog{MaxStale: 30 * time.Second}
+		c.newest = map[string]seenEntry{"meshd-h2": {entry(10, "new"), time.Now().Add(-tt.seenAgo)}}
+		s := &Snapshot{Index: 5, Entries: []peers.Entry{entry(8, "old")}}
+		c.keepNewest(s)
+		if got := s.Entries[0].Meta["public_key"]; got != tt.want {
+			t.Errorf("%s: %s applied, want %s", tt.name, got, tt.want)
+		}
 	}
 }
