@@ -49,6 +49,7 @@ type vectors struct {
 	Credential string `json:"credential"` // hex
 	Claims     string `json:"claims"`     // hex of the signed bytes
 	Signature  string `json:"signature"`  // base64, as in Meta
+	Revocation string `json:"revocation"` // hex, of node h1
 }
 
 // TestVectors checks the committed vectors: the credential and entry
@@ -59,7 +60,12 @@ func TestVectors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	revocation, err := authority.Revoke(Revocation{Node: "h1", Issued: time.Date(2027, 6, 1, 0, 0, 0, 0, time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	v := vectors{
+		Revocation: hex.EncodeToString(revocation),
 		Authority:  base64.StdEncoding.EncodeToString(authority.Public()),
 		Credential: hex.EncodeToString(cred),
 		Claims:     hex.EncodeToString(vectorClaims().Bytes()),
@@ -97,6 +103,10 @@ func TestVectors(t *testing.T) {
 	want.Authority = trusted
 	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 		t.Errorf("committed credential decodes to (-want +got):\n%s", diff)
+	}
+	revBytes, _ := hex.DecodeString(stored.Revocation)
+	if r, err := VerifyRevocation(revBytes, []ed25519.PublicKey{trusted}); err != nil || !r.Revokes(got) {
+		t.Errorf("committed revocation: %+v, %v; want it to revoke the committed credential", r, err)
 	}
 	if claims, _ := hex.DecodeString(stored.Claims); !bytes.HasPrefix(claims, []byte("meshd-entry-v1\x00\x01")) {
 		t.Errorf("signed claims do not start with the context and version: %q", claims[:20])
@@ -205,5 +215,46 @@ func TestIssueRefuses(t *testing.T) {
 	}
 	if n := len(base64.StdEncoding.EncodeToString(cred)); n > 512 {
 		t.Errorf("the largest credential is %d characters in base64, over Consul's 512", n)
+	}
+}
+
+// TestRevocation: a revocation of a node or of an identity key verifies
+// against the trusted authority and withdraws exactly the credentials it
+// names; an untrusted authority's, a flipped bit, or one naming both is
+// refused.
+func TestRevocation(t *testing.T) {
+	trusted := []ed25519.PublicKey{authority.Public()}
+	cred := vectorCredential()
+	other := vectorCredential()
+	other.Node, other.Identity = "h2", ed25519.NewKeyFromSeed(bytes.Repeat([]byte{4}, 32)).Public().(ed25519.PublicKey)
+	issued := time.Date(2027, 1, 2, 0, 0, 0, 0, time.UTC)
+	for _, r := range []Revocation{{Node: "h1", Issued: issued}, {Identity: cred.Identity, Issued: issued}} {
+		b, err := authority.Revoke(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := VerifyRevocation(b, trusted)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Revokes(cred) || got.Revokes(other) || !got.Issued.Equal(issued) {
+			t.Errorf("%+v revokes h1: %v, h2: %v", got, got.Revokes(cred), got.Revokes(other))
+		}
+		for i := range len(b) * 8 {
+			bad := append([]byte{}, b...)
+			bad[i/8] ^= 1 << (i % 8)
+			if _, err := VerifyRevocation(bad, trusted); err == nil {
+				t.Fatalf("revocation with bit %d flipped verifies", i)
+			}
+		}
+		if _, err := VerifyRevocation(b, []ed25519.PublicKey{identity.Public().(ed25519.PublicKey)}); !errors.Is(err, ErrUntrusted) {
+			t.Errorf("revocation against another authority: %v", err)
+		}
+	}
+	if _, err := authority.Revoke(Revocation{Node: "h1", Identity: cred.Identity}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("a revocation naming both: %v", err)
+	}
+	if _, err := authority.Revoke(Revocation{}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("a revocation naming nothing: %v", err)
 	}
 }
