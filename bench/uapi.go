@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/netlinkx"
 )
 
 // ReadUAPI reads the peers of a userspace WireGuard device through its
@@ -19,7 +21,7 @@ import (
 // is held until the text is read, so a slow reader also delays the writes
 // of the system measured.
 func ReadUAPI(iface string) (map[wgtypes.Key]wgtypes.Peer, error) {
-	c, err := net.DialTimeout("unix", "/var/run/wireguard/"+iface+".sock", time.Second)
+	c, err := net.DialTimeout("unix", netlinkx.UAPISocket(iface), time.Second)
 	if err != nil {
 		return nil, err
 	}

@@ -207,6 +207,8 @@ func TestGateway(t *testing.T) {
 		return err == nil
 	})
 
+	underlayCannotInject(t, lab, gw, b)
+
 	newLaptop := func(name string) *laptop {
 		return &laptop{Host: lab.AddHost(name), iface: fmt.Sprintf("wl%d%s", os.Getpid()%10000, name)}
 	}
@@ -458,4 +460,66 @@ func dropCounter(t *testing.T, gw *node) int {
 	}
 	n, _ := strconv.Atoi(m[1])
 	return n
+}
+
+// underlayCannotInject is the attack of a neighbour on the gateway's
+// underlay: it routes the mesh supernet through the gateway and sends to a
+// mesh host from an address of the gateway's user pool. The gateway
+// forwards into its mesh link only from its user link (and the mesh link),
+// so the datagrams never reach the host; the drop rule's counter shows
+// they were routed there and dropped.
+func underlayCannotInject(t *testing.T, lab *testlab.Lab, gw, target *node) {
+	t.Helper()
+	nb := lab.AddHost("nb")
+	out, err := gw.Exec("ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link")
+	f := strings.Fields(out)
+	if err != nil || len(f) < 4 {
+		t.Fatalf("gateway's link-local address: %v %q", err, out)
+	}
+	gwLL, _, _ := strings.Cut(f[3], "/")
+	const spoofed = "fdaa:0:1:ffff::1e" // inside the gateway's pool
+	for _, argv := range [][]string{
+		{"ip", "-6", "addr", "add", spoofed + "/128", "dev", "eth0", "nodad"},
+		{"ip", "-6", "route", "add", "fdaa::/16", "via", gwLL, "dev", "eth0"},
+	} {
+		if out, err := nb.Exec(argv...); err != nil {
+			t.Fatalf("%v: %v: %s", argv, err, out)
+		}
+	}
+	sink, err := testlab.ListenPacketInNetns(target.Netns, "udp6", net.JoinHostPort(target.meshAddr().String(), "7002"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	src, err := testlab.ListenPacketInNetns(nb.Netns, "udp6", net.JoinHostPort(spoofed, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst := &net.UDPAddr{IP: target.meshAddr().AsSlice(), Port: 7002}
+	dropped := func() int {
+		out, _ := gw.Exec("nft", "list", "chain", "ip6", "meshd", "forward")
+		for line := range strings.Lines(out) {
+			if strings.Contains(line, "oifname") && strings.Contains(line, "drop") {
+				var n int
+				if _, err := fmt.Sscanf(line[strings.Index(line, "packets"):], "packets %d", &n); err == nil {
+					return n
+				}
+			}
+		}
+		return -1
+	}
+	received := func(wait time.Duration) {
+		t.Helper()
+		sink.SetReadDeadline(time.Now().Add(wait))
+		if n, from, err := sink.ReadFrom(make([]byte, 64)); err == nil {
+			t.Fatalf("%s got %d bytes from %v: the gateway forwarded the underlay into the mesh", target.Name, n, from)
+		}
+	}
+	testlab.Eventually(t, 10*time.Second, "the neighbour's datagrams routed to the gateway and dropped there", func() bool {
+		src.WriteTo([]byte("injected"), dst)
+		received(50 * time.Millisecond)
+		return dropped() > 0
+	})
+	received(2 * time.Second)
 }

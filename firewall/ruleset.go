@@ -17,13 +17,18 @@ type Rule struct {
 // forwarded or addressed to the gateway itself.
 type Ruleset struct {
 	Interface string
-	Rules     []Rule
+	// MeshInterface, when set, is the mesh link: packets are forwarded
+	// into it only from Interface (users) and from itself, never from the
+	// underlay or any other link (a neighbour routing the mesh through the
+	// gateway would otherwise reach mesh hosts with any source it likes).
+	MeshInterface string
+	Rules         []Rule
 }
 
 // sameShape reports whether two rulesets differ at most in their rules'
 // sources, which can be changed in place as set elements.
 func sameShape(a, b Ruleset) bool {
-	return a.Interface == b.Interface && slices.EqualFunc(a.Rules, b.Rules, func(x, y Rule) bool {
+	return a.Interface == b.Interface && a.MeshInterface == b.MeshInterface && slices.EqualFunc(a.Rules, b.Rules, func(x, y Rule) bool {
 		return slices.Equal(x.Destinations, y.Destinations)
 	})
 }

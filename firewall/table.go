@@ -121,6 +121,18 @@ func (t *Table) rebuild(rs Ruleset) error {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(rs.Interface)},
 			&expr.Verdict{Kind: expr.VerdictJump, Chain: users.Name},
 		}})
+		if hook.hook == nftables.ChainHookForward && rs.MeshInterface != "" {
+			// oifname "<mesh>" iifname != "<interface>" iifname != "<mesh>" counter drop
+			c.AddRule(&nftables.Rule{Table: t.table, Chain: base, Exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(rs.MeshInterface)},
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(rs.Interface)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(rs.MeshInterface)},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			}})
+		}
 	}
 	sets := make([]*nftables.Set, len(rs.Rules))
 	for i, r := range rs.Rules {
@@ -220,7 +232,7 @@ func (t *Table) fail(err error) error {
 }
 
 func clone(rs Ruleset) *Ruleset {
-	c := Ruleset{Interface: rs.Interface, Rules: make([]Rule, len(rs.Rules))}
+	c := Ruleset{Interface: rs.Interface, MeshInterface: rs.MeshInterface, Rules: make([]Rule, len(rs.Rules))}
 	for i, r := range rs.Rules {
 		c.Rules[i] = Rule{Sources: append([]netip.Addr(nil), r.Sources...), Destinations: append([]netip.Prefix(nil), r.Destinations...)}
 	}

@@ -56,7 +56,7 @@ func TestTable(t *testing.T) {
 	}
 	t.Cleanup(func() { tbl.Remove() })
 
-	rs := firewall.Ruleset{Interface: "wg-gw", Rules: []firewall.Rule{
+	rs := firewall.Ruleset{Interface: "wg-gw", MeshInterface: "wg0", Rules: []firewall.Rule{
 		{Sources: addrs("fdaa:1:0:8000::1", "fdaa:1:0:8000::2"), Destinations: prefixes("fdaa::/16")},
 		{Sources: addrs("fdaa:1:0:8000::3"), Destinations: prefixes("fdaa:2::/48", "fdaa:3::/48")},
 	}}
@@ -66,6 +66,7 @@ func TestTable(t *testing.T) {
 	got := nft(t, "list", "table", "ip6", "meshd")
 	for _, want := range []string{
 		`iifname "wg-gw" jump users`,
+		`oifname "wg0" iifname != "wg-gw" iifname != "wg0" counter packets 0 bytes 0 drop`,
 		"type filter hook input priority filter; policy accept;",
 		"type filter hook forward priority filter; policy accept;",
 		"ip6 saddr @sources0 ip6 daddr fdaa::/16 accept",

@@ -32,9 +32,12 @@ type Options struct {
 	Supernet netip.Prefix
 	// Link is the user link (no address: users' addresses are routed to it
 	// one /128 each).
-	Link     *netlinkx.Link
-	Firewall *firewall.Table
-	Consul   *api.Client
+	Link *netlinkx.Link
+	// MeshInterface is the node's mesh link: forwarding into it is allowed
+	// only from the user link (firewall.Ruleset.MeshInterface).
+	MeshInterface string
+	Firewall      *firewall.Table
+	Consul        *api.Client
 	// Datacenter is passed to the watch.
 	Datacenter     string
 	ResyncInterval time.Duration
@@ -143,7 +146,7 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 	var errs []error
 	// The firewall first: a new or narrowed policy holds before the peer
 	// it is for can send; a removed peer's traffic is dropped either way.
-	if err := r.opts.Firewall.Apply(firewall.Ruleset{Interface: r.opts.Link.Name(), Rules: st.Rules}); err != nil {
+	if err := r.opts.Firewall.Apply(firewall.Ruleset{Interface: r.opts.Link.Name(), MeshInterface: r.opts.MeshInterface, Rules: st.Rules}); err != nil {
 		errs = append(errs, err)
 	}
 	obs, err := r.observe()

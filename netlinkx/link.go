@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -288,8 +290,29 @@ func (l *Link) Remove() error {
 		errs = append(errs, fmt.Errorf("delete %s: %w", l.opts.Name, err))
 	} else {
 		l.opts.Logger.Info("deleted link", "interface", l.opts.Name)
+		errs = append(errs, waitUserspaceGone(l.opts.Name, 5*time.Second))
 	}
 	return errors.Join(errs...)
+}
+
+// UAPISocket is where a userspace WireGuard device listens (wireguard-go's
+// ipc package); wgctrl finds userspace devices there.
+func UAPISocket(name string) string { return "/var/run/wireguard/" + name + ".sock" }
+
+// waitUserspaceGone waits until a userspace device whose link was deleted
+// has ended (its UAPI socket is gone), so that a removed device no longer
+// answers wgctrl when Remove returns. A kernel device has no socket.
+func waitUserspaceGone(name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(UAPISocket(name)); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the userspace device process of %s still runs %s after its link was deleted", name, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // count records a write; the device read by Ensure is stale after it.

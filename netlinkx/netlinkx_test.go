@@ -296,7 +296,7 @@ func TestRemoveEndsUserspaceProcess(t *testing.T) {
 		}
 		return
 	}
-	sock := "/var/run/wireguard/wgt2.sock"
+	sock := netlinkx.UAPISocket("wgt2")
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatalf("UAPI socket: %v", err)
 	}

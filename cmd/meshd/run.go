@@ -241,6 +241,7 @@ func newGateway(cfg *config.Config, consul *api.Client, logger *slog.Logger, exe
 		Pool:           cfg.Gateway.Pool,
 		Supernet:       cfg.MeshSupernet,
 		Link:           link,
+		MeshInterface:  cfg.Interface,
 		Firewall:       fw,
 		Consul:         consul,
 		Datacenter:     cfg.Consul.Datacenter,
