@@ -208,7 +208,11 @@ func TestRemovalGrace(t *testing.T) {
 		if _, err := c.Catalog().Register(reg, nil); err != nil {
 			t.Fatal(err)
 		}
-		testlab.Eventually(t, 10*time.Second, "r4 applied", func() bool { return h.kernelPeers(t)[r4.PublicKey] })
+		// Applied in status, not only present in the kernel: status is set
+		// after the whole plan (peer, then route) is written and counted.
+		testlab.Eventually(t, 10*time.Second, "r4 applied", func() bool {
+			return h.kernelPeers(t)[r4.PublicKey] && h.peerState(r4.PublicKey) == agent.PeerApplied
+		})
 		before := h.link.Writes()
 		reg.Check.Status = api.HealthCritical
 		if _, err := c.Catalog().Register(reg, nil); err != nil {
