@@ -14,6 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/peers"
+	"meshd.dev/meshd/trust"
 )
 
 // Registration is this node's entry in the catalog.
@@ -28,6 +29,12 @@ type Registration struct {
 	// Extra Meta a role adds (a gateway's user-link key, endpoint and
 	// pool); it never overrides the keys above.
 	Extra map[string]string
+	// Signer signs the entry with the host's identity, under its
+	// credential; Serial grows with every change of what is signed (the
+	// time of the change is fine). Without a Signer the entry is unsigned
+	// and no host applies it.
+	Signer *trust.Signer
+	Serial uint64
 }
 
 // ServiceID is unique per mesh node, so several meshd may share one agent.
@@ -38,8 +45,16 @@ func (r Registration) ID() string { return ServiceID(r.Node) }
 
 // Meta is the registration's service metadata (DESIGN.md "Data model").
 func (r Registration) Meta() map[string]string {
-	return peers.EncodeMeta(peers.Peer{Node: r.Node, PublicKey: r.PublicKey, Endpoint: r.Endpoint,
-		Prefix: r.Prefix, Keepalive: r.Keepalive}, r.Extra)
+	p := peers.Peer{Node: r.Node, PublicKey: r.PublicKey, Endpoint: r.Endpoint, Prefix: r.Prefix, Keepalive: r.Keepalive}
+	m := peers.EncodeMeta(p, r.Extra)
+	if r.Signer == nil {
+		return m
+	}
+	signed, err := peers.Sign(m, p, r.Signer, r.Serial)
+	if err != nil {
+		return m // a role's Meta this meshd wrote itself is never malformed; unsigned, no host applies it
+	}
+	return signed
 }
 
 // Matches reports whether a catalog entry already says what r would

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +19,7 @@ import (
 
 	"meshd.dev/meshd/peers"
 	"meshd.dev/meshd/prefixalloc"
+	"meshd.dev/meshd/trust"
 )
 
 // DefaultPath is where meshd looks for its file when --config is not given.
@@ -45,6 +47,7 @@ type Config struct {
 	LogFormat          string
 	Consul             Consul
 	Gateway            Gateway
+	Trust              Trust
 
 	// File is the configuration file that was read, or "" if none.
 	File string
@@ -64,6 +67,19 @@ type Consul struct {
 	// MaxStale refuses a catalog list from a server that last heard from
 	// its leader longer ago (key catalog.max_stale).
 	MaxStale time.Duration
+}
+
+// Trust says whose word makes an entry a peer, and how this host signs
+// its own.
+type Trust struct {
+	// Authorities are the fleet authorities' public keys (key
+	// trust.authorities): an entry is used only under a credential one of
+	// them signed.
+	Authorities []ed25519.PublicKey
+	// IdentityKeyFile holds this host's identity seed (mode 0600), and
+	// CredentialFile the credential an authority issued for it.
+	IdentityKeyFile string
+	CredentialFile  string
 }
 
 // Gateway configures the user-peer link of a gateway node.
@@ -117,6 +133,9 @@ var Keys = []Key{
 	{"consul.service", "meshd", "Consul service every meshd registers"},
 	{"consul.datacenter", "", "Consul datacenter (default: the agent's)"},
 	{"consul.hint_key", "meshd/hint", "Consul KV key announcing a changed entry, so peers read just that entry (empty: off)"},
+	{"trust.authorities", "", "fleet authority public keys (base64, comma-separated or a YAML list) whose credentials make entries peers (required by run)"},
+	{"identity_key_file", "", "this host's identity key file, mode 0600 (default: <state_dir>/identity.key)"},
+	{"credential_file", "", "this host's credential from the authority (default: <state_dir>/credential)"},
 	{"catalog.max_stale", "30s", "a catalog list from a server that last heard from its leader longer ago is not applied"},
 	{"gateway.enabled", "false", "run the gateway link for end users' peers"},
 	{"gateway.interface", "wg-gw", "WireGuard interface for end users' peers"},
@@ -276,8 +295,17 @@ func parse(v *viper.Viper) (*Config, error) {
 	c.Prefix = p.prefix("prefix", c.MeshSupernet)
 	c.KeyFile = p.path("key_file")
 	c.Gateway.Pool = p.cidr("gateway.pool")
+	c.Trust.Authorities = p.authorities("trust.authorities")
+	c.Trust.IdentityKeyFile = p.path("identity_key_file")
+	c.Trust.CredentialFile = p.path("credential_file")
 	if p.err != nil {
 		return nil, p.err
+	}
+	if c.Trust.IdentityKeyFile == "" {
+		c.Trust.IdentityKeyFile = filepath.Join(c.StateDir, "identity.key")
+	}
+	if c.Trust.CredentialFile == "" {
+		c.Trust.CredentialFile = filepath.Join(c.StateDir, "credential")
 	}
 	if c.KeyFile == "" {
 		c.KeyFile = filepath.Join(c.StateDir, "private.key")
@@ -328,12 +356,23 @@ func (c *Config) RequireMember() error {
 	return nil
 }
 
+// RequireTrust checks that at least one authority is trusted: there is no
+// unsigned mode (run, mesh, gateway, rotate-key).
+func (c *Config) RequireTrust() error {
+	if len(c.Trust.Authorities) == 0 {
+		return &Error{"trust.authorities", "", "at least one authority public key (base64), as `meshd authority init` prints it"}
+	}
+	return nil
+}
+
 // MeshAddress is the host's address on the mesh: the first host address of
 // its prefix.
 func (c *Config) MeshAddress() netip.Addr { return c.Prefix.Addr().Next() }
 
 // Rules are the limits node entries must respect.
-func (c *Config) Rules() peers.Rules { return peers.Rules{Supernet: c.MeshSupernet} }
+func (c *Config) Rules() peers.Rules {
+	return peers.Rules{Supernet: c.MeshSupernet, Trust: &peers.Trust{Authorities: c.Trust.Authorities}}
+}
 
 func exampleIn(p netip.Prefix) string {
 	if !p.IsValid() || p.Bits() >= 112 {
@@ -374,6 +413,34 @@ func (p *parser) raw(key string) string {
 }
 
 func (p *parser) str(key string) string { return p.raw(key) }
+
+// authorities reads a list of base64 ed25519 public keys: a YAML list, or
+// one string of keys separated by commas or spaces (env, flags).
+func (p *parser) authorities(key string) []ed25519.PublicKey {
+	var items []string
+	switch x := p.v.Get(key).(type) {
+	case nil:
+	case string:
+		items = strings.FieldsFunc(x, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
+	case []any:
+		for _, it := range x {
+			items = append(items, strings.TrimSpace(fmt.Sprint(it)))
+		}
+	default:
+		p.fail(key, fmt.Sprint(x), "a list of base64 ed25519 public keys")
+		return nil
+	}
+	var out []ed25519.PublicKey
+	for _, it := range items {
+		k, err := trust.ParsePublicKey(it)
+		if err != nil {
+			p.fail(key, it, "base64 ed25519 public keys of 32 bytes, as `meshd authority init` prints them")
+			return nil
+		}
+		out = append(out, k)
+	}
+	return out
+}
 
 func (p *parser) nodeName(key string) string {
 	s := p.raw(key)

@@ -45,6 +45,7 @@ func TestDefaults(t *testing.T) {
 		LogLevel: "info", LogFormat: "text",
 		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint", MaxStale: 30 * time.Second},
 		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key"},
+		Trust:   Trust{IdentityKeyFile: "/var/lib/meshd/identity.key", CredentialFile: "/var/lib/meshd/credential"},
 	}
 	cfg.File = ""
 	if diff := cmp.Diff(want, *cfg, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),

@@ -20,8 +20,8 @@ const KVRoot = "meshd/gateways/"
 // user's configuration needs from it.
 const (
 	Tag                  = "gateway"
-	MetaGatewayPublicKey = "gateway_public_key"
-	MetaGatewayEndpoint  = "gateway_endpoint"
+	MetaGatewayPublicKey = peers.MetaGatewayPublicKey
+	MetaGatewayEndpoint  = peers.MetaGatewayEndpoint
 	MetaGatewayPool      = "gateway_pool"
 )
 

@@ -67,6 +67,13 @@ type Peer struct {
 	Tags        []string
 	Health      string
 	CreateIndex uint64
+
+	// What the entry's trust proved (Rules.Trust): the signed serial, the
+	// credential's expiry, identity and roles. Zero without Rules.Trust.
+	Serial   uint64
+	NotAfter time.Time
+	Identity [32]byte
+	Roles    []string
 }
 
 // Rules bound what an entry may claim.
@@ -76,6 +83,10 @@ type Rules struct {
 	// MinBits and MaxBits bound a node prefix's length. Zero values mean
 	// Supernet.Bits()+1 and 120.
 	MinBits, MaxBits int
+	// Trust is what an entry must prove. The agent and every command that
+	// uses entries set it; nil (pure tests of the planning alone) takes
+	// entries unsigned.
+	Trust *Trust
 }
 
 func (r Rules) bounds() (lo, hi int) {
@@ -164,6 +175,9 @@ func ParseEntry(e Entry, r Rules) (Peer, error) {
 	if p.Endpoint, err = ParseEndpoint(e.Meta[MetaEndpoint]); err != nil {
 		return Peer{}, err
 	}
+	if err := r.checkEndpoint(p.Endpoint); err != nil {
+		return Peer{}, err
+	}
 	pfx, err := netip.ParsePrefix(e.Meta[MetaPrefix])
 	if err != nil {
 		return Peer{}, bad("prefix", "prefix %q is not an IPv6 CIDR", clip(e.Meta[MetaPrefix]))
@@ -177,9 +191,35 @@ func ParseEntry(e Entry, r Rules) (Peer, error) {
 		if err != nil || n < 0 || n > 65535 {
 			return Peer{}, bad("keepalive", "keepalive %q is not a number of seconds from 0 to 65535", clip(s))
 		}
+		if n > 0 && n < MinKeepalive {
+			return Peer{}, bad("keepalive", "keepalive %ds is below %ds: every peer would send that often", n, MinKeepalive)
+		}
 		p.Keepalive = time.Duration(n) * time.Second
 	}
+	if r.Trust != nil {
+		if err := r.Trust.verify(e, &p); err != nil {
+			return Peer{}, err
+		}
+	}
 	return p, nil
+}
+
+// MinKeepalive is the shortest persistent keepalive (seconds) an entry may
+// ask of its peers.
+const MinKeepalive = 10
+
+// checkEndpoint refuses endpoints no peer should send to: this host's own
+// loopback, unspecified, multicast or link-local addresses, and addresses
+// inside the mesh (the tunnel would carry itself).
+func (r Rules) checkEndpoint(ep netip.AddrPort) error {
+	a := ep.Addr()
+	switch {
+	case a.IsLoopback(), a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast():
+		return bad("endpoint", "endpoint %s is a loopback, unspecified, multicast or link-local address", ep)
+	case r.Supernet.IsValid() && r.Supernet.Contains(a):
+		return bad("endpoint", "endpoint %s is inside the mesh supernet %s", ep, r.Supernet)
+	}
+	return nil
 }
 
 // ParsePublicKey decodes a base64 WireGuard key of exactly 32 bytes.
@@ -302,6 +342,13 @@ type ParseCache struct {
 	lastSelf  Self
 	lastRules Rules
 	patchable bool
+
+	// trust is the state of the trust checks (nil: none beyond the
+	// entry's own), set by Planner; good is the last peer accepted for
+	// each service ID, kept when its entry is replaced by one rejected
+	// (keeps).
+	trust *trustState
+	good  map[string]Peer
 }
 
 // parsed is one entry as Desire sees it.
@@ -359,8 +406,14 @@ func (c *ParseCache) desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	// it builds its maps anew, and a cache keeps them for patch.
 	next := make(map[string]cachedParse, len(entries))
 	byNode, byKey, claimed := map[string]string{}, map[wgtypes.Key]string{}, newPrefixSet(nil)
+	var good, nextGood map[string]Peer
+	var st *trustState
 	if c != nil {
-		defer func() { c.m, c.byNode, c.byKey, c.claims = next, byNode, byKey, claimed }()
+		good, nextGood, st = c.good, make(map[string]Peer, len(entries)), c.trust
+		defer func() { c.m, c.byNode, c.byKey, c.claims, c.good = next, byNode, byKey, claimed, nextGood }()
+	}
+	if st != nil {
+		st.nextExpiry = time.Time{}
 	}
 	all := make([]parsed, 0, len(entries))
 	ps := make([]*parsed, 0, len(entries))
@@ -393,15 +446,19 @@ func (c *ParseCache) desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	slices.Sort(lens)
 	claimed.lens = lens
 	for _, x := range ps {
-		switch code, reason := judge(x.e, x.p, x.err, self, byNode, byKey, claimed); code {
-		case "":
-			byNode[x.p.Node] = x.e.ServiceID
-			byKey[x.p.PublicKey] = x.p.Node
-			claimed.add(x.p)
-			out = append(out, x.p)
-		case codeSkip:
-		default:
-			rej = append(rej, Rejection{ServiceID: x.e.ServiceID, Node: x.e.Meta[MetaNode], Reason: reason, Code: code})
+		d := decide(x.e, x.p, x.err, self, byNode, byKey, claimed, good, st)
+		if d.accept {
+			byNode[d.peer.Node] = x.e.ServiceID
+			byKey[d.peer.PublicKey] = d.peer.Node
+			claimed.add(d.peer)
+			st.accepted(d.peer)
+			if nextGood != nil {
+				nextGood[x.e.ServiceID] = d.peer
+			}
+			out = append(out, d.peer)
+		}
+		if d.rej != nil {
+			rej = append(rej, *d.rej)
 		}
 	}
 	if len(out) == 0 {
@@ -419,9 +476,42 @@ func (c *ParseCache) desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 // a rejection.
 const codeSkip = "-"
 
+// decision is what one entry comes to: a peer accepted, a rejection, or
+// both (the entry is rejected and the last peer accepted for its service
+// ID stays: keeps).
+type decision struct {
+	peer   Peer
+	accept bool
+	rej    *Rejection
+	// conflict is set when the verdict depends on another entry.
+	conflict bool
+}
+
+// decide judges one parsed entry (judge) and, when it is rejected for
+// a claim anyone could have written, judges good[e.ServiceID] in its place.
+func decide(e *Entry, p Peer, err error, self Self, byNode map[string]string, byKey map[wgtypes.Key]string, claimed *prefixSet, good map[string]Peer, st *trustState) decision {
+	code, reason := judge(e, p, err, self, byNode, byKey, claimed, st)
+	switch code {
+	case "":
+		return decision{peer: p, accept: true}
+	case codeSkip:
+		return decision{}
+	}
+	d := decision{rej: &Rejection{ServiceID: e.ServiceID, Node: e.Meta[MetaNode], Reason: reason, Code: code}, conflict: conflict(code)}
+	if g, ok := good[e.ServiceID]; ok && keeps(code) {
+		switch code, _ := judge(e, g, nil, self, byNode, byKey, claimed, st); {
+		case code == "":
+			d.peer, d.accept = g, true
+		case conflict(code):
+			d.conflict = true
+		}
+	}
+	return d
+}
+
 // judge is Desire's verdict on one parsed entry, given the peers accepted
 // before it: "" to accept it, codeSkip, or a rejection's code and reason.
-func judge(e *Entry, p Peer, err error, self Self, byNode map[string]string, byKey map[wgtypes.Key]string, claimed *prefixSet) (code, reason string) {
+func judge(e *Entry, p Peer, err error, self Self, byNode map[string]string, byKey map[wgtypes.Key]string, claimed *prefixSet, st *trustState) (code, reason string) {
 	if err == nil && p.Node == self.Node {
 		return codeSkip, ""
 	}
@@ -435,6 +525,9 @@ func judge(e *Entry, p Peer, err error, self Self, byNode map[string]string, byK
 			code = ee.Field
 		}
 		return code, err.Error()
+	}
+	if code, reason := st.check(p); code != "" {
+		return code, reason
 	}
 	switch {
 	case byNode[p.Node] != "":

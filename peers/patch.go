@@ -68,16 +68,19 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 		if ch.old == nil {
 			continue
 		}
+		// What was accepted for the ID (its parse, or the peer kept in
+		// its place) leaves the indexes; its rejection leaves too.
 		id := ch.old.ServiceID
-		hit := c.m[id]
 		delete(c.m, id)
-		if hit.err == nil && c.byNode[hit.p.Node] == id {
-			delete(c.byNode, hit.p.Node)
-			delete(c.byKey, hit.p.PublicKey)
-			c.claims.remove(hit.p.Prefix)
-			goneNodes[hit.p.Node] = true
-		} else {
-			goneIDs[id] = true
+		if g, ok := c.good[id]; ok && c.byNode[g.Node] == id {
+			delete(c.byNode, g.Node)
+			delete(c.byKey, g.PublicKey)
+			c.claims.remove(g.Prefix)
+			goneNodes[g.Node] = true
+		}
+		goneIDs[id] = true
+		if ch.new == nil {
+			delete(c.good, id)
 		}
 	}
 	var added []Peer
@@ -90,17 +93,22 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 		if err == nil && !slices.Contains(c.claims.lens, p.Prefix.Bits()) {
 			return nil, nil, false // a prefix length the overlap index does not cover
 		}
-		switch code, reason := judge(ch.new, p, err, self, c.byNode, c.byKey, c.claims); {
-		case code == "":
-			c.byNode[p.Node] = ch.new.ServiceID
-			c.byKey[p.PublicKey] = p.Node
-			c.claims.add(p)
-			added = append(added, p)
-		case code == codeSkip:
-		case conflict(code):
+		d := decide(ch.new, p, err, self, c.byNode, c.byKey, c.claims, c.good, c.trust)
+		if d.conflict {
 			return nil, nil, false
-		default:
-			addedRej = append(addedRej, Rejection{ServiceID: ch.new.ServiceID, Node: ch.new.Meta[MetaNode], Reason: reason, Code: code})
+		}
+		if d.accept {
+			c.byNode[d.peer.Node] = ch.new.ServiceID
+			c.byKey[d.peer.PublicKey] = d.peer.Node
+			c.claims.add(d.peer)
+			c.trust.accepted(d.peer)
+			c.good[ch.new.ServiceID] = d.peer
+			added = append(added, d.peer)
+		} else {
+			delete(c.good, ch.new.ServiceID)
+		}
+		if d.rej != nil {
+			addedRej = append(addedRej, *d.rej)
 		}
 	}
 

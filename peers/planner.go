@@ -42,6 +42,8 @@ type Planner struct {
 	absentSince map[wgtypes.Key]time.Time
 	released    map[wgtypes.Key]bool
 	window      breakerWindow
+	trust       trustState // with Rules.Trust
+	revoked     Revoked
 }
 
 // breakerWindow remembers, for BreakerWindow, the removals made for their
@@ -114,6 +116,9 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	pl.now = now
 	model := pl.model
 	pl.model = nil
+	if pl.Rules.Trust != nil {
+		pl.checkTrust(now)
+	}
 	res.Desired, res.Rejected = pl.parses.Desire(entries, self, pl.Rules)
 	if pl.MaxPeers > 0 && len(res.Desired) > pl.MaxPeers {
 		res.Desired, res.Rejected = capPeers(res.Desired, res.Rejected, pl.MaxPeers)
@@ -130,6 +135,7 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	if pl.released == nil {
 		pl.released = map[wgtypes.Key]bool{}
 	}
+	pl.removeAtOnce(res.Rejected, now)
 	pl.window.prune(now)
 	pl.window.seen(now, len(res.Observed.Peers))
 	rm := Removal{Grace: pl.Grace, Now: now, MaxFraction: pl.MaxFraction, Floor: pl.Floor, Released: pl.released}
@@ -208,4 +214,67 @@ func capPeers(desired []Peer, rejected []Rejection, max int) ([]Peer, []Rejectio
 			Reason: fmt.Sprintf("over max_peers: this host holds at most %d peers, the oldest registrations first", max)})
 	}
 	return kept, rejected
+}
+
+// checkTrust readies the trust checks for a plan at now: past the soonest
+// expiry of an accepted credential, every entry is judged again.
+func (pl *Planner) checkTrust(now time.Time) {
+	st := &pl.trust
+	if st.serials == nil {
+		st.serials = map[string]uint64{}
+	}
+	st.now, st.revoked = now, pl.revoked
+	if !st.nextExpiry.IsZero() && !now.Before(st.nextExpiry) {
+		pl.parses.patchable = false
+	}
+	pl.parses.trust = st
+}
+
+// Revoke takes the authority's revocations (verified by the caller); a
+// change judges every entry again, and the peers of revoked nodes and
+// identities are removed at once.
+func (pl *Planner) Revoke(r Revoked) {
+	if !r.equal(pl.revoked) {
+		pl.revoked = r
+		pl.parses.patchable = false
+	}
+}
+
+// removeAtOnce starts the removal of the peers whose node the authority
+// no longer vouches for (expired, revoked) with their grace already over
+// and the breaker released for them: the authority's word is not a
+// catalog mishap to wait out.
+func (pl *Planner) removeAtOnce(rejected []Rejection, now time.Time) {
+	for _, r := range rejected {
+		if r.Code != CodeExpired && r.Code != CodeRevoked {
+			continue
+		}
+		i, ok := slices.BinarySearchFunc(pl.desired, r.Node, func(p Peer, node string) int { return strings.Compare(p.Node, node) })
+		if !ok {
+			continue
+		}
+		if pl.absentSince == nil {
+			pl.absentSince = map[wgtypes.Key]time.Time{}
+		}
+		k := pl.desired[i].PublicKey
+		pl.absentSince[k] = now.Add(-pl.Grace)
+		pl.released[k] = true
+	}
+}
+
+// Serials is the highest serial accepted for each node, for the caller to
+// keep across restarts (SetSerials), so that an entry replayed from
+// before a key rotation is refused after a restart too. changed says
+// whether any grew since the last call.
+func (pl *Planner) Serials() (serials map[string]uint64, changed bool) {
+	changed, pl.trust.changed = pl.trust.changed, false
+	return maps.Clone(pl.trust.serials), changed
+}
+
+// SetSerials restores what Serials returned before a restart.
+func (pl *Planner) SetSerials(s map[string]uint64) {
+	pl.trust.serials = maps.Clone(s)
+	if pl.trust.serials == nil {
+		pl.trust.serials = map[string]uint64{}
+	}
 }

@@ -207,6 +207,15 @@ func ParseCredential(b []byte) (Credential, []byte, error) {
 // VerifyCredential parses and verifies a credential: signed by one of
 // trusted, not expired at now.
 func VerifyCredential(b []byte, trusted []ed25519.PublicKey, now time.Time) (Credential, error) {
+	c, err := checkCredential(b, trusted)
+	if err == nil && !now.Before(c.NotAfter) {
+		return Credential{}, fmt.Errorf("%w at %s", ErrExpired, c.NotAfter.Format(time.RFC3339))
+	}
+	return c, err
+}
+
+// checkCredential is VerifyCredential without the expiry.
+func checkCredential(b []byte, trusted []ed25519.PublicKey) (Credential, error) {
 	c, sig, err := ParseCredential(b)
 	if err != nil {
 		return Credential{}, err
@@ -217,9 +226,6 @@ func VerifyCredential(b []byte, trusted []ed25519.PublicKey, now time.Time) (Cre
 	body := b[:len(b)-ed25519.SignatureSize]
 	if !ed25519.Verify(c.Authority, append([]byte(credentialContext), body...), sig) {
 		return Credential{}, fmt.Errorf("%w: credential of %s", ErrBadSig, c.Node)
-	}
-	if !now.Before(c.NotAfter) {
-		return Credential{}, fmt.Errorf("%w at %s", ErrExpired, c.NotAfter.Format(time.RFC3339))
 	}
 	return c, nil
 }
@@ -274,7 +280,18 @@ func Sign(identity ed25519.PrivateKey, c Claims) []byte {
 // the claims' node and prefix are the credential's, and that the
 // credential's identity signed the claims. It returns the credential.
 func VerifyEntry(credential []byte, c Claims, sig []byte, trusted []ed25519.PublicKey, now time.Time) (Credential, error) {
-	cred, err := VerifyCredential(credential, trusted, now)
+	cred, err := CheckEntry(credential, c, sig, trusted)
+	if err == nil && !now.Before(cred.NotAfter) {
+		return Credential{}, fmt.Errorf("%w at %s", ErrExpired, cred.NotAfter.Format(time.RFC3339))
+	}
+	return cred, err
+}
+
+// CheckEntry is VerifyEntry but for the credential's expiry, which the
+// caller checks (Credential.NotAfter) at each use: a verdict cached for an
+// unchanged entry holds until then.
+func CheckEntry(credential []byte, c Claims, sig []byte, trusted []ed25519.PublicKey) (Credential, error) {
+	cred, err := checkCredential(credential, trusted)
 	if err != nil {
 		return Credential{}, err
 	}
@@ -300,4 +317,72 @@ func ParseSignature(s string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: signature is not base64 of %d bytes", ErrMalformed, ed25519.SignatureSize)
 	}
 	return b, nil
+}
+
+// Signer signs a host's entries: its identity key and the credential an
+// authority issued for that identity. It never prints the key.
+type Signer struct {
+	identity   ed25519.PrivateKey
+	credential []byte
+	parsed     Credential
+}
+
+// NewSigner pairs an identity seed (32 bytes) with its credential; the
+// credential must name that identity (its signature is checked by those
+// who verify entries, not here: a host need not trust its own authority).
+func NewSigner(seed, credential []byte) (*Signer, error) {
+	if len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("%w: an identity seed is %d bytes", ErrMalformed, ed25519.SeedSize)
+	}
+	id := ed25519.NewKeyFromSeed(seed)
+	c, _, err := ParseCredential(credential)
+	if err != nil {
+		return nil, err
+	}
+	if !c.Identity.Equal(id.Public()) {
+		return nil, fmt.Errorf("%w: the credential is for identity %s, this host's identity is %s", ErrMismatch,
+			base64.StdEncoding.EncodeToString(c.Identity), base64.StdEncoding.EncodeToString(id.Public().(ed25519.PublicKey)))
+	}
+	return &Signer{identity: id, credential: slices.Clone(credential), parsed: c}, nil
+}
+
+// Credential is the signer's credential's bytes.
+func (s *Signer) Credential() []byte { return s.credential }
+
+// Parsed is the signer's credential's fields.
+func (s *Signer) Parsed() Credential { return s.parsed }
+
+// Sign signs claims with the identity key.
+func (s *Signer) Sign(c Claims) []byte { return Sign(s.identity, c) }
+
+func (s *Signer) String() string {
+	return "identity " + base64.StdEncoding.EncodeToString(s.identity.Public().(ed25519.PublicKey))
+}
+
+// GoString keeps %#v from printing the identity key.
+func (s *Signer) GoString() string { return s.String() }
+
+// IdentityPublic is the public key of an identity seed.
+func IdentityPublic(seed []byte) (ed25519.PublicKey, error) {
+	if len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("%w: an identity seed is %d bytes", ErrMalformed, ed25519.SeedSize)
+	}
+	return ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey), nil
+}
+
+// ParsePublicKey decodes a base64 ed25519 public key (an authority's, in
+// trust.authorities, or an identity's).
+func ParsePublicKey(s string) (ed25519.PublicKey, error) {
+	b, err := base64.StdEncoding.Strict().DecodeString(s)
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("%w: %q is not a base64 %d-byte ed25519 public key", ErrMalformed, clipString(s), ed25519.PublicKeySize)
+	}
+	return ed25519.PublicKey(b), nil
+}
+
+func clipString(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }
