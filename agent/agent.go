@@ -34,7 +34,10 @@ type Options struct {
 	MaxPeers int
 	// SnapshotPath is where the last good catalog read is kept and read
 	// back at start; empty disables it.
-	SnapshotPath   string
+	SnapshotPath string
+	// SerialsPath is where the highest serial accepted for each node is
+	// kept across restarts; empty disables it.
+	SerialsPath    string
 	ResyncInterval time.Duration
 	// Catalog is the agent's only way to Consul (*catalogsync.Catalog).
 	Catalog Catalog
@@ -57,11 +60,15 @@ type Agent struct {
 	// reading a device of thousands of peers; the kernel itself is read at
 	// start, every ResyncInterval, after a failure or a write outside
 	// reconcile (Forget).
-	planner     peers.Planner
-	view        view      // the catalog as the loop sees it
-	reg         registrar // this node's own entry
-	rot         rotation  // the last key rotation
-	stats       stats     // the loop's work, for status
+	planner peers.Planner
+	view    view      // the catalog as the loop sees it
+	reg     registrar // this node's own entry
+	rot     rotation  // the last key rotation
+	serials struct {
+		next  time.Time // no write before
+		dirty bool      // the last write failed
+	}
+	stats       stats // the loop's work, for status
 	summary     summaryState
 	stopGateway func() // stops the gateway role's loop and waits for it
 
@@ -94,7 +101,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		cancel()
 		wg.Wait()
 	}()
+	if a.opts.Rules.Trust == nil || len(a.opts.Rules.Trust.Authorities) == 0 {
+		return errors.New("no trusted authority: every entry would be refused (set trust.authorities)")
+	}
 	a.loadSnapshot()
+	a.loadSerials()
+	defer a.saveSerials(time.Now(), true)
 	gwCtx, cancelGateway := context.WithCancel(ctx)
 	gwDone := make(chan struct{})
 	if a.opts.Gateway != nil {
@@ -196,5 +208,6 @@ func (a *Agent) reconcile(ctx context.Context) (time.Time, error) {
 		a.logger.Error("reconcile failed; retrying after a backoff", "err", err)
 		return loop.Earliest(summaryDue, registerDue, a.rot.kickAt), err
 	}
-	return loop.Earliest(res.Plan.NextDeadline(), summaryDue, registerDue, a.rot.kickAt), nil
+	serialsDue := a.saveSerials(start, false)
+	return loop.Earliest(res.Plan.NextDeadline(), summaryDue, registerDue, a.rot.kickAt, serialsDue, a.planner.NextExpiry()), nil
 }

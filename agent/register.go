@@ -20,6 +20,12 @@ type registrar struct {
 	// disagrees (see ensureRegistered).
 	backoff time.Duration
 	count   uint64 // catalog writes made
+	// foreign are other service IDs whose entries name this node, and
+	// rewritten counts the catalog reads that showed this node's own
+	// instance saying what this host did not publish: someone wrote them
+	// (a buggy or hostile host); status reports both.
+	foreign   []string
+	rewritten uint64
 }
 
 // rotation is the state of the last key rotation.
@@ -40,14 +46,27 @@ type rotation struct {
 func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) (again time.Time) {
 	var shown *peers.Entry // this node's entry as the catalog shows it
 	if snap != nil {
+		var foreign []string
+		reg := &a.opts.Registration
 		for i, e := range snap.Entries {
-			if a.opts.Registration.Matches(e) {
-				a.reg.backoff = 0
-				return time.Time{}
+			switch {
+			case e.ServiceID == reg.ID():
+				if shown == nil || reg.Matches(e) {
+					shown = &snap.Entries[i]
+				}
+			case e.Meta[peers.MetaNode] == reg.Node:
+				foreign = append(foreign, e.ServiceID)
 			}
-			if e.ServiceID == a.opts.Registration.ID() {
-				shown = &snap.Entries[i]
-			}
+		}
+		a.reg.foreign = foreign
+		// The same entry signed before a restart, under its serial, is
+		// this host's own: taken as is, a restart writes nothing.
+		if shown != nil && (reg.Matches(*shown) || reg.Adopt(*shown)) {
+			a.reg.backoff = 0
+			return time.Time{}
+		}
+		if shown != nil {
+			a.reg.rewritten++
 		}
 	}
 	if next := a.reg.last.Add(a.reg.backoff); !a.reg.last.IsZero() && now.Before(next) {
@@ -103,10 +122,12 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 		a.opts.Link.SetPrivateKey(oldPriv)
 		return errors.Join(fmt.Errorf("apply the new key: %w", err), a.opts.Link.Ensure())
 	}
+	oldSerial := a.opts.Registration.Serial
 	a.opts.Registration.PublicKey = key.PublicKey()
+	a.opts.Registration.Serial = catalogsync.NewSerial(oldSerial)
 	if err := a.opts.Catalog.Publish(ctx, a.opts.Registration, false); err != nil {
 		// The catalog still announces the old key: go back to it.
-		a.opts.Registration.PublicKey = oldPub
+		a.opts.Registration.PublicKey, a.opts.Registration.Serial = oldPub, oldSerial
 		a.opts.Link.SetPrivateKey(oldPriv)
 		return errors.Join(fmt.Errorf("publish the new key: %w", err), a.opts.Link.Ensure())
 	}

@@ -57,9 +57,25 @@ type Status struct {
 	// Registrations counts the catalog writes this agent made: each one
 	// wakes every watcher in the fleet, so it stays at 1 in steady state.
 	Registrations uint64  `json:"registrations"`
-	Breaker       Breaker `json:"breaker"`
+	// Impersonation says that the catalog holds entries for this node that
+	// this host did not publish: its own instance rewritten (counted in
+	// catalog reads), or other instances naming this node. Other hosts
+	// refuse them unless signed by this host's identity; this host puts its
+	// own back.
+	Impersonation *Impersonation `json:"impersonation,omitempty"`
+	Breaker       Breaker        `json:"breaker"`
 	// Gateway is the gateway role's state, on gateway nodes only.
 	Gateway *gateway.Status `json:"gateway,omitempty"`
+}
+
+// Impersonation is what the catalog showed for this node that this host
+// did not publish.
+type Impersonation struct {
+	// Rewritten counts catalog reads that showed this node's instance
+	// saying something else than this host published.
+	Rewritten uint64 `json:"rewritten"`
+	// Others are other service IDs whose entries name this node.
+	Others []string `json:"others,omitempty"`
 }
 
 // Breaker is the mass-removal circuit breaker's state.
@@ -310,6 +326,9 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	}
 	if err != nil {
 		st.LastError = err.Error()
+	}
+	if a.reg.rewritten > 0 || len(a.reg.foreign) > 0 {
+		st.Impersonation = &Impersonation{Rewritten: a.reg.rewritten, Others: slices.Clone(a.reg.foreign)}
 	}
 	st.Breaker = Breaker{Tripped: res.Plan.Breaker, Pending: res.Plan.Pending, Released: a.planner.Released()}
 	for _, h := range res.Plan.Held {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -61,6 +62,31 @@ func (r Registration) Meta() map[string]string {
 // register, so that meshd re-registers only when something differs.
 func (r Registration) Matches(e peers.Entry) bool {
 	return e.ServiceID == r.ID() && maps.Equal(e.Meta, r.Meta()) && slices.Equal(e.Tags, r.Tags)
+}
+
+// NewSerial is a serial for a newly signed entry: the time in
+// nanoseconds, and always more than last.
+func NewSerial(last uint64) uint64 { return max(uint64(time.Now().UnixNano()), last+1) }
+
+// Adopt takes the serial of e when e is r's entry as r would sign it under
+// that serial: the same entry, signed before a restart. It reports whether
+// it did (r then Matches e). A serial is adopted only from an entry the
+// host's own identity signed, as signatures are deterministic.
+func (r *Registration) Adopt(e peers.Entry) bool {
+	if r.Signer == nil || e.ServiceID != r.ID() {
+		return false
+	}
+	serial, err := strconv.ParseUint(e.Meta[peers.MetaSerial], 10, 64)
+	if err != nil || serial == r.Serial {
+		return false
+	}
+	old := r.Serial
+	r.Serial = serial
+	if !r.Matches(e) {
+		r.Serial = old
+		return false
+	}
+	return true
 }
 
 // Register puts r on the local agent, which keeps it in the catalog by

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"path/filepath"
 
 	"go.yaml.in/yaml/v3"
@@ -45,16 +46,20 @@ func AddMissing(path string, settings []Setting) (added []string, err error) {
 	if root.Kind != yaml.MappingNode {
 		return nil, fmt.Errorf("config: %s is not a mapping of keys to values", path)
 	}
-	have := map[string]bool{}
-	for i := 0; i+1 < len(root.Content); i += 2 {
-		have[root.Content[i].Value] = true
-	}
 	for _, s := range settings {
-		if have[s.Key] {
+		// A dotted key ("trust.authorities") is a key of a nested mapping.
+		m, name := root, s.Key
+		if section, rest, ok := strings.Cut(s.Key, "."); ok {
+			if m = mappingIn(root, section); m == nil {
+				return nil, fmt.Errorf("config: %s: %s is not a mapping of keys to values", path, section)
+			}
+			name = rest
+		}
+		if valueIn(m, name) != nil {
 			continue
 		}
-		root.Content = append(root.Content,
-			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s.Key},
+		m.Content = append(m.Content,
+			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: name},
 			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s.Value})
 		added = append(added, s.Key)
 	}
@@ -74,4 +79,28 @@ func AddMissing(path string, settings []Setting) (added []string, err error) {
 		return nil, err
 	}
 	return added, nil
+}
+
+// valueIn is the value of key in mapping m, or nil.
+func valueIn(m *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// mappingIn is the mapping under key in root, added when missing; nil when
+// key holds something else.
+func mappingIn(root *yaml.Node, key string) *yaml.Node {
+	if v := valueIn(root, key); v != nil {
+		if v.Kind != yaml.MappingNode {
+			return nil
+		}
+		return v
+	}
+	v := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, v)
+	return v
 }

@@ -21,6 +21,9 @@ type Node struct {
 	Name string
 	// ConsulHealth is the aggregate of Consul's checks on its instance.
 	ConsulHealth string
+	// Rejected is why its entry does not verify or conflicts (empty: it
+	// is a peer): such a row is never trusted, whatever its summary says.
+	Rejected string
 }
 
 // Row is one node of the fleet view (`meshd mesh --json` prints a list).
@@ -54,6 +57,9 @@ func Fleet(nodes []Node, summaries map[string]Summary, th Thresholds, now time.T
 		r := Row{Node: n.Name, Health: n.ConsulHealth, UnreachableFrom: reporters[n.Name]}
 		slices.Sort(r.UnreachableFrom)
 		var broken, warn []string
+		if n.Rejected != "" {
+			broken = append(broken, "entry rejected: "+n.Rejected)
+		}
 		if n.ConsulHealth == "critical" {
 			broken = append(broken, "Consul health critical")
 		}

@@ -278,3 +278,7 @@ func (pl *Planner) SetSerials(s map[string]uint64) {
 		pl.trust.serials = map[string]uint64{}
 	}
 }
+
+// NextExpiry is when the soonest credential of an accepted peer expires
+// (zero: none): a plan is due then, to remove it.
+func (pl *Planner) NextExpiry() time.Time { return pl.trust.nextExpiry }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -13,6 +15,7 @@ import (
 	"meshd.dev/meshd/keystore"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/prefixalloc"
+	"meshd.dev/meshd/trust"
 )
 
 // initResult is what `meshd init --json` prints for the bootstrap service.
@@ -26,10 +29,25 @@ type initResult struct {
 	KeyCreated bool     `json:"key_created"`
 	Claimed    bool     `json:"prefix_claimed"`
 	Added      []string `json:"config_keys_added"`
+	// Identity is the host's identity public key, which its credential
+	// binds; CredentialInstalled says whether this run installed one.
+	Identity            string `json:"identity"`
+	IdentityKeyFile     string `json:"identity_key_file"`
+	CredentialInstalled bool   `json:"credential_installed"`
+}
+
+// initTrust is how init gets this host's credential: installed from a
+// file, or signed here with an authority key that is not stored.
+type initTrust struct {
+	credentialFile string
+	authorityKey   string
+	roles          []string
+	validFor       time.Duration
 }
 
 func newInitCmd() *cobra.Command {
 	var asJSON bool
+	var it initTrust
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Bootstrap this host: create its key, claim a prefix, write the config file",
@@ -37,7 +55,11 @@ func newInitCmd() *cobra.Command {
 			"free prefix inside mesh_supernet with a Consul KV check-and-set (or confirms the\n" +
 			"configured one), takes the endpoint from --endpoint or the default route's source\n" +
 			"address, and adds node_name, endpoint and prefix to the config file without touching\n" +
-			"anything an operator already set there. Running it again changes nothing.",
+			"anything an operator already set there. Running it again changes nothing.\n\n" +
+			"It also creates the host's identity key, whose public key (\"identity\" in --json) the\n" +
+			"fleet authority signs into the host's credential (meshd authority sign); --credential\n" +
+			"installs that credential, and --authority-key signs it here in one step (labs) without\n" +
+			"storing the authority key on the host.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfigWith(cmd, config.LoadToWrite)
@@ -48,7 +70,10 @@ func newInitCmd() *cobra.Command {
 			if path == "" {
 				path = config.DefaultPath
 			}
-			res, err := runInit(cmd.Context(), cfg, path)
+			if it.credentialFile != "" && it.authorityKey != "" {
+				return usage(errors.New("--credential and --authority-key: give one, not both"))
+			}
+			res, err := runInit(cmd.Context(), cfg, path, it)
 			if err != nil {
 				return err
 			}
@@ -60,10 +85,14 @@ func newInitCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print what was done as JSON")
+	cmd.Flags().StringVar(&it.credentialFile, "credential", "", "install this credential (meshd authority sign's output) as credential_file")
+	cmd.Flags().StringVar(&it.authorityKey, "authority-key", "", "sign this host's credential with this authority key file (not stored) and trust that authority")
+	cmd.Flags().StringSliceVar(&it.roles, "roles", nil, "with --authority-key: roles of the credential (gateway)")
+	cmd.Flags().DurationVar(&it.validFor, "valid-for", defaultValidFor, "with --authority-key: how long the credential is valid")
 	return cmd
 }
 
-func runInit(ctx context.Context, cfg *config.Config, path string) (initResult, error) {
+func runInit(ctx context.Context, cfg *config.Config, path string, it initTrust) (initResult, error) {
 	if err := cfg.RequireNode(); err != nil {
 		return initResult{}, usage(err)
 	}
@@ -83,6 +112,31 @@ func runInit(ctx context.Context, cfg *config.Config, path string) (initResult, 
 		return res, err
 	}
 	res.PublicKey, res.KeyCreated = key.Public().String(), created
+	id, _, err := keystore.LoadOrCreate(cfg.Trust.IdentityKeyFile)
+	if err != nil {
+		return res, fmt.Errorf("identity key: %w", err)
+	}
+	seed := id.WG()
+	identity, err := trust.IdentityPublic(seed[:])
+	if err != nil {
+		return res, err
+	}
+	res.Identity, res.IdentityKeyFile = base64.StdEncoding.EncodeToString(identity), cfg.Trust.IdentityKeyFile
+	// Read before anything is claimed: a bad file or key stops init here.
+	var credential []byte
+	var authority *trust.AuthorityKey
+	switch {
+	case it.credentialFile != "":
+		if credential, err = readCredential(it.credentialFile); err != nil {
+			return res, err
+		}
+	case it.authorityKey != "":
+		a, err := loadAuthority(it.authorityKey)
+		if err != nil {
+			return res, usage(err)
+		}
+		authority = &a
+	}
 
 	consul, err := consulClient(cfg)
 	if err != nil {
@@ -105,11 +159,28 @@ func runInit(ctx context.Context, cfg *config.Config, path string) (initResult, 
 	}
 	res.Prefix = prefix.String()
 
-	res.Added, err = config.AddMissing(path, []config.Setting{
+	settings := []config.Setting{
 		{Key: "node_name", Value: cfg.NodeName},
 		{Key: "endpoint", Value: res.Endpoint},
 		{Key: "prefix", Value: res.Prefix},
-	})
+	}
+	if authority != nil {
+		req := signRequest{Node: cfg.NodeName, Prefix: res.Prefix, Identity: res.Identity}
+		if credential, err = credentialFor(*authority, req, it.roles, it.validFor, time.Now()); err != nil {
+			return res, usage(err)
+		}
+		if len(cfg.Trust.Authorities) == 0 {
+			cfg.Trust.Authorities = []ed25519.PublicKey{authority.Public()}
+			settings = append(settings, config.Setting{Key: "trust.authorities", Value: base64.StdEncoding.EncodeToString(authority.Public())})
+		}
+	}
+	if credential != nil {
+		if err := installCredential(cfg, credential, cfg.NodeName, prefix, identity); err != nil {
+			return res, err
+		}
+		res.CredentialInstalled = true
+	}
+	res.Added, err = config.AddMissing(path, settings)
 	if res.Added == nil {
 		res.Added = []string{}
 	}

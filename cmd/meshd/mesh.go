@@ -30,6 +30,9 @@ func newMeshCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := cfg.RequireTrust(); err != nil {
+				return usage(err)
+			}
 			consul, err := consulClient(cfg)
 			if err != nil {
 				return err
@@ -40,15 +43,26 @@ func newMeshCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Every entry is verified as a peer would be: a row is a
+			// node the authority vouches for, or a rejected entry.
+			accepted, rejected := peers.Desire(entries, peers.Self{}, cfg.Rules())
 			var nodes []health.Node
-			for _, e := range entries {
-				node := e.Meta[peers.MetaNode]
-				if node == "" {
-					node = strings.TrimPrefix(e.ServiceID, "meshd-")
+			now := time.Now()
+			for _, p := range accepted {
+				n := health.Node{Name: p.Node, ConsulHealth: p.Health}
+				if !now.Before(p.NotAfter) {
+					n.Rejected = "credential expired at " + p.NotAfter.Format(time.RFC3339)
 				}
-				nodes = append(nodes, health.Node{Name: node, ConsulHealth: e.Health})
+				nodes = append(nodes, n)
 			}
-			rows := health.Fleet(nodes, summaries, health.Defaults, time.Now())
+			for _, r := range rejected {
+				name := r.Node
+				if name == "" {
+					name = r.ServiceID
+				}
+				nodes = append(nodes, health.Node{Name: name, Rejected: r.Reason})
+			}
+			rows := health.Fleet(nodes, summaries, health.Defaults, now)
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), rows)
 			}

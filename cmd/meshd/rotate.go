@@ -68,6 +68,10 @@ func newRotateKeyCmd() *cobra.Command {
 // as the agent's own rotation does (catalogsync.Catalog.Publish: the entry,
 // then its hint once the catalog shows it).
 func publish(ctx context.Context, cfg *config.Config, key keystore.PrivateKey) error {
+	signer, err := loadSigner(cfg, time.Now())
+	if err != nil {
+		return err
+	}
 	consul, err := consulClient(cfg)
 	if err != nil {
 		return err
@@ -82,5 +86,5 @@ func publish(ctx context.Context, cfg *config.Config, key keystore.PrivateKey) e
 	}
 	cat := newCatalog(cfg, consul, nil, newLogger(cfg))
 	defer cat.Wait()
-	return cat.Publish(ctx, registration(cfg, key, gw), false)
+	return cat.Publish(ctx, registration(cfg, key, gw, signer), false)
 }

@@ -28,6 +28,7 @@ import (
 	"meshd.dev/meshd/metrics"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/snapshot"
+	"meshd.dev/meshd/trust"
 )
 
 func newRunCmd() *cobra.Command {
@@ -63,8 +64,13 @@ func run(ctx context.Context, cfg *config.Config) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
-	// The key is checked before anything is created: a key file others can
-	// read stops meshd with nothing touched.
+	// The identity, credential and key are checked before anything is
+	// created: a bad credential or a key file others can read stops meshd
+	// with nothing touched.
+	signer, err := loadSigner(cfg, time.Now())
+	if err != nil {
+		return err
+	}
 	key, created, err := keystore.LoadOrCreate(cfg.KeyFile)
 	if err != nil {
 		return err
@@ -116,7 +122,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 	defer os.Remove(cfg.StatusSocket)
 
 	a := agent.New(agent.Options{
-		Registration:       registration(cfg, key, gwInfo),
+		Registration:       registration(cfg, key, gwInfo, signer),
 		Prefix:             cfg.Prefix,
 		ListenPort:         cfg.ListenPort,
 		Rules:              cfg.Rules(),
@@ -125,6 +131,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		MaxPeers:           cfg.MaxPeers,
 		BreakerFloor:       breakerFloor,
 		SnapshotPath:       filepath.Join(cfg.StateDir, snapshot.FileName),
+		SerialsPath:        filepath.Join(cfg.StateDir, "serials.json"),
 		ResyncInterval:     cfg.ResyncInterval,
 		Catalog:            newCatalog(cfg, consul, consulHTTP, logger),
 		Link:               link,
@@ -177,9 +184,11 @@ func serveMetrics(ctx context.Context, addr string, a *agent.Agent, logger *slog
 	return done
 }
 
-// registration is this node's catalog entry; a gateway adds its role tag
-// and what users' configurations need.
-func registration(cfg *config.Config, key keystore.PrivateKey, gw *gateway.Info) catalogsync.Registration {
+// registration is this node's catalog entry, signed by its identity under
+// a new serial (the agent adopts the catalog's when the entry is the same
+// as before a restart); a gateway adds its role tag and what users'
+// configurations need.
+func registration(cfg *config.Config, key keystore.PrivateKey, gw *gateway.Info, signer *trust.Signer) catalogsync.Registration {
 	r := catalogsync.Registration{
 		Service:   cfg.Consul.Service,
 		Node:      cfg.NodeName,
@@ -187,6 +196,8 @@ func registration(cfg *config.Config, key keystore.PrivateKey, gw *gateway.Info)
 		Endpoint:  cfg.Endpoint,
 		Prefix:    cfg.Prefix,
 		Keepalive: cfg.Keepalive,
+		Signer:    signer,
+		Serial:    catalogsync.NewSerial(0),
 	}
 	if gw != nil {
 		r.Tags = []string{gateway.Tag}

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"meshd.dev/meshd/config"
+	"meshd.dev/meshd/gateway"
+	"meshd.dev/meshd/internal/atomicfile"
+	"meshd.dev/meshd/keystore"
+	"meshd.dev/meshd/trust"
+)
+
+// defaultValidFor is a credential's life when --valid-for is not given.
+const defaultValidFor = 365 * 24 * time.Hour
+
+// loadSigner reads this host's identity key and credential and checks
+// them against the configuration before anything is touched: the
+// credential must come from a trusted authority, be unexpired, name this
+// node and prefix and this identity, and carry the gateway role on a
+// gateway.
+func loadSigner(cfg *config.Config, now time.Time) (*trust.Signer, error) {
+	if err := cfg.RequireTrust(); err != nil {
+		return nil, usage(err)
+	}
+	id, err := keystore.Load(cfg.Trust.IdentityKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("identity key: %w (meshd init creates it)", err)
+	}
+	credential, err := readCredential(cfg.Trust.CredentialFile)
+	if err != nil {
+		return nil, err
+	}
+	seed := id.WG()
+	s, err := trust.NewSigner(seed[:], credential)
+	if err != nil {
+		return nil, usage(fmt.Errorf("credential_file %s: %w", cfg.Trust.CredentialFile, err))
+	}
+	c, err := trust.VerifyCredential(credential, cfg.Trust.Authorities, now)
+	if err != nil {
+		return nil, usage(fmt.Errorf("credential_file %s: %w", cfg.Trust.CredentialFile, err))
+	}
+	switch {
+	case c.Node != cfg.NodeName:
+		return nil, usage(fmt.Errorf("credential_file %s: the credential is for node %q, this host is %q", cfg.Trust.CredentialFile, c.Node, cfg.NodeName))
+	case cfg.Prefix.IsValid() && c.Prefix != cfg.Prefix:
+		return nil, usage(fmt.Errorf("credential_file %s: the credential is for prefix %s, this host has %s", cfg.Trust.CredentialFile, c.Prefix, cfg.Prefix))
+	case cfg.Gateway.Enabled && !slices.Contains(c.Roles, gateway.Tag):
+		return nil, usage(fmt.Errorf("credential_file %s: gateway.enabled needs a credential with the gateway role (meshd authority sign --roles gateway)", cfg.Trust.CredentialFile))
+	}
+	return s, nil
+}
+
+// readCredential reads a credential file: the credential's bytes in
+// base64, on one line.
+func readCredential(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, usage(fmt.Errorf("credential_file %s does not exist: install this host's credential (meshd init --credential FILE)", path))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read credential: %w", err)
+	}
+	c, err := base64.StdEncoding.Strict().DecodeString(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, usage(fmt.Errorf("credential_file %s: expected a base64 credential as meshd authority sign prints it", path))
+	}
+	return c, nil
+}
+
+// signRequest is what `meshd authority sign` reads: `meshd init --json`'s
+// output (other fields are ignored).
+type signRequest struct {
+	Node     string `json:"node"`
+	Prefix   string `json:"prefix"`
+	Identity string `json:"identity"`
+}
+
+// credentialFor checks a request and issues its credential.
+func credentialFor(a trust.AuthorityKey, req signRequest, roles []string, validFor time.Duration, now time.Time) ([]byte, error) {
+	prefix, err := netip.ParsePrefix(req.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("request prefix %q: expected an IPv6 CIDR", req.Prefix)
+	}
+	id, err := trust.ParsePublicKey(req.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("request identity: %w", err)
+	}
+	if validFor <= 0 {
+		return nil, fmt.Errorf("--valid-for %s: expected a positive duration", validFor)
+	}
+	return a.Issue(trust.Credential{Node: req.Node, Prefix: prefix, Identity: id, Roles: roles,
+		NotAfter: now.Add(validFor).Truncate(time.Second)})
+}
+
+// loadAuthority reads an authority key file (mode 0600).
+func loadAuthority(path string) (trust.AuthorityKey, error) {
+	k, err := keystore.Load(path)
+	if err != nil {
+		return trust.AuthorityKey{}, fmt.Errorf("authority key: %w", err)
+	}
+	seed := k.WG()
+	return trust.AuthorityFromSeed(seed[:])
+}
+
+func newAuthorityCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "authority",
+		Short: "The fleet authority: make its key, sign hosts' credentials",
+		Long: "The fleet authority vouches for hosts: only entries under a credential it signed become\n" +
+			"peers. Run these commands where the bootstrap service keeps its secrets, never on a mesh\n" +
+			"host; hosts list the authority's public key in trust.authorities.",
+	}
+	cmd.AddCommand(newAuthorityInitCmd(), newAuthoritySignCmd())
+	return cmd
+}
+
+func newAuthorityInitCmd() *cobra.Command {
+	var keyFile string
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Make a fleet authority key and print its public key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keyFile == "" {
+				return usage(errors.New("--key: expected the file to create the authority key in"))
+			}
+			if _, err := os.Lstat(keyFile); err == nil {
+				return usage(fmt.Errorf("--key %s exists: an authority key is never overwritten", keyFile))
+			}
+			k, err := keystore.Generate()
+			if err != nil {
+				return err
+			}
+			if err := keystore.Save(keyFile, k); err != nil {
+				return err
+			}
+			a, err := loadAuthority(keyFile)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), base64.StdEncoding.EncodeToString(a.Public()))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyFile, "key", "", "file to create the authority key in (mode 0600)")
+	return cmd
+}
+
+func newAuthoritySignCmd() *cobra.Command {
+	var (
+		keyFile  string
+		roles    []string
+		validFor time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "sign",
+		Short: "Sign a host's credential: read its request (meshd init --json) on stdin, print the credential",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := loadAuthority(keyFile)
+			if err != nil {
+				return usage(err)
+			}
+			in, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 1<<20))
+			if err != nil {
+				return err
+			}
+			var req signRequest
+			dec := json.NewDecoder(bytes.NewReader(in))
+			if err := dec.Decode(&req); err != nil {
+				return usage(fmt.Errorf("request on stdin: expected the JSON that meshd init --json prints: %v", err))
+			}
+			c, err := credentialFor(a, req, roles, validFor, time.Now())
+			if err != nil {
+				return usage(err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), base64.StdEncoding.EncodeToString(c))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyFile, "key", "", "the authority key file")
+	cmd.Flags().StringSliceVar(&roles, "roles", nil, "roles the host may take (gateway)")
+	cmd.Flags().DurationVar(&validFor, "valid-for", defaultValidFor, "how long the credential is valid")
+	return cmd
+}
+
+// installCredential checks a credential against this host (its node,
+// prefix and identity) and writes it to credential_file.
+func installCredential(cfg *config.Config, credential []byte, node string, prefix netip.Prefix, identity ed25519.PublicKey) error {
+	c, _, err := trust.ParseCredential(credential)
+	if err != nil {
+		return usage(fmt.Errorf("credential: %w", err))
+	}
+	switch {
+	case c.Node != node:
+		return usage(fmt.Errorf("credential: it is for node %q, this host is %q", c.Node, node))
+	case c.Prefix != prefix:
+		return usage(fmt.Errorf("credential: it is for prefix %s, this host has %s", c.Prefix, prefix))
+	case !c.Identity.Equal(identity):
+		return usage(errors.New("credential: it is for another identity key than this host's"))
+	}
+	if len(cfg.Trust.Authorities) > 0 {
+		if _, err := trust.VerifyCredential(credential, cfg.Trust.Authorities, time.Now()); err != nil {
+			return usage(fmt.Errorf("credential: %w", err))
+		}
+	}
+	return atomicfile.WriteFile(cfg.Trust.CredentialFile, []byte(base64.StdEncoding.EncodeToString(credential)+"\n"), 0o644)
+}
