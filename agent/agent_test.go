@@ -19,6 +19,7 @@ import (
 	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
 )
@@ -31,13 +32,16 @@ func remote(t *testing.T, n byte) catalogsync.Registration {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return catalogsync.Registration{
+	r := catalogsync.Registration{
 		Service:   "meshd",
 		Node:      fmt.Sprintf("r%d", n),
 		PublicKey: k.PublicKey(),
 		Endpoint:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 0, n}), 51820),
 		Prefix:    netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 0, 0, n}), 48),
+		Serial:    catalogsync.NewSerial(0),
 	}
+	r.Signer = trusttest.Signer(t, r.Node, r.Prefix)
+	return r
 }
 
 type harness struct {
@@ -79,10 +83,11 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		Name: iface, MTU: 1420, ListenPort: 51820, PrivateKey: key, Address: prefix.Addr().Next(), Logger: logger,
 	})
 	self := catalogsync.Registration{Service: "meshd", Node: "self", PublicKey: key.PublicKey(),
-		Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), Prefix: prefix}
+		Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), Prefix: prefix,
+		Signer: trusttest.Signer(t, "self", prefix), Serial: catalogsync.NewSerial(0)}
 	a := agent.New(agent.Options{
 		Registration: self, Prefix: prefix, ListenPort: 51820,
-		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")},
+		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16"), Trust: trusttest.Trust()},
 		RemovalGrace: o.grace, ResyncInterval: time.Second,
 		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot, MaxPeers: o.maxPeers,
 		Link: link, Logger: logger,

@@ -197,7 +197,7 @@ func TestParseInfo(t *testing.T) {
 		return peers.Entry{ServiceID: "meshd-gw1", Meta: m, Tags: []string{Tag}}
 	}
 	rules := peers.Rules{Supernet: supernet}
-	got, err := ParseInfo(meta(func(map[string]string) {}), rules)
+	got, _, err := ParseInfo(meta(func(map[string]string) {}), rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestParseInfo(t *testing.T) {
 		"invalid entry":    {meta(func(m map[string]string) { m["prefix"] = "fdbb::/48" }), "invalid"},
 		"missing endpoint": {meta(func(m map[string]string) { delete(m, MetaGatewayEndpoint) }), MetaGatewayEndpoint},
 	} {
-		if _, err := ParseInfo(tt.e, rules); err == nil || !strings.Contains(err.Error(), tt.want) {
+		if _, _, err := ParseInfo(tt.e, rules); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want one mentioning %q", name, err, tt.want)
 		}
 	}

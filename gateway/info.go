@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -34,28 +35,33 @@ func (i Info) Meta() map[string]string {
 	}
 }
 
-// ParseInfo reads a gateway's catalog entry. An entry that is not a valid
-// mesh node, lacks the gateway tag or has bad gateway Meta is an error.
-func ParseInfo(e peers.Entry, r peers.Rules) (Info, error) {
+// ParseInfo reads a gateway's catalog entry, and returns it as a peer too.
+// An entry that is not a valid mesh node (with r.Trust: one that does not
+// verify, or whose credential expired), lacks the gateway tag or has bad
+// gateway Meta is an error.
+func ParseInfo(e peers.Entry, r peers.Rules) (Info, peers.Peer, error) {
 	p, err := peers.ParseEntry(e, r)
+	if err == nil && !p.NotAfter.IsZero() && !time.Now().Before(p.NotAfter) {
+		err = fmt.Errorf("credential expired at %s", p.NotAfter.Format(time.RFC3339))
+	}
 	if err != nil {
-		return Info{}, fmt.Errorf("gateway entry %s is invalid: %w", e.ServiceID, err)
+		return Info{}, p, fmt.Errorf("gateway entry %s is invalid: %w", e.ServiceID, err)
 	}
 	if !slices.Contains(e.Tags, Tag) {
-		return Info{}, fmt.Errorf("node %s is not a gateway (its instance has no %q tag)", p.Node, Tag)
+		return Info{}, p, fmt.Errorf("node %s is not a gateway (its instance has no %q tag)", p.Node, Tag)
 	}
 	info := Info{Node: p.Node, Prefix: p.Prefix}
 	if info.PublicKey, err = peers.ParsePublicKey(e.Meta[MetaGatewayPublicKey]); err != nil {
-		return Info{}, fmt.Errorf("gateway %s: %s: %w", p.Node, MetaGatewayPublicKey, err)
+		return Info{}, p, fmt.Errorf("gateway %s: %s: %w", p.Node, MetaGatewayPublicKey, err)
 	}
 	if info.Endpoint, err = peers.ParseEndpoint(e.Meta[MetaGatewayEndpoint]); err != nil {
-		return Info{}, fmt.Errorf("gateway %s: %s: %w", p.Node, MetaGatewayEndpoint, err)
+		return Info{}, p, fmt.Errorf("gateway %s: %s: %w", p.Node, MetaGatewayEndpoint, err)
 	}
 	if info.Pool, err = netip.ParsePrefix(e.Meta[MetaGatewayPool]); err != nil {
-		return Info{}, fmt.Errorf("gateway %s: %s %q is not a CIDR", p.Node, MetaGatewayPool, e.Meta[MetaGatewayPool])
+		return Info{}, p, fmt.Errorf("gateway %s: %s %q is not a CIDR", p.Node, MetaGatewayPool, e.Meta[MetaGatewayPool])
 	}
 	if err := prefixalloc.ValidatePool(info.Pool, info.Prefix); err != nil {
-		return Info{}, fmt.Errorf("gateway %s: %w", p.Node, err)
+		return Info{}, p, fmt.Errorf("gateway %s: %w", p.Node, err)
 	}
-	return info, nil
+	return info, p, nil
 }

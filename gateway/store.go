@@ -32,15 +32,30 @@ func Lookup(ctx context.Context, c *api.Client, service, gw string, rules peers.
 	if err != nil {
 		return Info{}, fmt.Errorf("read service %s: %w", service, err)
 	}
+	// Any host may register an instance of this ID on its own node: only
+	// one that verifies as gw's, under the highest serial, is used.
+	var best *Info
+	var serial uint64
+	var errs []error
 	for _, s := range svcs {
 		if s.ServiceID != catalogsync.ServiceID(gw) {
 			continue
 		}
-		info, err := ParseInfo(peers.Entry{ServiceID: s.ServiceID, Meta: s.ServiceMeta, Tags: s.ServiceTags, CreateIndex: s.CreateIndex}, rules)
-		if err != nil {
-			return Info{}, fmt.Errorf("%w: %v", ErrUnknownGateway, err)
+		info, p, err := ParseInfo(peers.Entry{ServiceID: s.ServiceID, Meta: s.ServiceMeta, Tags: s.ServiceTags, CreateIndex: s.CreateIndex}, rules)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case p.Node != gw:
+			errs = append(errs, fmt.Errorf("instance %s on node %s names node %s", s.ServiceID, s.Node, p.Node))
+		case best == nil || p.Serial > serial:
+			best, serial = &info, p.Serial
 		}
-		return info, nil
+	}
+	if best != nil {
+		return *best, nil
+	}
+	if len(errs) > 0 {
+		return Info{}, fmt.Errorf("%w: %v", ErrUnknownGateway, errors.Join(errs...))
 	}
 	return Info{}, fmt.Errorf("gateway %q: %w", gw, ErrUnknownGateway)
 }

@@ -123,8 +123,8 @@ func TestFleet(t *testing.T) {
 		return s
 	}
 	nodes := []Node{
-		{"a-ok", "passing"}, {"b-cut", "critical"}, {"c-silent", "passing"},
-		{"d-rejects", "passing"}, {"e-stale", "passing"}, {"f-unconverged", "passing"}, {"g-fine", "passing"},
+		{Name: "a-ok", ConsulHealth: "passing"}, {Name: "b-cut", ConsulHealth: "critical"}, {Name: "c-silent", ConsulHealth: "passing"},
+		{Name: "d-rejects", ConsulHealth: "passing"}, {Name: "e-stale", ConsulHealth: "passing"}, {Name: "f-unconverged", ConsulHealth: "passing"}, {Name: "g-fine", ConsulHealth: "passing"},
 	}
 	summaries := map[string]Summary{
 		"a-ok":          sum("a-ok", func(s *Summary) { s.StaleHandshakes = []string{"b-cut"} }),
