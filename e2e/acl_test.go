@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/prefixalloc"
 )
 
@@ -41,6 +44,7 @@ func TestACL(t *testing.T) {
 	// Bootstrap as a provisioning service would: init with a bootstrap
 	// (here: management) token, then a token with the host's own policy.
 	tokens := map[*node]string{}
+	authorityKey := trusttest.KeyFile(t, t.TempDir())
 	for _, n := range nodes {
 		cmd := n.Command(meshd(t), "init", "--json", "--config", n.config, "--endpoint", n.Addr.String()+":51820")
 		cmd.Env = append(os.Environ(), "CONSUL_HTTP_TOKEN="+rootToken)
@@ -48,9 +52,23 @@ func TestACL(t *testing.T) {
 		if err != nil {
 			t.Fatalf("init on %s: %v: %s", n.Name, err, out)
 		}
-		var res struct{ Prefix string }
-		if err := json.Unmarshal(out, &res); err != nil || res.Prefix != n.prefix.String() {
-			t.Fatalf("init on %s printed %s (%v), want prefix %s", n.Name, out, err, n.prefix)
+		var res struct{ Prefix, Identity string }
+		if err := json.Unmarshal(out, &res); err != nil || res.Prefix != n.prefix.String() || res.Identity == "" {
+			t.Fatalf("init on %s printed %s (%v), want prefix %s and an identity", n.Name, out, err, n.prefix)
+		}
+		// The authority signs what init printed; init installs it.
+		sign := exec.Command(meshd(t), "authority", "sign", "--key", authorityKey)
+		sign.Stdin = bytes.NewReader(out)
+		cred, err := sign.Output()
+		if err != nil {
+			t.Fatalf("authority sign for %s: %v", n.Name, err)
+		}
+		credFile := filepath.Join(n.Dir, "credential.new")
+		if err := os.WriteFile(credFile, cred, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := n.Exec(meshd(t), "init", "--config", n.config, "--credential", credFile, "--consul-token", rootToken); err != nil {
+			t.Fatalf("init --credential on %s: %v: %s", n.Name, err, out)
 		}
 		rules, err := n.Exec(meshd(t), "acl-policy", "--config", n.config)
 		if err != nil {

@@ -19,7 +19,9 @@ import (
 
 	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/control"
+	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/netlinkx"
 )
 
@@ -92,10 +94,19 @@ resync_interval: 1s
 log_level: debug
 consul:
   address: 127.0.0.1:8500
-`, h.Name, nd.iface, h.Addr, nd.prefix, filepath.Join(h.Dir, "state"), nd.sock) + extra
+trust:
+  authorities: %s
+`, h.Name, nd.iface, h.Addr, nd.prefix, filepath.Join(h.Dir, "state"), nd.sock, trusttest.PublicKey()) + extra
 	if err := os.WriteFile(nd.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The host's identity and credential, as meshd init --authority-key
+	// writes them (TestACL goes through init and authority sign).
+	var roles []string
+	if strings.Contains(extra, "gateway:\n  enabled: true") {
+		roles = []string{gateway.Tag}
+	}
+	trusttest.Provision(t, trusttest.Authority(), filepath.Join(h.Dir, "state"), h.Name, nd.prefix.String(), "", roles...)
 	t.Cleanup(func() {
 		if t.Failed() && nd.proc != nil {
 			t.Logf("meshd log of %s:\n%s", h.Name, tail(nd.proc.Log(), 60))

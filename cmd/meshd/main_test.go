@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"meshd.dev/meshd/internal/trusttest"
+	"meshd.dev/meshd/trust"
 )
 
 // meshdBin builds the command once per test run.
@@ -25,12 +28,26 @@ func TestBadInput(t *testing.T) {
 	bin := meshdBin(t)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
+	// A host with a good identity and credential, kept outside state_dir.
+	id, cred := trusttest.Provision(t, trusttest.Authority(), dir, "h1", "fdaa:0:1::/48", "")
+	_, otherNode := trusttest.Provision(t, trusttest.Authority(), filepath.Join(dir, "other"), "h2", "fdaa:0:1::/48", id)
+	stranger, err := trust.AuthorityFromSeed([]byte("a stranger's authority key seed!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, untrusted := trusttest.Provision(t, stranger, filepath.Join(dir, "stranger"), "h1", "fdaa:0:1::/48", id)
+	garbled := filepath.Join(dir, "garbled")
+	if err := os.WriteFile(garbled, []byte("not a credential\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	base := "node_name: h1\nendpoint: 192.0.2.1:51820\nprefix: fdaa:0:1::/48\nstate_dir: " + state +
-		"\nstatus_socket: " + filepath.Join(dir, "s.sock") + "\n"
+		"\nstatus_socket: " + filepath.Join(dir, "s.sock") + "\nidentity_key_file: " + id + "\ncredential_file: " + cred +
+		"\ntrust:\n  authorities: " + trusttest.PublicKey() + "\n"
 	insecureKey := filepath.Join(dir, "insecure.key")
 	if err := os.WriteFile(insecureKey, []byte("aGVsbG8gd29ybGQgaGVsbG8gd29ybGQgaGVsbG8gd28=\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	noTrust := strings.Replace(base, "trust:\n  authorities: "+trusttest.PublicKey()+"\n", "", 1)
 	tests := []struct {
 		name string
 		file string
@@ -57,6 +74,14 @@ func TestBadInput(t *testing.T) {
 		{"bad log level", base, nil, []string{"MESHD_LOG_LEVEL=chatty"}, `log_level = "chatty"`},
 		{"interface name too long", base, []string{"--interface", "wireguard-mesh-0"}, nil, "1-15 characters"},
 		{"not YAML", "node_name: [\n", nil, nil, "not valid YAML"},
+		{"no authority", noTrust, nil, nil, "trust.authorities"},
+		{"authority not a key", noTrust + "trust:\n  authorities: [nope]\n", nil, nil, `trust.authorities = "nope"`},
+		{"credential of another node", base, []string{"--credential-file", otherNode}, nil, `for node "h2"`},
+		{"credential of a stranger", base, []string{"--credential-file", untrusted}, nil, "not signed by a trusted authority"},
+		{"credential garbled", base, []string{"--credential-file", garbled}, nil, "expected a base64 credential"},
+		{"credential missing", base, []string{"--credential-file", filepath.Join(dir, "none")}, nil, "does not exist"},
+		{"identity key readable", base, []string{"--identity-key-file", insecureKey}, nil, "readable by group or others"},
+		{"gateway without the role", base + "gateway:\n  enabled: true\n", nil, nil, "gateway role"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

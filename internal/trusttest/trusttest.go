@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -73,4 +74,40 @@ func KeyFile(t testing.TB, dir string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// Provision writes what a host needs to sign its entries, as `meshd init
+// --authority-key` would: its identity key (or takes the one at identity)
+// and a credential that a signs for node, prefix and roles, valid for a
+// day, into dir (identity.key, credential). It returns both paths.
+func Provision(t testing.TB, a trust.AuthorityKey, dir, node, prefix, identity string, roles ...string) (string, string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if identity == "" {
+		identity = filepath.Join(dir, "identity.key")
+		if _, _, err := keystore.LoadOrCreate(identity); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k, err := keystore.Load(identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := k.WG()
+	pub, err := trust.IdentityPublic(seed[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := a.Issue(trust.Credential{Node: node, Prefix: netip.MustParsePrefix(prefix), Identity: pub, Roles: roles,
+		NotAfter: time.Now().Add(24 * time.Hour).Truncate(time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	credential := filepath.Join(dir, "credential")
+	if err := os.WriteFile(credential, []byte(base64.StdEncoding.EncodeToString(c)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return identity, credential
 }
