@@ -24,6 +24,7 @@ import (
 	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/netlinkx"
 )
 
@@ -292,11 +293,12 @@ func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost
 	name := h.Name
 	mh := &meshHost{Host: h, iface: fmt.Sprintf("wb%d%s", os.Getpid()%1000, name),
 		config: filepath.Join(h.Dir, "meshd.yaml"), sock: filepath.Join(h.Dir, "meshd.sock")}
-	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_key: %q\n",
-		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag, *hintFlag)
+	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_key: %q\ntrust:\n  authorities: %s\n",
+		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag, *hintFlag, trusttest.PublicKey())
 	if err := os.WriteFile(mh.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	trusttest.Provision(t, trusttest.Authority(), filepath.Join(h.Dir, "state"), name, hostPrefix(n).String(), "")
 	mh.proc = h.Start("meshd.log", bin, "run", "--config", mh.config)
 	return mh
 }

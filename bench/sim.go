@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/internal/trusttest"
+	"meshd.dev/meshd/trust"
 )
 
 // ClassicKV is where the classic approach reads the same nodes from.
@@ -24,20 +27,25 @@ type Sim struct {
 	Key      wgtypes.Key
 	Endpoint netip.AddrPort
 	Prefix   netip.Prefix
+	// Signer signs its entries under a credential of the test authority,
+	// as every entry a host applies must be.
+	Signer *trust.Signer
 }
 
-// NewSim makes simulated node i with a fresh key.
+// NewSim makes simulated node i with a fresh key and identity.
 func NewSim(i int) (Sim, error) {
 	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return Sim{}, err
 	}
-	return Sim{
+	s := Sim{
 		I:        i,
 		Key:      k.PublicKey(),
 		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, byte(100 + i/65536), byte(i / 256 % 256)}), uint16(20000+i%256)),
 		Prefix:   netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 1, byte(i >> 8), byte(i)}), 48),
-	}, nil
+	}
+	s.Signer, err = trusttest.NewSigner(trusttest.Authority(), s.Name(), s.Prefix, time.Now().Add(24*time.Hour))
+	return s, err
 }
 
 // Name is the node name.
@@ -47,8 +55,10 @@ func (s Sim) Name() string { return "sim-" + strconv.Itoa(s.I) }
 // without a keepalive: a peer with one is sent a handshake at once, and
 // 10,000 handshakes to endpoints that never answer, retried every 5 s,
 // would load the devices as no real fleet does (its peers answer).
+// Each call signs under a new serial: every write is a newer entry.
 func (s Sim) Registration() catalogsync.Registration {
-	return catalogsync.Registration{Service: "meshd", Node: s.Name(), PublicKey: s.Key, Endpoint: s.Endpoint, Prefix: s.Prefix}
+	return catalogsync.Registration{Service: "meshd", Node: s.Name(), PublicKey: s.Key, Endpoint: s.Endpoint, Prefix: s.Prefix,
+		Signer: s.Signer, Serial: catalogsync.NewSerial(0)}
 }
 
 // classicRecord is the KV form the classic template renders.

@@ -45,20 +45,26 @@ func Signer(t testing.TB, node string, prefix netip.Prefix, roles ...string) *tr
 // SignerBy is Signer with another authority and expiry.
 func SignerBy(t testing.TB, a trust.AuthorityKey, node string, prefix netip.Prefix, notAfter time.Time, roles ...string) *trust.Signer {
 	t.Helper()
-	idSeed := make([]byte, ed25519.SeedSize)
-	if _, err := rand.Read(idSeed); err != nil {
-		t.Fatal(err)
-	}
-	c, err := a.Issue(trust.Credential{Node: node, Prefix: prefix, Roles: roles, NotAfter: notAfter.Truncate(time.Second),
-		Identity: ed25519.NewKeyFromSeed(idSeed).Public().(ed25519.PublicKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := trust.NewSigner(idSeed, c)
+	s, err := NewSigner(a, node, prefix, notAfter, roles...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// NewSigner is SignerBy for code outside a test (the benchmark's
+// simulated nodes).
+func NewSigner(a trust.AuthorityKey, node string, prefix netip.Prefix, notAfter time.Time, roles ...string) (*trust.Signer, error) {
+	idSeed := make([]byte, ed25519.SeedSize)
+	if _, err := rand.Read(idSeed); err != nil {
+		return nil, err
+	}
+	c, err := a.Issue(trust.Credential{Node: node, Prefix: prefix, Roles: roles, NotAfter: notAfter.Truncate(time.Second),
+		Identity: ed25519.NewKeyFromSeed(idSeed).Public().(ed25519.PublicKey)})
+	if err != nil {
+		return nil, err
+	}
+	return trust.NewSigner(idSeed, c)
 }
 
 // KeyFile writes the authority's key file (as `meshd authority init`
