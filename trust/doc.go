@@ -15,5 +15,6 @@
 // different messages never share their bytes. ed25519 (RFC 8032) signs;
 // it is deterministic, so the test vectors in testdata are exact.
 //
-// Not yet wired into the agent: see the README's "Trust (in progress)".
+// The agent verifies every entry through peers.Rules.Trust; see the
+// README, "Trust".
 package trust
