@@ -121,8 +121,12 @@ type Hinted struct {
 }
 
 // Overlay is s with the hinted instances (by service ID) that are newer
-// than s put in: replaced, added or removed. Reads no newer than s's index
-// are left out: the whole list is the authority once it has caught up.
+// than s put in: replaced or added, never removed. A read that found
+// nothing removes nothing: anyone may write a hint naming any node and
+// instance ID, and "not there" would let them take a real entry out;
+// removals come from the whole list alone (and, with their grace, from
+// nothing faster). Reads no newer than s's index are left out: the whole
+// list is the authority once it has caught up.
 // An instance the hint added takes its health from s if s has it,
 // else passing (an instance is registered without checks). s is not
 // changed; with nothing to put in, s itself is returned.
@@ -132,7 +136,7 @@ func Overlay(s *Snapshot, hinted map[string]Hinted) *Snapshot {
 	}
 	var ids []string
 	for id, h := range hinted {
-		if h.Index > s.Index {
+		if h.Index > s.Index && h.Entry != nil {
 			ids = append(ids, id)
 		}
 	}
@@ -152,13 +156,11 @@ func Overlay(s *Snapshot, hinted map[string]Hinted) *Snapshot {
 			health = s.Entries[i].Health
 			i++
 		}
-		if e := hinted[id].Entry; e != nil {
-			e := *e
-			if e.Health == "" {
-				e.Health = health
-			}
-			out.Entries = append(out.Entries, e)
+		e := *hinted[id].Entry
+		if e.Health == "" {
+			e.Health = health
 		}
+		out.Entries = append(out.Entries, e)
 	}
 	out.Entries = append(out.Entries, s.Entries[i:]...)
 	return out
