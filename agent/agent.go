@@ -61,9 +61,10 @@ type Agent struct {
 	// start, every ResyncInterval, after a failure or a write outside
 	// reconcile (Forget).
 	planner peers.Planner
-	view    view      // the catalog as the loop sees it
-	reg     registrar // this node's own entry
-	rot     rotation  // the last key rotation
+	view    view        // the catalog as the loop sees it
+	reg     registrar   // this node's own entry
+	rot     rotation    // the last key rotation
+	revoked revocations // the authority's, verified
 	serials struct {
 		next  time.Time // no write before
 		dirty bool      // the last write failed

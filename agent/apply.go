@@ -29,6 +29,7 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	if snap == nil {
 		return res, nil
 	}
+	a.revoke(snap.Revocations)
 	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
 	var err error
 	if res.Result, err = a.planner.Plan(snap.Entries, self, a.opts.Link.Observe, now); err != nil {

@@ -21,9 +21,10 @@ type registrar struct {
 	backoff time.Duration
 	count   uint64 // catalog writes made
 	// foreign are other service IDs whose entries name this node, and
-	// rewritten counts the catalog reads that showed this node's own
-	// instance saying what this host did not publish: someone wrote them
-	// (a buggy or hostile host); status reports both.
+	// rewritten counts the reconciles that saw an instance of this node's
+	// ID saying what this host did not publish (its own rewritten, or one
+	// on another Consul node): someone wrote them (a buggy or hostile
+	// host); status reports both.
 	foreign   []string
 	rewritten uint64
 }
@@ -44,29 +45,33 @@ type rotation struct {
 // while the catalog keeps disagreeing, the waits between attempts double
 // from 1 to 10 seconds. It returns when to look again, or zero.
 func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) (again time.Time) {
-	var shown *peers.Entry // this node's entry as the catalog shows it
+	var shown *peers.Entry // an entry of this node's ID that this host did not publish
 	if snap != nil {
 		var foreign []string
+		matched := false
 		reg := &a.opts.Registration
 		for i, e := range snap.Entries {
 			switch {
 			case e.ServiceID == reg.ID():
-				if shown == nil || reg.Matches(e) {
-					shown = &snap.Entries[i]
+				// The same entry signed before a restart, under its
+				// serial, is this host's own: adopted, a restart writes
+				// nothing.
+				if !matched && (reg.Matches(e) || reg.Adopt(e)) {
+					matched = true
+					continue
 				}
+				shown = &snap.Entries[i]
 			case e.Meta[peers.MetaNode] == reg.Node:
 				foreign = append(foreign, e.ServiceID)
 			}
 		}
 		a.reg.foreign = foreign
-		// The same entry signed before a restart, under its serial, is
-		// this host's own: taken as is, a restart writes nothing.
-		if shown != nil && (reg.Matches(*shown) || reg.Adopt(*shown)) {
-			a.reg.backoff = 0
-			return time.Time{}
-		}
 		if shown != nil {
 			a.reg.rewritten++
+		}
+		if matched {
+			a.reg.backoff = 0
+			return time.Time{}
 		}
 	}
 	if next := a.reg.last.Add(a.reg.backoff); !a.reg.last.IsZero() && now.Before(next) {

@@ -56,14 +56,19 @@ type Status struct {
 	ReconcileSeconds float64 `json:"reconcile_seconds"`
 	// Registrations counts the catalog writes this agent made: each one
 	// wakes every watcher in the fleet, so it stays at 1 in steady state.
-	Registrations uint64  `json:"registrations"`
+	Registrations uint64 `json:"registrations"`
 	// Impersonation says that the catalog holds entries for this node that
 	// this host did not publish: its own instance rewritten (counted in
 	// catalog reads), or other instances naming this node. Other hosts
 	// refuse them unless signed by this host's identity; this host puts its
 	// own back.
 	Impersonation *Impersonation `json:"impersonation,omitempty"`
-	Breaker       Breaker        `json:"breaker"`
+	// Revoked counts the nodes and identities the authority revoked (in
+	// meshd/trust/revocations/, verified); InvalidRevocations the values
+	// there that do not verify (ignored).
+	Revoked            int     `json:"revoked"`
+	InvalidRevocations int     `json:"invalid_revocations,omitempty"`
+	Breaker            Breaker `json:"breaker"`
 	// Gateway is the gateway role's state, on gateway nodes only.
 	Gateway *gateway.Status `json:"gateway,omitempty"`
 }
@@ -71,8 +76,8 @@ type Status struct {
 // Impersonation is what the catalog showed for this node that this host
 // did not publish.
 type Impersonation struct {
-	// Rewritten counts catalog reads that showed this node's instance
-	// saying something else than this host published.
+	// Rewritten counts the reconciles that saw an instance of this node's
+	// service ID saying something else than this host published.
 	Rewritten uint64 `json:"rewritten"`
 	// Others are other service IDs whose entries name this node.
 	Others []string `json:"others,omitempty"`
@@ -327,6 +332,8 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	if err != nil {
 		st.LastError = err.Error()
 	}
+	st.Revoked = len(a.revoked.set.Nodes) + len(a.revoked.set.Identities)
+	st.InvalidRevocations = a.revoked.invalid
 	if a.reg.rewritten > 0 || len(a.reg.foreign) > 0 {
 		st.Impersonation = &Impersonation{Rewritten: a.reg.rewritten, Others: slices.Clone(a.reg.foreign)}
 	}

@@ -55,6 +55,8 @@ type Catalog struct {
 
 	mu   sync.Mutex // guards the fields below
 	list *Snapshot  // the last list the watch read
+	// revocations are the values under RevocationsPrefix, last read.
+	revocations [][]byte
 	// hinted holds the instances hints made this node read, until the list
 	// is at least as new (Overlay, Prune).
 	hinted                         map[string]Hinted
@@ -91,13 +93,18 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 	send := func() {
 		c.mu.Lock()
 		s := Overlay(c.list, c.hinted)
+		var out Snapshot
+		if s != nil {
+			out = *s
+			out.Revocations = c.revocations
+		}
 		c.mu.Unlock()
 		if s == nil {
 			return
 		}
 		c.deliverMu.Lock()
 		defer c.deliverMu.Unlock()
-		deliver(*s)
+		deliver(out)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -108,6 +115,15 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 			}
 			c.list = &s
 			Prune(c.hinted, s.Index)
+			c.mu.Unlock()
+			send()
+		})
+	})
+	wg.Go(func() {
+		rw := &Watcher{Client: c.Client, Datacenter: c.Datacenter, Logger: c.Logger}
+		rw.RunRevocations(ctx, func(values [][]byte) {
+			c.mu.Lock()
+			c.revocations = values
 			c.mu.Unlock()
 			send()
 		})

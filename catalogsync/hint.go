@@ -176,6 +176,32 @@ func Prune(hinted map[string]Hinted, index uint64) {
 	}
 }
 
+// RunRevocations follows the authority's revocations (the values under
+// RevocationsPrefix, sorted by key) until ctx is done, calling deliver with
+// every new set. It uses the watch's blocking-query loop: revocations are
+// rare, so the query costs one idle long poll.
+func (w *Watcher) RunRevocations(ctx context.Context, deliver func([][]byte)) error {
+	read := func(q *api.QueryOptions) ([][]byte, uint64, error) {
+		pairs, meta, err := w.Client.KV().List(RevocationsPrefix, q)
+		if err != nil {
+			return nil, 0, err
+		}
+		var values [][]byte
+		for _, p := range pairs {
+			if len(p.Value) > 0 && len(p.Value) <= maxRevocation {
+				values = append(values, p.Value)
+			}
+		}
+		return values, meta.LastIndex, nil
+	}
+	same := func(a, b [][]byte) bool { return slices.EqualFunc(a, b, bytes.Equal) }
+	return follow(ctx, w, "revocations", read, same, func(values [][]byte, _ uint64) { deliver(values) })
+}
+
+// maxRevocation bounds a revocation's size (the largest is well under
+// 200 bytes): anything larger is not one, and is not carried.
+const maxRevocation = 1024
+
 // RunHints follows the hint key on the local agent until ctx is done,
 // calling deliver with each new hint (the value there at the first read is
 // not a hint: it is past). It uses the watch's blocking-query loop: the

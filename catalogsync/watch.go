@@ -26,7 +26,15 @@ var ErrStale = errors.New("catalog answer too stale")
 type Snapshot struct {
 	Index   uint64
 	Entries []peers.Entry
+	// Revocations are the values under RevocationsPrefix, unverified (the
+	// agent verifies them against its authorities).
+	Revocations [][]byte
 }
+
+// RevocationsPrefix is the KV folder of the authority's signed
+// revocations (meshd authority revoke): one key per revoked node
+// ("node-<name>") or identity ("identity-<hex>").
+const RevocationsPrefix = "meshd/trust/revocations/"
 
 // State is what the watch knows about the catalog, for status output.
 type State struct {

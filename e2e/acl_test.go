@@ -25,70 +25,11 @@ const rootToken = "00000000-0000-4000-8000-00000000beef"
 // runs its agent normally, and cannot modify another host's instance or
 // prefix claim.
 func TestACL(t *testing.T) {
-	lab := testlab.NewLab(t)
-	lab.ConsulHCL = []string{`acl {
-  enabled = true
-  default_policy = "deny"
-  tokens {
-    initial_management = "` + rootToken + `"
-    agent = "` + rootToken + `"
-  }
-}`}
-	lab.ConsulToken = rootToken
-	server := lab.StartConsulServer("consul")
-	mgmt := server.Client(t)
+	lab, server, mgmt := aclLab(t)
 	h1 := newNode(t, lab, []*testlab.Consul{server}, 1, "removal_grace: 1m\n")
 	h2 := newNode(t, lab, []*testlab.Consul{server}, 2, "removal_grace: 1m\n")
 	nodes := []*node{h1, h2}
-
-	// Bootstrap as a provisioning service would: init with a bootstrap
-	// (here: management) token, then a token with the host's own policy.
-	tokens := map[*node]string{}
-	authorityKey := trusttest.KeyFile(t, t.TempDir())
-	for _, n := range nodes {
-		cmd := n.Command(meshd(t), "init", "--json", "--config", n.config, "--endpoint", n.Addr.String()+":51820")
-		cmd.Env = append(os.Environ(), "CONSUL_HTTP_TOKEN="+rootToken)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("init on %s: %v: %s", n.Name, err, out)
-		}
-		var res struct{ Prefix, Identity string }
-		if err := json.Unmarshal(out, &res); err != nil || res.Prefix != n.prefix.String() || res.Identity == "" {
-			t.Fatalf("init on %s printed %s (%v), want prefix %s and an identity", n.Name, out, err, n.prefix)
-		}
-		// The authority signs what init printed; init installs it.
-		sign := exec.Command(meshd(t), "authority", "sign", "--key", authorityKey)
-		sign.Stdin = bytes.NewReader(out)
-		cred, err := sign.Output()
-		if err != nil {
-			t.Fatalf("authority sign for %s: %v", n.Name, err)
-		}
-		credFile := filepath.Join(n.Dir, "credential.new")
-		if err := os.WriteFile(credFile, cred, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := n.Exec(meshd(t), "init", "--config", n.config, "--credential", credFile, "--consul-token", rootToken); err != nil {
-			t.Fatalf("init --credential on %s: %v: %s", n.Name, err, out)
-		}
-		rules, err := n.Exec(meshd(t), "acl-policy", "--config", n.config)
-		if err != nil {
-			t.Fatalf("acl-policy: %v: %s", err, rules)
-		}
-		pol, _, err := mgmt.ACL().PolicyCreate(&api.ACLPolicy{Name: "meshd-" + n.Name, Rules: rules}, nil)
-		if err != nil {
-			t.Fatalf("create policy from meshd acl-policy output: %v\n%s", err, rules)
-		}
-		tok, _, err := mgmt.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[n] = tok.SecretID
-		file := filepath.Join(n.Dir, "consul-token")
-		if err := os.WriteFile(file, []byte(tok.SecretID), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n.args = []string{"--consul-token-file", file}
-	}
+	tokens := bootstrapACL(t, mgmt, nodes)
 
 	// With only their own tokens, the hosts run normally.
 	for _, n := range nodes {
@@ -228,4 +169,79 @@ func TestACL(t *testing.T) {
 	if pair, _, err := mgmt.KV().Get(prefixalloc.Key(h1.prefix), nil); err != nil || pair != nil {
 		t.Errorf("h1's claim after leave --release-prefix: %v, %v", pair, err)
 	}
+}
+
+// aclLab is a lab whose Consul server has ACLs on (default deny); mgmt is
+// a client with the management token.
+func aclLab(t *testing.T) (*testlab.Lab, *testlab.Consul, *api.Client) {
+	lab := testlab.NewLab(t)
+	lab.ConsulHCL = []string{`acl {
+  enabled = true
+  default_policy = "deny"
+  tokens {
+    initial_management = "` + rootToken + `"
+    agent = "` + rootToken + `"
+  }
+}`}
+	lab.ConsulToken = rootToken
+	server := lab.StartConsulServer("consul")
+	return lab, server, server.Client(t)
+}
+
+// bootstrapACL bootstraps nodes as a provisioning service would: init
+// with a bootstrap (here: management) token, the authority's signature of
+// what init printed, init --credential, then a token with the host's own
+// policy (meshd acl-policy), which the node's meshd runs with. It returns
+// each node's token.
+func bootstrapACL(t *testing.T, mgmt *api.Client, nodes []*node, roles ...string) map[*node]string {
+	t.Helper()
+	tokens := map[*node]string{}
+	authorityKey := trusttest.KeyFile(t, t.TempDir())
+	for _, n := range nodes {
+		cmd := n.Command(meshd(t), "init", "--json", "--config", n.config, "--endpoint", n.Addr.String()+":51820")
+		cmd.Env = append(os.Environ(), "CONSUL_HTTP_TOKEN="+rootToken)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("init on %s: %v: %s", n.Name, err, out)
+		}
+		var res struct{ Prefix, Identity string }
+		if err := json.Unmarshal(out, &res); err != nil || res.Prefix != n.prefix.String() || res.Identity == "" {
+			t.Fatalf("init on %s printed %s (%v), want prefix %s and an identity", n.Name, out, err, n.prefix)
+		}
+		sign := exec.Command(meshd(t), "authority", "sign", "--key", authorityKey, "--roles", strings.Join(roles, ","))
+		if len(roles) == 0 {
+			sign = exec.Command(meshd(t), "authority", "sign", "--key", authorityKey)
+		}
+		sign.Stdin = bytes.NewReader(out)
+		cred, err := sign.Output()
+		if err != nil {
+			t.Fatalf("authority sign for %s: %v", n.Name, err)
+		}
+		credFile := filepath.Join(n.Dir, "credential.new")
+		if err := os.WriteFile(credFile, cred, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := n.Exec(meshd(t), "init", "--config", n.config, "--credential", credFile, "--consul-token", rootToken); err != nil {
+			t.Fatalf("init --credential on %s: %v: %s", n.Name, err, out)
+		}
+		rules, err := n.Exec(meshd(t), "acl-policy", "--config", n.config)
+		if err != nil {
+			t.Fatalf("acl-policy: %v: %s", err, rules)
+		}
+		pol, _, err := mgmt.ACL().PolicyCreate(&api.ACLPolicy{Name: "meshd-" + n.Name, Rules: rules}, nil)
+		if err != nil {
+			t.Fatalf("create policy from meshd acl-policy output: %v\n%s", err, rules)
+		}
+		tok, _, err := mgmt.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[n] = tok.SecretID
+		file := filepath.Join(n.Dir, "consul-token")
+		if err := os.WriteFile(file, []byte(tok.SecretID), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n.args = []string{"--consul-token-file", file}
+	}
+	return tokens
 }

@@ -32,7 +32,10 @@ type file struct {
 	Version int       `json:"version"`
 	SavedAt time.Time `json:"saved_at"`
 	Index   uint64    `json:"index"`
-	Entries []entry   `json:"entries"`
+	// Revocations come before entries: encode writes the head with
+	// json.Marshal and the entries one by one after it.
+	Revocations [][]byte `json:"revocations,omitempty"`
+	Entries     []entry  `json:"entries"`
 }
 
 type entry struct {
@@ -61,7 +64,7 @@ func Encode(s catalogsync.Snapshot, savedAt time.Time) ([]byte, error) {
 // fields, with entries written one by one instead of marshalled as a
 // whole.
 func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
-	head, err := json.Marshal(file{Version: Version, SavedAt: savedAt.UTC(), Index: s.Index, Entries: []entry{}})
+	head, err := json.Marshal(file{Version: Version, SavedAt: savedAt.UTC(), Index: s.Index, Revocations: s.Revocations, Entries: []entry{}})
 	if err != nil {
 		return err
 	}
@@ -128,7 +131,7 @@ func Decode(b []byte) (Saved, error) {
 	if f.Version != Version {
 		return Saved{}, fmt.Errorf("snapshot version %d, want %d", f.Version, Version)
 	}
-	s := Saved{SavedAt: f.SavedAt, Snapshot: catalogsync.Snapshot{Index: f.Index, Entries: make([]peers.Entry, 0, len(f.Entries))}}
+	s := Saved{SavedAt: f.SavedAt, Snapshot: catalogsync.Snapshot{Index: f.Index, Revocations: f.Revocations, Entries: make([]peers.Entry, 0, len(f.Entries))}}
 	for i, e := range f.Entries {
 		if e.ServiceID == "" {
 			return Saved{}, fmt.Errorf("snapshot entry %d has no service_id", i)

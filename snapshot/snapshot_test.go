@@ -17,7 +17,7 @@ import (
 	"meshd.dev/meshd/peers"
 )
 
-var sample = catalogsync.Snapshot{Index: 42, Entries: []peers.Entry{
+var sample = catalogsync.Snapshot{Index: 42, Revocations: [][]byte{[]byte("revocation [1]"), {0, 1, 2}}, Entries: []peers.Entry{
 	{ServiceID: "meshd-h2", CreateIndex: 7, Health: "passing", Tags: []string{"gateway"}, Meta: map[string]string{
 		"v": "1", "node": "h2", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
 		"endpoint": "198.18.0.2:51820", "prefix": "fdaa:0:2::/48",
@@ -106,7 +106,7 @@ func TestEncodeIsTheFileMarshalled(t *testing.T) {
 		if err := encode(&got, s, at); err != nil {
 			t.Fatal(err)
 		}
-		f := file{Version: Version, SavedAt: at, Index: s.Index, Entries: []entry{}}
+		f := file{Version: Version, SavedAt: at, Index: s.Index, Revocations: s.Revocations, Entries: []entry{}}
 		for _, e := range s.Entries {
 			f.Entries = append(f.Entries, entry(e))
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,12 +16,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
+	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/config"
 	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/internal/atomicfile"
 	"meshd.dev/meshd/keystore"
+	"meshd.dev/meshd/peers"
 	"meshd.dev/meshd/trust"
 )
 
@@ -124,7 +128,7 @@ func newAuthorityCmd() *cobra.Command {
 			"peers. Run these commands where the bootstrap service keeps its secrets, never on a mesh\n" +
 			"host; hosts list the authority's public key in trust.authorities.",
 	}
-	cmd.AddCommand(newAuthorityInitCmd(), newAuthoritySignCmd())
+	cmd.AddCommand(newAuthorityInitCmd(), newAuthoritySignCmd(), newAuthorityRevokeCmd())
 	return cmd
 }
 
@@ -219,4 +223,69 @@ func installCredential(cfg *config.Config, credential []byte, node string, prefi
 		}
 	}
 	return atomicfile.WriteFile(cfg.Trust.CredentialFile, []byte(base64.StdEncoding.EncodeToString(credential)+"\n"), 0o644)
+}
+
+func newAuthorityRevokeCmd() *cobra.Command {
+	var (
+		keyFile, node, identity string
+		remove                  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "revoke",
+		Short: "Revoke a node or an identity: every host removes its peer at once and refuses its entries",
+		Long: "Sign a revocation of a node (--node) or of an identity key (--identity, base64) and\n" +
+			"publish it in Consul KV under " + catalogsync.RevocationsPrefix + ", where every host reads it\n" +
+			"within seconds: the node's peer and route go at once (no grace), and its entries are\n" +
+			"refused until the revocation is withdrawn (--remove). Needs a Consul token with write\n" +
+			"on that folder (hosts' tokens have read only).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if (node == "") == (identity == "") {
+				return usage(errors.New("--node or --identity: give exactly one"))
+			}
+			r := trust.Revocation{Node: node, Issued: time.Now().Truncate(time.Second)}
+			key := catalogsync.RevocationsPrefix + "node-" + node
+			if identity != "" {
+				if r.Identity, err = trust.ParsePublicKey(identity); err != nil {
+					return usage(fmt.Errorf("--identity: %w", err))
+				}
+				key = catalogsync.RevocationsPrefix + "identity-" + hex.EncodeToString(r.Identity)
+			} else if !peers.IsDNSLabel(node) {
+				return usage(fmt.Errorf("--node %q: expected a DNS label", node))
+			}
+			consul, err := consulClient(cfg)
+			if err != nil {
+				return err
+			}
+			if remove {
+				if _, err := consul.KV().Delete(key, nil); err != nil {
+					return fmt.Errorf("withdraw the revocation %s: %w", key, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "withdrew %s\n", key)
+				return nil
+			}
+			a, err := loadAuthority(keyFile)
+			if err != nil {
+				return usage(err)
+			}
+			b, err := a.Revoke(r)
+			if err != nil {
+				return usage(err)
+			}
+			if _, err := consul.KV().Put(&api.KVPair{Key: key, Value: b}, nil); err != nil {
+				return fmt.Errorf("publish the revocation %s: %w", key, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "published %s\n", key)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyFile, "key", "", "the authority key file")
+	cmd.Flags().StringVar(&node, "node", "", "the node to revoke")
+	cmd.Flags().StringVar(&identity, "identity", "", "the identity public key (base64) to revoke")
+	cmd.Flags().BoolVar(&remove, "remove", false, "withdraw the revocation instead")
+	return cmd
 }

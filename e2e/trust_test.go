@@ -1,0 +1,215 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/agent"
+	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/gateway"
+	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/keystore"
+	"meshd.dev/meshd/peers"
+)
+
+// TestTrustAttacks: h1 (the attacker) holds nothing but its own ordinary
+// ACL token, against a real Consul with ACLs on. Each way it has to
+// divert another host's traffic (rewrite h2's key, claim a wider prefix
+// over everyone, hint an instance gone or forged, a duplicate of h2's
+// gateway instance with another user-link key) changes no kernel of the
+// others: h3 pings h2 throughout without losing an echo, h3's status
+// shows the rejected entries with their reasons, h2 says that someone
+// published entries for its node, and a user config printed for h2's
+// gateway names h2's own user-link key.
+func TestTrustAttacks(t *testing.T) {
+	lab, server, mgmt := aclLab(t)
+	gwIface := fmt.Sprintf("wt%dgw", os.Getpid()%10000)
+	h1 := newNode(t, lab, []*testlab.Consul{server}, 1, "removal_grace: 1m\n")
+	h2 := newNode(t, lab, []*testlab.Consul{server}, 2, fmt.Sprintf("removal_grace: 1m\ngateway:\n  enabled: true\n  interface: %s\n", gwIface))
+	h3 := newNode(t, lab, []*testlab.Consul{server}, 3, "removal_grace: 1m\n")
+	nodes := []*node{h1, h2, h3}
+	tokens := bootstrapACL(t, mgmt, []*node{h1, h3})
+	maps.Copy(tokens, bootstrapACL(t, mgmt, []*node{h2}, gateway.Tag))
+	for _, n := range nodes {
+		n.start(t)
+	}
+	defer checkNoRace(t, nodes)
+	converged(t, nodes)
+	pingAll(t, nodes)
+	waitConverged(t, h3)
+
+	ctx := context.Background()
+	c := h1.Consul.ClientWithToken(t, tokens[h1])
+	h2Pub := h2.publicKey(t)
+	h3Before := peerKeys(t, h3)
+	h2Entry := instance(t, mgmt, "h2", "meshd-h2")
+	if h2Entry == nil {
+		t.Fatal("h2's instance is not in the catalog")
+	}
+	gwKey, err := keystore.Load(filepath.Join(h2.Dir, "state", "gateway.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// h3 pings h2 every 100 ms for the whole attack.
+	pinger := h3.Start("ping.log", "ping", "-n", "-i", "0.1", "-W", "1", h2.meshAddr().String())
+	// checkH3 fails the test if h3's kernel ever holds another peer than
+	// h1's and h2's real keys.
+	checkH3 := func(what string) {
+		t.Helper()
+		if got := peerKeys(t, h3); !maps.Equal(got, h3Before) {
+			t.Errorf("%s: h3's peers changed: %v, was %v", what, got, h3Before)
+		}
+	}
+	fake, _ := wgtypes.GeneratePrivateKey()
+
+	t.Run("rewrite h2's key", func(t *testing.T) {
+		forged := maps.Clone(h2Entry.Service.Meta)
+		forged[peers.MetaPublicKey] = fake.PublicKey().String()
+		forged[peers.MetaEndpoint] = h1.Addr.String() + ":51820"
+		// The attacker rewrites it again whenever h2 puts its own back.
+		deadline := time.Now().Add(4 * time.Second)
+		var seen bool
+		for time.Now().Before(deadline) {
+			_, err := c.Catalog().Register(&api.CatalogRegistration{Node: "h2", SkipNodeUpdate: true,
+				Service: &api.AgentService{ID: "meshd-h2", Service: "meshd", Tags: h2Entry.Service.Tags, Meta: forged}}, nil)
+			if err != nil {
+				t.Fatalf("Consul refused the rewrite with h1's token (%v); TestACL shows it allowed: has Consul changed?", err)
+			}
+			seen = seen || rejected(t, h3, "meshd-h2", "signature")
+			checkH3("while h2's instance is rewritten")
+			time.Sleep(200 * time.Millisecond)
+		}
+		testlab.Eventually(t, 10*time.Second, "h3 shows the forged entry rejected for its signature", func() bool {
+			seen = seen || rejected(t, h3, "meshd-h2", "signature")
+			return seen
+		})
+		testlab.Eventually(t, 10*time.Second, "h2 reports its instance rewritten", func() bool {
+			st, err := h2.status(t)
+			return err == nil && st.Impersonation != nil && st.Impersonation.Rewritten > 0
+		})
+		testlab.Eventually(t, 30*time.Second, "h2's own entry back", func() bool {
+			e := instance(t, mgmt, "h2", "meshd-h2")
+			return e != nil && e.Service.Meta[peers.MetaPublicKey] == h2Pub.String()
+		})
+		checkH3("after the rewrite")
+	})
+
+	t.Run("a wider prefix over everyone", func(t *testing.T) {
+		evil := maps.Clone(h2Entry.Service.Meta)
+		evil[peers.MetaNode] = "aaa-evil"
+		evil[peers.MetaPrefix] = "fdaa::/24"
+		evil[peers.MetaPublicKey] = fake.PublicKey().String()
+		evil[peers.MetaEndpoint] = h1.Addr.String() + ":51820"
+		// Registered through h1's own agent, as any host may: an older
+		// registration than nobody's, but its credential is h2's.
+		if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "meshd-aaa-evil", Name: "meshd", Meta: evil}); err != nil {
+			t.Fatalf("h1 registering an instance on its own agent: %v", err)
+		}
+		defer c.Agent().ServiceDeregister("meshd-aaa-evil")
+		testlab.Eventually(t, 10*time.Second, "h3 shows the wider prefix rejected", func() bool {
+			return rejected(t, h3, "meshd-aaa-evil", "credential")
+		})
+		checkH3("with a wider prefix in the catalog")
+	})
+
+	t.Run("hints naming h2's instance", func(t *testing.T) {
+		// A duplicate of h2's instance ID on h1's own node, with h2's
+		// gateway tag and another user-link key, then hints naming it and
+		// naming h2's instance on a node where it does not exist (gone).
+		dup := maps.Clone(h2Entry.Service.Meta)
+		dup[gateway.MetaGatewayPublicKey] = fake.PublicKey().String()
+		if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "meshd-h2", Name: "meshd", Tags: []string{gateway.Tag}, Meta: dup}); err != nil {
+			t.Fatalf("h1 registering a duplicate of h2's instance: %v", err)
+		}
+		defer c.Agent().ServiceDeregister("meshd-h2")
+		h1Node, err := c.Agent().NodeName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{h1Node, "nowhere"} {
+			if err := catalogsync.WriteHint(ctx, c, "meshd/hint", catalogsync.Hint{ConsulNode: n, ServiceID: "meshd-h2", Index: 1 << 40}); err != nil {
+				t.Fatalf("h1 writing a hint: %v", err)
+			}
+			time.Sleep(time.Second)
+			checkH3("after a hint naming meshd-h2 on " + n)
+		}
+		testlab.Eventually(t, 10*time.Second, "h3 shows the duplicate rejected", func() bool {
+			return rejected(t, h3, "meshd-h2", "signature")
+		})
+		testlab.Eventually(t, 10*time.Second, "h2 reports the duplicate", func() bool {
+			st, err := h2.status(t)
+			return err == nil && st.Impersonation != nil && st.Impersonation.Rewritten > 0
+		})
+		// A user's configuration for h2's gateway names h2's own key.
+		res := createPeer(t, h3, "--gateway", "h2", "--org", "acme", "--name", "laptop", "--consul-token", rootToken)
+		if !strings.Contains(res.Config, "PublicKey = "+gwKey.Public().String()) || strings.Contains(res.Config, fake.PublicKey().String()) {
+			t.Errorf("user config for h2's gateway does not name h2's user-link key %s:\n%s", gwKey.Public(), res.Config)
+		}
+		checkH3("with a duplicate gateway instance")
+	})
+
+	pinger.Signal(os.Interrupt)
+	pinger.Wait(5 * time.Second)
+	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(pinger.Log())
+	if m == nil || m[1] != m[2] || m[1] == "0" {
+		t.Errorf("h3 -> h2 pings during the attacks: %q, want every echo answered", m)
+	} else {
+		t.Logf("h3 -> h2: %s echoes sent during the attacks, all answered", m[1])
+	}
+	converged(t, nodes)
+	pingAll(t, nodes)
+}
+
+// peerKeys is n's device's peers: key -> allowed IPs.
+func peerKeys(t *testing.T, n *node) map[wgtypes.Key]string {
+	t.Helper()
+	d, err := n.device(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[wgtypes.Key]string{}
+	for _, p := range d.Peers {
+		m[p.PublicKey] = fmt.Sprint(p.AllowedIPs)
+	}
+	return m
+}
+
+// rejected reports whether n's status lists an entry of service ID id
+// rejected with code.
+func rejected(t *testing.T, n *node, id, code string) bool {
+	st, err := n.status(t)
+	if err != nil {
+		return false
+	}
+	for _, p := range st.Peers {
+		if p.ServiceID == id && p.State == agent.PeerRejected && p.Code == code {
+			return true
+		}
+	}
+	return false
+}
+
+// instance is the catalog's instance id on Consul node, or nil.
+func instance(t *testing.T, c *api.Client, node, id string) *api.ServiceEntry {
+	entries, _, err := c.Health().Service("meshd", "", false, nil)
+	if err != nil {
+		return nil
+	}
+	for _, e := range entries {
+		if e.Node.Node == node && e.Service.ID == id {
+			return e
+		}
+	}
+	return nil
+}
