@@ -66,9 +66,11 @@ type Status struct {
 	// Revoked counts the nodes and identities the authority revoked (in
 	// meshd/trust/revocations/, verified); InvalidRevocations the values
 	// there that do not verify (ignored).
-	Revoked            int     `json:"revoked"`
-	InvalidRevocations int     `json:"invalid_revocations,omitempty"`
-	Breaker            Breaker `json:"breaker"`
+	Revoked            int `json:"revoked"`
+	InvalidRevocations int `json:"invalid_revocations,omitempty"`
+	// CredentialExpires is when this host's credential expires.
+	CredentialExpires time.Time `json:"credential_expires,omitzero"`
+	Breaker           Breaker   `json:"breaker"`
 	// Gateway is the gateway role's state, on gateway nodes only.
 	Gateway *gateway.Status `json:"gateway,omitempty"`
 }
@@ -145,7 +147,7 @@ func (st Status) Health() health.Host {
 		Node: st.Node, Interface: st.Interface, LinkPresent: st.LinkPresent, Converged: st.Converged,
 		NotConvergedSince: st.NotConvergedSince, CatalogReachable: st.Catalog.Reachable,
 		LastGoodRead: st.Catalog.LastGoodRead, BreakerHeld: st.Breaker.Held,
-		Peers: make([]health.Peer, len(st.Peers)),
+		Peers: make([]health.Peer, len(st.Peers)), CredentialExpires: st.CredentialExpires,
 	}
 	for i, p := range st.Peers {
 		h.Peers[i] = health.Peer{Node: p.Node, ServiceID: p.ServiceID, Applied: p.State == PeerApplied,
@@ -333,6 +335,9 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		st.LastError = err.Error()
 	}
 	st.Revoked = len(a.revoked.set.Nodes) + len(a.revoked.set.Identities)
+	if reg.Signer != nil {
+		st.CredentialExpires = reg.Signer.Parsed().NotAfter
+	}
 	st.InvalidRevocations = a.revoked.invalid
 	if a.reg.rewritten > 0 || len(a.reg.foreign) > 0 {
 		st.Impersonation = &Impersonation{Rewritten: a.reg.rewritten, Others: slices.Clone(a.reg.foreign)}

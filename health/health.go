@@ -82,7 +82,14 @@ type Host struct {
 	LastGoodRead      time.Time // zero: never
 	BreakerHeld       int       // removals only the circuit breaker keeps
 	Peers             []Peer
+	// CredentialExpires is when this host's credential expires (zero:
+	// unknown): its entry is refused everywhere from then on.
+	CredentialExpires time.Time
 }
+
+// CredentialWarning is how long before its credential expires a host
+// warns.
+const CredentialWarning = 30 * 24 * time.Hour
 
 // Peer is one peer of a Host: applied (in the kernel) or a rejected
 // catalog entry; other states do not count towards a verdict.
@@ -147,6 +154,13 @@ func Check(h Host, th Thresholds, now time.Time) (Code, string) {
 	}
 	if h.BreakerHeld > 0 {
 		warn = append(warn, fmt.Sprintf("%d removals held by the circuit breaker", h.BreakerHeld))
+	}
+	switch exp := h.CredentialExpires; {
+	case exp.IsZero():
+	case !now.Before(exp):
+		crit = append(crit, "this host's credential expired at "+exp.UTC().Format(time.RFC3339)+": every host refuses its entry")
+	case exp.Sub(now) < CredentialWarning:
+		warn = append(warn, fmt.Sprintf("this host's credential expires in %s (%s): have the authority sign a new one", exp.Sub(now).Round(time.Hour), exp.UTC().Format(time.RFC3339)))
 	}
 	switch {
 	case len(crit) > 0:

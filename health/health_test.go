@@ -48,6 +48,9 @@ func TestCheck(t *testing.T) {
 		{"not converged briefly", func(h *Host) { h.Converged, h.NotConvergedSince = false, ago(30*time.Second) }, OK, "OK"},
 		{"not converged too long", func(h *Host) { h.Converged, h.NotConvergedSince = false, ago(3*time.Minute) }, Critical, "not converged for 3m0s"},
 		{"link missing", func(h *Host) { h.LinkPresent = false }, Critical, "device wg0 missing"},
+		{"credential valid for a year", func(h *Host) { h.CredentialExpires = now.Add(365 * 24 * time.Hour) }, OK, "OK"},
+		{"credential expires within 30 days", func(h *Host) { h.CredentialExpires = now.Add(29 * 24 * time.Hour) }, Warning, "credential expires in 696h0m0s"},
+		{"credential expired", func(h *Host) { h.CredentialExpires = now.Add(-time.Minute) }, Critical, "credential expired at"},
 		{"critical also lists warnings", func(h *Host) {
 			h.LinkPresent = false
 			h.Peers[0].LatestHandshake = nil
