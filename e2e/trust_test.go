@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,8 +21,10 @@ import (
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/keystore"
 	"meshd.dev/meshd/peers"
+	"meshd.dev/meshd/trust"
 )
 
 // TestTrustAttacks: h1 (the attacker) holds nothing but its own ordinary
@@ -212,4 +217,81 @@ func instance(t *testing.T, c *api.Client, node, id string) *api.ServiceEntry {
 		}
 	}
 	return nil
+}
+
+// TestRevokeAndExpire: a revoked identity and an expired credential are
+// removed from every other host within 10 s, with a removal grace of ten
+// minutes; the host whose credential is about to expire warns, and once
+// it has, is critical.
+func TestRevokeAndExpire(t *testing.T) {
+	lab := testlab.NewLab(t)
+	server := lab.StartConsulServer("consul")
+	var nodes []*node
+	for i := 1; i <= 3; i++ {
+		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 10m\n"))
+	}
+	h1, h2, h3 := nodes[0], nodes[1], nodes[2]
+	for _, n := range nodes {
+		n.start(t)
+	}
+	defer checkNoRace(t, nodes)
+	converged(t, nodes)
+	pingAll(t, nodes)
+	h2Key, h3Key := h2.publicKey(t), h3.publicKey(t)
+
+	// The authority revokes h2's identity.
+	idKey, err := keystore.Load(filepath.Join(h2.Dir, "state", "identity.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := idKey.WG()
+	id, err := trust.IdentityPublic(seed[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorityKey := trusttest.KeyFile(t, t.TempDir())
+	if out, err := h1.Exec(meshd(t), "authority", "revoke", "--config", h1.config, "--key", authorityKey,
+		"--identity", base64.StdEncoding.EncodeToString(id)); err != nil {
+		t.Fatalf("authority revoke: %v: %s", err, out)
+	}
+	revoked := time.Now()
+	for _, n := range []*node{h1, h3} {
+		testlab.Eventually(t, 10*time.Second, n.Name+" removed h2's peer (revoked)", func() bool {
+			return !peerHeld(t, n, h2Key)
+		})
+	}
+	t.Logf("h2's revoked identity left the others' kernels within %s", time.Since(revoked).Round(time.Millisecond))
+	if !rejected(t, h1, "meshd-h2", peers.CodeRevoked) {
+		t.Errorf("h1's status does not show h2's entry rejected as revoked")
+	}
+
+	// h3 gets a credential that expires in 20 s and restarts with it.
+	notAfter := time.Now().Add(20 * time.Second).Truncate(time.Second)
+	trusttest.ProvisionUntil(t, trusttest.Authority(), filepath.Join(h3.Dir, "state"), "h3", h3.prefix.String(),
+		filepath.Join(h3.Dir, "state", "identity.key"), notAfter)
+	h3.proc.Signal(syscall.SIGTERM)
+	if exited, err := h3.proc.Wait(10 * time.Second); !exited {
+		t.Fatalf("h3's meshd did not stop: %v", err)
+	}
+	h3.start(t)
+	testlab.Eventually(t, 10*time.Second, "h3 warns that its credential expires", func() bool {
+		out, _ := h3.Exec(meshd(t), "health", "--config", h3.config)
+		return strings.Contains(out, "credential expires in")
+	})
+	if !peerHeld(t, h1, h3Key) {
+		t.Fatal("h1 does not hold h3 before its credential expires")
+	}
+	time.Sleep(time.Until(notAfter))
+	testlab.Eventually(t, 10*time.Second, "h1 removed h3's peer (expired)", func() bool { return !peerHeld(t, h1, h3Key) })
+	t.Logf("h3's expired credential left h1's kernel %s after its not-after", time.Since(notAfter).Round(time.Millisecond))
+	out, err := h3.Exec(meshd(t), "health", "--config", h3.config)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(out, "credential expired") {
+		t.Errorf("meshd health on h3 after expiry: %v: %q; want exit 2 saying the credential expired", err, out)
+	}
+}
+
+// peerHeld reports whether n's device has a peer with key k.
+func peerHeld(t *testing.T, n *node, k wgtypes.Key) bool {
+	_, ok := peerKeys(t, n)[k]
+	return ok
 }

@@ -160,7 +160,11 @@ func Check(h Host, th Thresholds, now time.Time) (Code, string) {
 	case !now.Before(exp):
 		crit = append(crit, "this host's credential expired at "+exp.UTC().Format(time.RFC3339)+": every host refuses its entry")
 	case exp.Sub(now) < CredentialWarning:
-		warn = append(warn, fmt.Sprintf("this host's credential expires in %s (%s): have the authority sign a new one", exp.Sub(now).Round(time.Hour), exp.UTC().Format(time.RFC3339)))
+		left := exp.Sub(now).Round(time.Second)
+		if left > time.Hour {
+			left = left.Round(time.Hour)
+		}
+		warn = append(warn, fmt.Sprintf("this host's credential expires in %s (%s): have the authority sign a new one", left, exp.UTC().Format(time.RFC3339)))
 	}
 	switch {
 	case len(crit) > 0:

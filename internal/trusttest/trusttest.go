@@ -88,6 +88,12 @@ func KeyFile(t testing.TB, dir string) string {
 // day, into dir (identity.key, credential). It returns both paths.
 func Provision(t testing.TB, a trust.AuthorityKey, dir, node, prefix, identity string, roles ...string) (string, string) {
 	t.Helper()
+	return ProvisionUntil(t, a, dir, node, prefix, identity, time.Now().Add(24*time.Hour), roles...)
+}
+
+// ProvisionUntil is Provision with a credential valid until notAfter.
+func ProvisionUntil(t testing.TB, a trust.AuthorityKey, dir, node, prefix, identity string, notAfter time.Time, roles ...string) (string, string) {
+	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +113,7 @@ func Provision(t testing.TB, a trust.AuthorityKey, dir, node, prefix, identity s
 		t.Fatal(err)
 	}
 	c, err := a.Issue(trust.Credential{Node: node, Prefix: netip.MustParsePrefix(prefix), Identity: pub, Roles: roles,
-		NotAfter: time.Now().Add(24 * time.Hour).Truncate(time.Second)})
+		NotAfter: notAfter.Truncate(time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
