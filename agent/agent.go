@@ -124,10 +124,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.stopGateway()
 	saves := make(chan struct{}, 1)
+	own := a.opts.Registration.ID() // read here: the loop owns Registration
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		a.opts.Catalog.Watch(ctx, a.opts.Registration.ID(), func(s catalogsync.Snapshot) {
+		a.opts.Catalog.Watch(ctx, own, func(s catalogsync.Snapshot) {
 			a.view.set(s)
 			a.loop.Mark()
 			select {

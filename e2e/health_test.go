@@ -86,7 +86,7 @@ func TestHealth(t *testing.T) {
 	server := lab.StartConsulServer("consul")
 	var nodes []*node
 	for i := 1; i <= 3; i++ {
-		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 10m\nkeepalive: 1s\n"))
+		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 10m\nkeepalive: 10s\n"))
 	}
 	for _, n := range nodes {
 		n.start(t)
