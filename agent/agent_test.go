@@ -22,6 +22,7 @@ import (
 	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
+	"meshd.dev/meshd/trust"
 )
 
 func TestMain(m *testing.M) { testlab.Main(m) }
@@ -581,4 +582,73 @@ func TestMaxPeers(t *testing.T) {
 		k := h.kernelPeers(t)
 		return k[rs[1].PublicKey] && k[rs[2].PublicKey] && !k[rs[0].PublicKey]
 	})
+}
+
+// TestUntrustedFlood: 1,000 entries in a real Consul under credentials
+// of an authority this host does not trust: none becomes a peer, the
+// valid peers stay applied, each entry is verified once however often the
+// agent plans (resync every second), and status lists them rejected.
+func TestUntrustedFlood(t *testing.T) {
+	c, rs := withRemotes(t, 2, 3)
+	h := start(t, c, "wga8", time.Minute)
+	testlab.Eventually(t, 20*time.Second, "the valid peers applied", func() bool {
+		k := h.kernelPeers(t)
+		return k[rs[0].PublicKey] && k[rs[1].PublicKey]
+	})
+	stranger, err := trust.AuthorityFromSeed([]byte("a stranger's authority key seed!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1000
+	var ops api.TxnOps
+	flush := func() {
+		if len(ops) == 0 {
+			return
+		}
+		ok, resp, _, err := c.Txn().Txn(ops, nil)
+		if err != nil || !ok {
+			t.Fatalf("register the flood: %v %v", err, resp)
+		}
+		ops = nil
+	}
+	for i := range n {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := catalogsync.Registration{Service: "meshd", Node: fmt.Sprintf("x%d", i), PublicKey: k.PublicKey(),
+			Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), 51820),
+			Prefix:   netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 2, byte(i >> 8), byte(i)}), 48),
+			Serial:   1}
+		r.Signer = trusttest.SignerBy(t, stranger, r.Node, r.Prefix, time.Now().Add(time.Hour))
+		ops = append(ops,
+			&api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: r.Node, Address: r.Endpoint.Addr().String()}}},
+			&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: r.Node, Service: api.AgentService{ID: r.ID(), Service: "meshd", Meta: r.Meta()}}})
+		if len(ops) == 64 {
+			flush()
+		}
+	}
+	flush()
+	untrusted := func() int {
+		k := 0
+		for _, p := range h.a.Status().Peers {
+			if p.State == agent.PeerRejected && p.Code == "untrusted" {
+				k++
+			}
+		}
+		return k
+	}
+	testlab.Eventually(t, 30*time.Second, "the flood listed rejected as untrusted", func() bool { return untrusted() == n })
+	parsed := h.a.Status().EntriesParsed
+	time.Sleep(3 * time.Second) // three resyncs
+	st := h.a.Status()
+	if st.EntriesParsed != parsed {
+		t.Errorf("%d entries parsed again over three resyncs of an unchanged catalog, want 0", st.EntriesParsed-parsed)
+	}
+	if parsed > 2*(n+3) {
+		t.Errorf("%d entries parsed for a catalog of %d: the flood was verified more than once or twice", parsed, n+3)
+	}
+	if k := h.kernelPeers(t); len(k) != 2 || !k[rs[0].PublicKey] || !k[rs[1].PublicKey] {
+		t.Errorf("kernel peers %v, want the two valid ones only", k)
+	}
 }

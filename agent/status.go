@@ -66,8 +66,11 @@ type Status struct {
 	// Revoked counts the nodes and identities the authority revoked (in
 	// meshd/trust/revocations/, verified); InvalidRevocations the values
 	// there that do not verify (ignored).
-	Revoked            int `json:"revoked"`
-	InvalidRevocations int `json:"invalid_revocations,omitempty"`
+	Revoked int `json:"revoked"`
+	// EntriesParsed counts the catalog entries parsed and verified since
+	// start: an unchanged entry is verified once.
+	EntriesParsed      uint64 `json:"entries_parsed"`
+	InvalidRevocations int    `json:"invalid_revocations,omitempty"`
 	// CredentialExpires is when this host's credential expires.
 	CredentialExpires time.Time `json:"credential_expires,omitzero"`
 	Breaker           Breaker   `json:"breaker"`
@@ -335,6 +338,7 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		st.LastError = err.Error()
 	}
 	st.Revoked = len(a.revoked.set.Nodes) + len(a.revoked.set.Identities)
+	st.EntriesParsed = a.planner.Parses()
 	if reg.Signer != nil {
 		st.CredentialExpires = reg.Signer.Parsed().NotAfter
 	}

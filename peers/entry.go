@@ -351,6 +351,9 @@ type ParseCache struct {
 	// (keeps).
 	trust *trustState
 	good  map[string]Peer
+	// parses counts the entries parsed (and verified): a cache hit is not
+	// one.
+	parses uint64
 }
 
 // parsed is one entry as Desire sees it.
@@ -375,6 +378,7 @@ func (c *ParseCache) parse(e Entry, r Rules, next map[string]cachedParse) (Peer,
 	if !ok || e.ModifyIndex == 0 || hit.modify != e.ModifyIndex {
 		p, err := ParseEntry(e, r)
 		hit = cachedParse{modify: e.ModifyIndex, p: p, err: err}
+		c.parses++
 	}
 	next[e.ServiceID] = hit
 	p := hit.p
@@ -421,6 +425,7 @@ func (c *ParseCache) parseMisses(entries []Entry, r Rules) []*cachedParse {
 		})
 	}
 	wg.Wait()
+	c.parses += uint64(len(miss))
 	return out
 }
 
