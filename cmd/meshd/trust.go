@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -128,7 +129,7 @@ func newAuthorityCmd() *cobra.Command {
 			"peers. Run these commands where the bootstrap service keeps its secrets, never on a mesh\n" +
 			"host; hosts list the authority's public key in trust.authorities.",
 	}
-	cmd.AddCommand(newAuthorityInitCmd(), newAuthoritySignCmd(), newAuthorityRevokeCmd())
+	cmd.AddCommand(newAuthorityInitCmd(), newAuthoritySignCmd(), newAuthorityRevokeCmd(), newAuthorityPublishCmd())
 	return cmd
 }
 
@@ -288,4 +289,157 @@ func newAuthorityRevokeCmd() *cobra.Command {
 	cmd.Flags().StringVar(&identity, "identity", "", "the identity public key (base64) to revoke")
 	cmd.Flags().BoolVar(&remove, "remove", false, "withdraw the revocation instead")
 	return cmd
+}
+
+// publishRecord is one node that cannot run meshd, as `meshd authority
+// publish --from` reads it (JSON lines).
+type publishRecord struct {
+	Node      string `json:"node"`
+	PublicKey string `json:"public_key"`
+	Endpoint  string `json:"endpoint"`
+	Prefix    string `json:"prefix"`
+	Keepalive string `json:"keepalive,omitempty"`
+}
+
+// signedFor is the registration of a node that cannot run meshd: the
+// authority issues a credential to a one-time identity made here, which
+// signs the entry; the identity's key is not kept (publishing again makes
+// a new one, under a newer serial).
+func signedFor(a trust.AuthorityKey, service string, rec publishRecord, validFor time.Duration, rules peers.Rules) (catalogsync.Registration, error) {
+	meta := map[string]string{peers.MetaVersion: peers.SchemaVersion, peers.MetaNode: rec.Node, peers.MetaPublicKey: rec.PublicKey,
+		peers.MetaEndpoint: rec.Endpoint, peers.MetaPrefix: rec.Prefix}
+	if rec.Keepalive != "" {
+		d, err := time.ParseDuration(rec.Keepalive)
+		if err != nil {
+			return catalogsync.Registration{}, fmt.Errorf("node %s: keepalive %q: expected a duration like 25s", rec.Node, rec.Keepalive)
+		}
+		meta[peers.MetaKeepalive] = fmt.Sprint(int(d / time.Second))
+	}
+	p, err := peers.ParseEntry(peers.Entry{ServiceID: catalogsync.ServiceID(rec.Node), Meta: meta}, peers.Rules{Supernet: rules.Supernet})
+	if err != nil {
+		return catalogsync.Registration{}, fmt.Errorf("node %q: %w", rec.Node, err)
+	}
+	seed := make([]byte, ed25519.SeedSize)
+	if _, err := rand.Read(seed); err != nil {
+		return catalogsync.Registration{}, err
+	}
+	c, err := a.Issue(trust.Credential{Node: p.Node, Prefix: p.Prefix, NotAfter: time.Now().Add(validFor).Truncate(time.Second),
+		Identity: ed25519.NewKeyFromSeed(seed).Public().(ed25519.PublicKey)})
+	if err != nil {
+		return catalogsync.Registration{}, err
+	}
+	s, err := trust.NewSigner(seed, c)
+	if err != nil {
+		return catalogsync.Registration{}, err
+	}
+	return catalogsync.Registration{Service: service, Node: p.Node, PublicKey: p.PublicKey, Endpoint: p.Endpoint,
+		Prefix: p.Prefix, Keepalive: p.Keepalive, Signer: s, Serial: catalogsync.NewSerial(0)}, nil
+}
+
+func newAuthorityPublishCmd() *cobra.Command {
+	var (
+		keyFile, from string
+		rec           publishRecord
+		remove        bool
+		validFor      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "publish",
+		Short: "Publish signed entries for nodes that cannot run meshd (appliances, static routers)",
+		Long: "Publish the entry of a node that cannot run meshd (an appliance, a router with a static\n" +
+			"WireGuard configuration) as an external node of the catalog, signed under a credential\n" +
+			"the authority issues to a one-time identity; --from FILE publishes many (JSON lines of\n" +
+			"node, public_key, endpoint, prefix and optional keepalive) in transactions of 32.\n" +
+			"--remove withdraws them. Needs a Consul token with node and service write.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			recs := []publishRecord{rec}
+			if from != "" {
+				if recs, err = readPublishRecords(from); err != nil {
+					return usage(err)
+				}
+			} else if rec.Node == "" || (!remove && (rec.PublicKey == "" || rec.Endpoint == "" || rec.Prefix == "")) {
+				return usage(errors.New("--node, --public-key, --endpoint and --prefix (or --from FILE): expected the node to publish"))
+			}
+			var ops api.TxnOps
+			if remove {
+				for _, r := range recs {
+					ops = append(ops, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceDelete, Node: r.Node,
+						Service: api.AgentService{ID: catalogsync.ServiceID(r.Node), Service: cfg.Consul.Service}}})
+				}
+			} else {
+				a, err := loadAuthority(keyFile)
+				if err != nil {
+					return usage(err)
+				}
+				for _, r := range recs {
+					reg, err := signedFor(a, cfg.Consul.Service, r, validFor, cfg.Rules())
+					if err != nil {
+						return usage(err)
+					}
+					ops = append(ops,
+						&api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: reg.Node, Address: reg.Endpoint.Addr().String()}}},
+						&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: reg.Node, Service: api.AgentService{
+							ID: reg.ID(), Service: reg.Service, Meta: reg.Meta(), Address: reg.Endpoint.Addr().String(), Port: int(reg.Endpoint.Port())}}})
+				}
+			}
+			consul, err := consulClient(cfg)
+			if err != nil {
+				return err
+			}
+			for len(ops) > 0 {
+				n := min(len(ops), 64)
+				ok, resp, _, err := consul.Txn().Txn(ops[:n], nil)
+				if err != nil {
+					return fmt.Errorf("publish: %w", err)
+				}
+				if !ok {
+					return fmt.Errorf("publish: the transaction was rolled back: %s", resp.Errors[0].What)
+				}
+				ops = ops[n:]
+			}
+			verb := "published"
+			if remove {
+				verb = "withdrew"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %d entries\n", verb, len(recs))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyFile, "key", "", "the authority key file")
+	cmd.Flags().StringVar(&rec.Node, "node", "", "the node's name")
+	cmd.Flags().StringVar(&rec.PublicKey, "public-key", "", "its WireGuard public key")
+	cmd.Flags().StringVar(&rec.Endpoint, "endpoint", "", "its underlay ip:port")
+	cmd.Flags().StringVar(&rec.Prefix, "prefix", "", "its prefix inside mesh_supernet")
+	cmd.Flags().StringVar(&rec.Keepalive, "keepalive", "", "keepalive other hosts use toward it (at least 10s)")
+	cmd.Flags().StringVar(&from, "from", "", "publish the nodes of this file (JSON lines)")
+	cmd.Flags().BoolVar(&remove, "remove", false, "withdraw the entries instead")
+	cmd.Flags().DurationVar(&validFor, "valid-for", defaultValidFor, "how long the credentials are valid")
+	return cmd
+}
+
+// readPublishRecords reads JSON lines of publishRecord.
+func readPublishRecords(path string) ([]publishRecord, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--from: %w", err)
+	}
+	var recs []publishRecord
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	for line := 1; dec.More(); line++ {
+		var r publishRecord
+		if err := dec.Decode(&r); err != nil {
+			return nil, fmt.Errorf("--from %s: record %d: expected {\"node\", \"public_key\", \"endpoint\", \"prefix\"}: %v", path, line, err)
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("--from %s: no records", path)
+	}
+	return recs, nil
 }
