@@ -56,6 +56,7 @@ type harness struct {
 type options struct {
 	grace    time.Duration
 	snapshot string
+	serials  string
 	key      *wgtypes.Key
 	// hints is the hint event (none if empty); limiter spaces the watch.
 	hints    string
@@ -90,7 +91,7 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		Registration: self, Prefix: prefix, ListenPort: 51820,
 		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16"), Trust: trusttest.Trust()},
 		RemovalGrace: o.grace, ResyncInterval: time.Second,
-		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot, MaxPeers: o.maxPeers,
+		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot, SerialsPath: o.serials, MaxPeers: o.maxPeers,
 		Link: link, Logger: logger,
 		Catalog: &catalogsync.Catalog{Client: c, Service: "meshd", HintKey: o.hints, Limiter: o.limiter, Logger: logger},
 	})
@@ -650,5 +651,52 @@ func TestUntrustedFlood(t *testing.T) {
 	}
 	if k := h.kernelPeers(t); len(k) != 2 || !k[rs[0].PublicKey] || !k[rs[1].PublicKey] {
 		t.Errorf("kernel peers %v, want the two valid ones only", k)
+	}
+}
+
+// TestReplayAfterRestart: r2 rotates its key; an attacker then puts r2's
+// entry from before the rotation back in the catalog (validly signed, an
+// older serial). The agent refuses it, and so does an agent restarted in
+// between, from the serials it saved: the kernel keeps r2's new key.
+func TestReplayAfterRestart(t *testing.T) {
+	c, rs := withRemotes(t, 2)
+	dir := t.TempDir()
+	o := options{grace: time.Minute, serials: filepath.Join(dir, "serials.json")}
+	h := startWith(t, c, "wga9", o)
+	r2 := rs[0]
+	testlab.Eventually(t, 20*time.Second, "r2 applied", func() bool { return h.kernelPeers(t)[r2.PublicKey] })
+	old := r2
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.PublicKey, r2.Serial = k.PublicKey(), catalogsync.NewSerial(old.Serial)
+	ctx := context.Background()
+	if err := catalogsync.Register(ctx, c, r2); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 20*time.Second, "r2's new key applied", func() bool {
+		kp := h.kernelPeers(t)
+		return kp[r2.PublicKey] && !kp[old.PublicKey]
+	})
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	key := h.link.PrivateKey()
+	h = startWith(t, c, "wga9", options{grace: time.Minute, serials: o.serials, key: &key})
+	if err := catalogsync.Register(ctx, c, old); err != nil { // the replay
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 20*time.Second, "the replay refused by the restarted agent", func() bool {
+		for _, p := range h.a.Status().Peers {
+			if p.ServiceID == r2.ID() && p.State == agent.PeerRejected && p.Code == peers.CodeReplay {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(2 * time.Second) // resyncs
+	if kp := h.kernelPeers(t); !kp[r2.PublicKey] || kp[old.PublicKey] {
+		t.Errorf("kernel peers after the replay: %v; want r2's new key only", kp)
 	}
 }
