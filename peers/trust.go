@@ -114,7 +114,6 @@ func (t *Trust) verify(e Entry, p *Peer) error {
 	return nil
 }
 
-
 // Revoked is what the authority's revocations name: nodes, and identity
 // keys. Planner.Revoke takes it.
 type Revoked struct {

@@ -33,7 +33,9 @@ func Authority() trust.AuthorityKey {
 func PublicKey() string { return base64.StdEncoding.EncodeToString(Authority().Public()) }
 
 // Trust is what a test host trusts: the test authority.
-func Trust() *peers.Trust { return &peers.Trust{Authorities: []ed25519.PublicKey{Authority().Public()}} }
+func Trust() *peers.Trust {
+	return &peers.Trust{Authorities: []ed25519.PublicKey{Authority().Public()}}
+}
 
 // Signer makes a new identity for node and has the test authority issue
 // its credential for prefix and roles, valid for a day.
