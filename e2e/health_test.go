@@ -82,17 +82,7 @@ func (n *node) statusJSON(t *testing.T) agent.Status {
 // health on a converged mesh, a rejected entry, a host whose underlay is
 // cut, and a stopped agent.
 func TestHealth(t *testing.T) {
-	lab := testlab.NewLab(t)
-	server := lab.StartConsulServer("consul")
-	var nodes []*node
-	for i := 1; i <= 3; i++ {
-		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 10m\nkeepalive: 10s\n"))
-	}
-	for _, n := range nodes {
-		n.start(t)
-	}
-	defer checkNoRace(t, nodes)
-	converged(t, nodes)
+	_, server, nodes := startHosts(t, 3, "removal_grace: 10m\nkeepalive: 10s\n")
 	h1, h2, h3 := nodes[0], nodes[1], nodes[2]
 
 	// Every host lists every other as applied, with a handshake.

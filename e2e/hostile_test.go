@@ -64,17 +64,7 @@ func hostileMeta(t *testing.T, i int, h2Key wgtypes.Key) map[string]string {
 // hostile entry must be listed as rejected with its reason. It also puts
 // foreign routes to mesh prefixes on a host, which must survive.
 func TestHostileCatalog(t *testing.T) {
-	lab := testlab.NewLab(t)
-	server := lab.StartConsulServer("consul")
-	var nodes []*node
-	for i := 1; i <= 3; i++ {
-		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 1m\n"))
-	}
-	for _, n := range nodes {
-		n.start(t)
-	}
-	defer checkNoRace(t, nodes)
-	converged(t, nodes)
+	_, server, nodes := startHosts(t, 3, "removal_grace: 1m\n")
 	h1, h2 := nodes[0], nodes[1]
 
 	// Foreign routes, added by hand: one to a live peer's prefix (at

@@ -251,21 +251,30 @@ func checkNoRace(t *testing.T, nodes []*node) {
 	}
 }
 
-// TestMesh is the walking skeleton end to end: three hosts converge and
-// ping each other over WireGuard, a fourth joins, one leaves.
-func TestMesh(t *testing.T) {
+// startHosts starts hosts h1..hn, each with extra appended to its
+// configuration, with a Consul client agent each on one Consul server,
+// and waits until they are converged; at the end, every host's log is
+// checked for data races.
+func startHosts(t *testing.T, n int, extra string) (*testlab.Lab, *testlab.Consul, []*node) {
+	t.Helper()
 	lab := testlab.NewLab(t)
 	server := lab.StartConsulServer("consul")
 	var nodes []*node
-	for i := 1; i <= 3; i++ {
-		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 2s\n"))
+	for i := 1; i <= n; i++ {
+		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, extra))
 	}
 	for _, n := range nodes {
 		n.start(t)
 	}
-	defer checkNoRace(t, nodes)
-
+	t.Cleanup(func() { checkNoRace(t, nodes) })
 	converged(t, nodes)
+	return lab, server, nodes
+}
+
+// TestMesh is the walking skeleton end to end: three hosts converge and
+// ping each other over WireGuard, a fourth joins, one leaves.
+func TestMesh(t *testing.T) {
+	lab, server, nodes := startHosts(t, 3, "removal_grace: 2s\n")
 	pingAll(t, nodes)
 
 	t.Run("no-op reconciles write nothing", func(t *testing.T) {

@@ -224,18 +224,8 @@ func instance(t *testing.T, c *api.Client, node, id string) *api.ServiceEntry {
 // minutes; the host whose credential is about to expire warns, and once
 // it has, is critical.
 func TestRevokeAndExpire(t *testing.T) {
-	lab := testlab.NewLab(t)
-	server := lab.StartConsulServer("consul")
-	var nodes []*node
-	for i := 1; i <= 3; i++ {
-		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, "removal_grace: 10m\n"))
-	}
+	_, _, nodes := startHosts(t, 3, "removal_grace: 10m\n")
 	h1, h2, h3 := nodes[0], nodes[1], nodes[2]
-	for _, n := range nodes {
-		n.start(t)
-	}
-	defer checkNoRace(t, nodes)
-	converged(t, nodes)
 	pingAll(t, nodes)
 	h2Key, h3Key := h2.publicKey(t), h3.publicKey(t)
 

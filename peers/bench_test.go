@@ -32,6 +32,16 @@ func benchFleet(b *testing.B, f *fleet, n int) []Entry {
 	return entries
 }
 
+// benchRules are the rules of a benchmark, with a fleet that signs when
+// signed.
+func benchRules(signed bool) (*fleet, Rules) {
+	if !signed {
+		return nil, Rules{Supernet: netip.MustParsePrefix("fdaa::/16")}
+	}
+	f := newFleet(&testing.T{}, "bench")
+	return f, f.rules()
+}
+
 // BenchmarkInitialPlan is a host's first plan of a catalog of 10,000
 // entries (every entry parsed, and verified when signed): the planning
 // share of an initial sync, with and without trust.
@@ -39,12 +49,7 @@ func BenchmarkInitialPlan(b *testing.B) {
 	const n = 10000
 	for _, signed := range []bool{false, true} {
 		b.Run(fmt.Sprintf("signed=%v/entries=%d", signed, n), func(b *testing.B) {
-			var f *fleet
-			rules := Rules{Supernet: netip.MustParsePrefix("fdaa::/16")}
-			if signed {
-				f = newFleet(&testing.T{}, "bench")
-				rules = f.rules()
-			}
+			f, rules := benchRules(signed)
 			entries := benchFleet(b, f, n)
 			now := time.Unix(1_900_000_000, 0)
 			b.ResetTimer()
@@ -66,12 +71,7 @@ func BenchmarkChangedEntry(b *testing.B) {
 	const n = 10000
 	for _, signed := range []bool{false, true} {
 		b.Run(fmt.Sprintf("signed=%v/entries=%d", signed, n), func(b *testing.B) {
-			var f *fleet
-			rules := Rules{Supernet: netip.MustParsePrefix("fdaa::/16")}
-			if signed {
-				f = newFleet(&testing.T{}, "bench")
-				rules = f.rules()
-			}
+			f, rules := benchRules(signed)
 			entries := benchFleet(b, f, n)
 			// Two versions of entry 0 to alternate between.
 			versions := [2]Entry{entries[0], benchFleet(b, f, 1)[0]}
