@@ -44,7 +44,7 @@ func NewSim(i int) (Sim, error) {
 		Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, byte(100 + i/65536), byte(i / 256 % 256)}), uint16(20000+i%256)),
 		Prefix:   netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 1, byte(i >> 8), byte(i)}), 48),
 	}
-	s.Signer, err = trusttest.NewSigner(trusttest.Authority(), s.Name(), s.Prefix, time.Now().Add(24*time.Hour))
+	s.Signer, err = trusttest.NewSigner(trusttest.Authority(), s.Name(), s.Prefix, time.Now().Add(trusttest.Validity))
 	return s, err
 }
 

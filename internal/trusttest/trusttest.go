@@ -38,10 +38,10 @@ func Trust() *peers.Trust {
 }
 
 // Signer makes a new identity for node and has the test authority issue
-// its credential for prefix and roles, valid for a day.
+// its credential for prefix and roles, valid for Validity.
 func Signer(t testing.TB, node string, prefix netip.Prefix, roles ...string) *trust.Signer {
 	t.Helper()
-	return SignerBy(t, Authority(), node, prefix, time.Now().Add(24*time.Hour), roles...)
+	return SignerBy(t, Authority(), node, prefix, time.Now().Add(Validity), roles...)
 }
 
 // SignerBy is Signer with another authority and expiry.
@@ -86,11 +86,11 @@ func KeyFile(t testing.TB, dir string) string {
 
 // Provision writes what a host needs to sign its entries, as `meshd init
 // --authority-key` would: its identity key (or takes the one at identity)
-// and a credential that a signs for node, prefix and roles, valid for a
-// day, into dir (identity.key, credential). It returns both paths.
+// and a credential that a signs for node, prefix and roles, valid for
+// Validity, into dir (identity.key, credential). It returns both paths.
 func Provision(t testing.TB, a trust.AuthorityKey, dir, node, prefix, identity string, roles ...string) (string, string) {
 	t.Helper()
-	return ProvisionUntil(t, a, dir, node, prefix, identity, time.Now().Add(24*time.Hour), roles...)
+	return ProvisionUntil(t, a, dir, node, prefix, identity, time.Now().Add(Validity), roles...)
 }
 
 // ProvisionUntil is Provision with a credential valid until notAfter.
@@ -125,3 +125,7 @@ func ProvisionUntil(t testing.TB, a trust.AuthorityKey, dir, node, prefix, ident
 	}
 	return identity, credential
 }
+
+// Validity is how long the test credentials are valid: a year, as a
+// bootstrap service would issue them (under 30 days, meshd health warns).
+const Validity = 365 * 24 * time.Hour
