@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode"
@@ -107,6 +108,14 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	}
 	fmt.Fprintf(w, "catalog %s, index %d, last good read %s, %d entries, snapshot in use: %v\n",
 		reach, c.LastIndex, lastRead, c.Entries, c.SnapshotInUse)
+	if !st.CredentialExpires.IsZero() || st.Revoked > 0 {
+		fmt.Fprintf(w, "credential valid until %s, %d nodes or identities revoked by the authority\n",
+			st.CredentialExpires.UTC().Format(time.RFC3339), st.Revoked)
+	}
+	if im := st.Impersonation; im != nil {
+		fmt.Fprintln(w, clipText(fmt.Sprintf("IMPERSONATION: the catalog showed entries for this node that it did not publish (%d times; other instances: %s)",
+			im.Rewritten, strings.Join(im.Others, ", ")), 100))
+	}
 	if st.Breaker.Tripped {
 		fmt.Fprintf(w, "circuit breaker TRIPPED: %d removals pending, %d held (meshd release-removals)\n", st.Breaker.Pending, st.Breaker.Held)
 	}
