@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 
 	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/peers"
 )
 
@@ -420,10 +422,40 @@ func TestGateway(t *testing.T) {
 	if got, want := strings.Join(names, " "), "again=active narrow=active"; got != want {
 		t.Errorf("list --org acme = %q, want %q", got, want)
 	}
+
+	// A gateway restarted while its Consul agent is down applies the
+	// records it saved: a peer whose record expired meanwhile is cut off.
+	if out, err := gatewayPeerCmd(b, t, "remove", "--gateway", gw.Name, "--org", "acme", "--name", "again").CombinedOutput(); err != nil {
+		t.Fatalf("remove: %v: %s", err, out)
+	}
+	brief := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "brief", "--expires", "8s")
+	expires := time.Now().Add(8 * time.Second)
+	briefKey := configKey(t, brief.Config)
+	testlab.Eventually(t, 10*time.Second, "the brief peer on the gateway", func() bool {
+		_, ok := userPeers(t, gwIface)[briefKey]
+		return ok
+	})
+	gw.proc.Signal(syscall.SIGTERM)
+	if exited, err := gw.proc.Wait(10 * time.Second); !exited {
+		t.Fatalf("the gateway's meshd did not stop: %v", err)
+	}
+	gw.Consul.Stop()
+	time.Sleep(time.Until(expires) + time.Second)
+	gw.start(t)
+	testlab.Eventually(t, 15*time.Second, "the peer that expired while the gateway was down leaves its device, Consul still down", func() bool {
+		_, ok := userPeers(t, gwIface)[briefKey]
+		return !ok
+	})
+	if _, ok := userPeers(t, gwIface)[configKey(t, res2.Config)]; !ok {
+		t.Errorf("the restarted gateway dropped a live peer (narrow) while Consul was down")
+	}
+	if !strings.Contains(gw.proc.Log(), "applying saved gateway records") {
+		t.Errorf("the gateway's log does not say it applied its saved records:\n%s", tail(gw.proc.Log(), 20))
+	}
 }
 
 // meshRules are the rules every test node runs with (the default supernet).
-var meshRules = peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16")}
+var meshRules = peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16"), Trust: trusttest.Trust()}
 
 // deviceByName reads a WireGuard device as the kernel (or the userspace
 // device) has it.

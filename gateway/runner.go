@@ -41,7 +41,11 @@ type Options struct {
 	// Datacenter is passed to the watch.
 	Datacenter     string
 	ResyncInterval time.Duration
-	Logger         *slog.Logger
+	// SavedPath is where the records last read are kept, and applied from
+	// at start until Consul answers; empty: nothing is saved, and until
+	// Consul answers the kernel stays as it was.
+	SavedPath string
+	Logger    *slog.Logger
 }
 
 // Status is what the gateway reports in `meshd status`.
@@ -73,7 +77,10 @@ type Runner struct {
 	mu     sync.Mutex
 	pairs  []Pair
 	synced bool
-	status Status
+	// fromDisk is set while pairs are the saved ones: nothing is deleted
+	// in Consul from them (it is not answering, and they may be old).
+	fromDisk bool
+	status   Status
 }
 
 // NewRunner returns a runner; Run starts it.
@@ -114,12 +121,18 @@ func (r *Runner) Run(ctx context.Context) error {
 		Resync:    r.opts.ResyncInterval,
 		OnResync:  func() { r.applied = nil }, // read the kernel this time
 	}
+	r.loadSaved()
 	wg.Go(func() {
 		r.watcher.RunKV(ctx, PeersKey(r.opts.Node), func(kvs api.KVPairs, _ uint64) {
 			read := pairs(kvs)
 			r.mu.Lock()
-			r.pairs, r.synced = read, true
+			r.pairs, r.synced, r.fromDisk = read, true, false
 			r.mu.Unlock()
+			if r.opts.SavedPath != "" {
+				if err := saveRecords(r.opts.SavedPath, read, time.Now()); err != nil {
+					r.opts.Logger.Error("save gateway records", "err", err)
+				}
+			}
 			l.Mark()
 		})
 	})
@@ -133,7 +146,7 @@ func (r *Runner) Run(ctx context.Context) error {
 // next expiry), or zero, and what failed.
 func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error) {
 	r.mu.Lock()
-	pairs, synced := r.pairs, r.synced
+	pairs, synced, fromDisk := r.pairs, r.synced, r.fromDisk
 	r.mu.Unlock()
 	if !synced {
 		// Nothing read yet (Consul is slow or down): keep what the kernel
@@ -166,6 +179,9 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 		r.applied = &obs
 	}
 	for _, s := range st.Expired {
+		if fromDisk {
+			break // deleted once Consul answers
+		}
 		if err := Delete(ctx, r.opts.Consul, r.opts.Node, s); err != nil {
 			errs = append(errs, fmt.Errorf("delete expired peer %s: %w", s.ID(), err))
 			continue
@@ -177,12 +193,30 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 	}
 	err = errors.Join(errs...)
 	r.setStatus(func(s *Status) {
-		s.Synced, s.Peers, s.Rejected, s.LastError = true, len(st.Peers), st.Rejected, errString(err)
+		s.Synced, s.Peers, s.Rejected, s.LastError = !fromDisk, len(st.Peers), st.Rejected, errString(err)
 	})
 	if err != nil {
 		r.opts.Logger.Error("gateway reconcile failed; retrying after a backoff", "err", err)
 	}
 	return st.NextExpiry, err
+}
+
+// loadSaved takes the records saved before a restart, until Consul
+// answers.
+func (r *Runner) loadSaved() {
+	if r.opts.SavedPath == "" {
+		return
+	}
+	saved, err := loadSaved(r.opts.SavedPath)
+	switch {
+	case err != nil:
+		r.opts.Logger.Error("ignoring unreadable saved gateway records; the user link stays as it is until Consul answers", "err", err)
+	case saved != nil:
+		r.mu.Lock()
+		r.pairs, r.synced, r.fromDisk = saved, true, true
+		r.mu.Unlock()
+		r.opts.Logger.Info("applying saved gateway records until Consul answers", "records", len(saved))
+	}
 }
 
 // observe returns what the user link holds: read from the kernel (after

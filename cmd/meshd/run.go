@@ -257,6 +257,7 @@ func newGateway(cfg *config.Config, consul *api.Client, logger *slog.Logger, exe
 		Consul:         consul,
 		Datacenter:     cfg.Consul.Datacenter,
 		ResyncInterval: cfg.ResyncInterval,
+		SavedPath:      filepath.Join(cfg.StateDir, "gateway-records.json"),
 		Logger:         logger.With("role", "gateway"),
 	})
 	return r, info, nil
