@@ -35,9 +35,9 @@ type Options struct {
 	// SnapshotPath is where the last good catalog read is kept and read
 	// back at start; empty disables it.
 	SnapshotPath string
-	// SerialsPath is where the highest serial accepted for each node is
-	// kept across restarts; empty disables it.
-	SerialsPath    string
+	// MemoryPath is where the planner's memory (serials, the breaker's
+	// window) is kept across restarts; empty disables it.
+	MemoryPath     string
 	ResyncInterval time.Duration
 	// Catalog is the agent's only way to Consul (*catalogsync.Catalog).
 	Catalog Catalog
@@ -65,7 +65,7 @@ type Agent struct {
 	reg     registrar   // this node's own entry
 	rot     rotation    // the last key rotation
 	revoked revocations // the authority's, verified
-	serials struct {
+	memory  struct {
 		next  time.Time // no write before
 		dirty bool      // the last write failed
 	}
@@ -106,8 +106,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.New("no trusted authority: every entry would be refused (set trust.authorities)")
 	}
 	a.loadSnapshot()
-	a.loadSerials()
-	defer a.saveSerials(time.Now(), true)
+	a.loadMemory()
+	defer func() { a.saveMemory(time.Now(), true) }()
 	gwCtx, cancelGateway := context.WithCancel(ctx)
 	gwDone := make(chan struct{})
 	if a.opts.Gateway != nil {
@@ -210,6 +210,6 @@ func (a *Agent) reconcile(ctx context.Context) (time.Time, error) {
 		a.logger.Error("reconcile failed; retrying after a backoff", "err", err)
 		return loop.Earliest(summaryDue, registerDue, a.rot.kickAt), err
 	}
-	serialsDue := a.saveSerials(start, false)
-	return loop.Earliest(res.Plan.NextDeadline(), summaryDue, registerDue, a.rot.kickAt, serialsDue, a.planner.NextExpiry()), nil
+	memoryDue := a.saveMemory(start, false)
+	return loop.Earliest(res.Plan.NextDeadline(), summaryDue, registerDue, a.rot.kickAt, memoryDue, a.planner.NextExpiry()), nil
 }

@@ -91,7 +91,7 @@ func startWith(t *testing.T, c *api.Client, iface string, o options) *harness {
 		Registration: self, Prefix: prefix, ListenPort: 51820,
 		Rules:        peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16"), Trust: trusttest.Trust()},
 		RemovalGrace: o.grace, ResyncInterval: time.Second,
-		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot, SerialsPath: o.serials, MaxPeers: o.maxPeers,
+		MaxRemovalFraction: 0.5, BreakerFloor: 3, SnapshotPath: o.snapshot, MemoryPath: o.serials, MaxPeers: o.maxPeers,
 		Link: link, Logger: logger,
 		Catalog: &catalogsync.Catalog{Client: c, Service: "meshd", HintKey: o.hints, Limiter: o.limiter, Logger: logger},
 	})

@@ -51,6 +51,7 @@ type Planner struct {
 type breakerWindow struct {
 	removed []event // removals committed, oldest first
 	sizes   []event // kernel peer counts, oldest first, each larger than every later one
+	changed bool    // a removal was added since Memory
 }
 
 type event struct {
@@ -166,6 +167,7 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 func (pl *Planner) Commit(res Result) {
 	if res.Plan.Expired > 0 {
 		pl.window.removed = append(pl.window.removed, event{pl.now, res.Plan.Expired})
+		pl.window.changed = true
 	}
 	next := res.Observed
 	if !res.Plan.Empty() {
@@ -262,20 +264,51 @@ func (pl *Planner) removeAtOnce(rejected []Rejection, now time.Time) {
 	}
 }
 
-// Serials is the highest serial accepted for each node, for the caller to
-// keep across restarts (SetSerials), so that an entry replayed from
-// before a key rotation is refused after a restart too. changed says
-// whether any grew since the last call.
-func (pl *Planner) Serials() (serials map[string]uint64, changed bool) {
-	changed, pl.trust.changed = pl.trust.changed, false
-	return maps.Clone(pl.trust.serials), changed
+// Memory is what a Planner keeps across restarts (Planner.Memory,
+// Planner.Restore): the highest serial accepted for each node, so that an
+// entry replayed from before a key rotation is refused after a restart
+// too; and the circuit breaker's window, so that removals made just
+// before a restart still count.
+type Memory struct {
+	Serials map[string]uint64 `json:"serials"`
+	// Removed are the removals made for their grace, and Sizes the
+	// largest kernel peer counts, within BreakerWindow (oldest first).
+	Removed []Event `json:"removed,omitempty"`
+	Sizes   []Event `json:"sizes,omitempty"`
 }
 
-// SetSerials restores what Serials returned before a restart.
-func (pl *Planner) SetSerials(s map[string]uint64) {
-	pl.trust.serials = maps.Clone(s)
+// Event is a count at a time.
+type Event struct {
+	At time.Time `json:"at"`
+	N  int       `json:"n"`
+}
+
+// Memory returns what to keep across restarts; changed says whether a
+// serial grew or a removal was made since the last call.
+func (pl *Planner) Memory() (m Memory, changed bool) {
+	changed, pl.trust.changed, pl.window.changed = pl.trust.changed || pl.window.changed, false, false
+	m.Serials = maps.Clone(pl.trust.serials)
+	for _, e := range pl.window.removed {
+		m.Removed = append(m.Removed, Event{e.at, e.n})
+	}
+	for _, e := range pl.window.sizes {
+		m.Sizes = append(m.Sizes, Event{e.at, e.n})
+	}
+	return m, changed
+}
+
+// Restore takes what Memory returned before a restart.
+func (pl *Planner) Restore(m Memory) {
+	pl.trust.serials = maps.Clone(m.Serials)
 	if pl.trust.serials == nil {
 		pl.trust.serials = map[string]uint64{}
+	}
+	pl.window = breakerWindow{}
+	for _, e := range m.Removed {
+		pl.window.removed = append(pl.window.removed, event{e.At, e.N})
+	}
+	for _, e := range m.Sizes {
+		pl.window.seen(e.At, e.N)
 	}
 }
 

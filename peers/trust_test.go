@@ -2,6 +2,7 @@ package peers
 
 import (
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -178,13 +179,13 @@ func TestTrustPlanner(t *testing.T) {
 	if keysOf(res.Desired)["h2"] != mustKey(4) || codes(res.Rejected)["meshd-h2"] != CodeReplay {
 		t.Errorf("after a replay: peers %v, rejections %v; want h2 kept with its new key, the replay refused", keysOf(res.Desired), res.Rejected)
 	}
-	serials, changed := pl.Serials()
-	if !changed || serials["h2"] != 200 {
-		t.Errorf("serials %v (changed %v), want h2 at 200", serials, changed)
+	mem, changed := pl.Memory()
+	if !changed || mem.Serials["h2"] != 200 {
+		t.Errorf("serials %v (changed %v), want h2 at 200", mem.Serials, changed)
 	}
 	// A planner restarted with the saved serials refuses the replay too.
 	restarted := &Planner{Rules: f.rules(), Grace: time.Hour}
-	restarted.SetSerials(serials)
+	restarted.Restore(mem)
 	res = plan(t, restarted, []Entry{replay, h3}, now.Add(4*time.Second))
 	if _, ok := keysOf(res.Desired)["h2"]; ok || codes(res.Rejected)["meshd-h2"] != CodeReplay {
 		t.Errorf("restarted planner: peers %v, rejections %v; want the replay refused", keysOf(res.Desired), res.Rejected)
@@ -218,5 +219,44 @@ func TestTrustExpiry(t *testing.T) {
 	}
 	if !strings.Contains(fmt.Sprint(res.Rejected), "expired") {
 		t.Errorf("reason does not say expired: %v", res.Rejected)
+	}
+}
+
+// TestMemoryRoundTrip: what a planner keeps across restarts (serials, the
+// breaker's window) comes back whole in a new planner, through JSON.
+func TestMemoryRoundTrip(t *testing.T) {
+	now := time.Unix(1_900_000_000, 0)
+	pl := &Planner{}
+	pl.trust.serials = map[string]uint64{"h2": 7}
+	pl.window.seen(now.Add(-time.Minute), 40)
+	pl.window.seen(now, 30)
+	pl.window.removed = []event{{now.Add(-30 * time.Second), 3}, {now, 2}}
+	pl.window.changed = true
+	m, changed := pl.Memory()
+	if !changed {
+		t.Error("Memory after a removal: not changed")
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Memory
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	restored := &Planner{}
+	restored.Restore(back)
+	restored.window.prune(now)
+	pl.window.prune(now)
+	gotRemoved, gotPeak := restored.window.recent()
+	wantRemoved, wantPeak := pl.window.recent()
+	if gotRemoved != wantRemoved || gotPeak != wantPeak || gotRemoved != 5 || gotPeak != 40 {
+		t.Errorf("restored window: %d removed, peak %d; want %d, %d (5, 40)", gotRemoved, gotPeak, wantRemoved, wantPeak)
+	}
+	if restored.trust.serials["h2"] != 7 {
+		t.Errorf("restored serials %v", restored.trust.serials)
+	}
+	if _, changed := pl.Memory(); changed {
+		t.Error("Memory called twice: changed the second time")
 	}
 }

@@ -131,7 +131,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		MaxPeers:           cfg.MaxPeers,
 		BreakerFloor:       breakerFloor,
 		SnapshotPath:       filepath.Join(cfg.StateDir, snapshot.FileName),
-		SerialsPath:        filepath.Join(cfg.StateDir, "serials.json"),
+		MemoryPath:         filepath.Join(cfg.StateDir, "planner.json"),
 		ResyncInterval:     cfg.ResyncInterval,
 		Catalog:            newCatalog(cfg, consul, consulHTTP, logger),
 		Link:               link,
