@@ -288,6 +288,22 @@ func TestGateway(t *testing.T) {
 		t.Errorf("narrow peer lost %s after the hostile attempts", b.Name)
 	}
 
+	// Someone flushes the gateway's whole ruleset: within seconds (not at
+	// the next resync) meshd's table is back and the narrow peer is
+	// filtered again.
+	if out, err := gw.Exec("nft", "flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v: %s", err, out)
+	}
+	flushed := time.Now()
+	testlab.Eventually(t, 5*time.Second, "the gateway's table rebuilt after nft flush ruleset", func() bool {
+		out, err := gw.Exec("nft", "list", "table", "ip6", "meshd")
+		return err == nil && strings.Contains(out, "jump users") && strings.Contains(out, b.prefix.String())
+	})
+	t.Logf("table rebuilt %s after the flush", time.Since(flushed).Round(time.Millisecond))
+	if !narrow.cannotPing(c.meshAddr()) {
+		t.Errorf("after the flush, a peer whose allow list excludes %s reached it", c.Name)
+	}
+
 	// Expiry cuts a peer off; its record and address claim go.
 	temp := newLaptop("lap3")
 	res3 := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "temp", "--expires", "4s")

@@ -28,6 +28,9 @@ type Table struct {
 	applied *Ruleset
 	sets    []*nftables.Set // the sources set of each applied rule
 	writes  atomic.Uint64
+	// rules is how many rules the last rebuild wrote, for Intact; -1 when
+	// unknown.
+	rules atomic.Int64
 }
 
 // Open prepares to manage the table in the current network namespace. It
@@ -37,8 +40,47 @@ func Open() (*Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open nftables: %w", err)
 	}
-	return &Table{conn: conn, table: &nftables.Table{Family: nftables.TableFamilyIPv6, Name: TableName}}, nil
+	t := &Table{conn: conn, table: &nftables.Table{Family: nftables.TableFamilyIPv6, Name: TableName}}
+	t.rules.Store(-1)
+	return t, nil
 }
+
+// Intact reports whether the table is as the last Apply left it: there,
+// with as many rules in its chains (someone's `nft flush ruleset` or
+// `nft flush table` leaves users unfiltered). With nothing applied yet it
+// reports true. It reads through a netlink connection of its own, so it
+// may run beside Apply, from another goroutine.
+func (t *Table) Intact() (bool, error) {
+	want := t.rules.Load()
+	if want < 0 {
+		return true, nil
+	}
+	conn, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("open nftables: %w", err)
+	}
+	defer conn.CloseLasting()
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv6)
+	if err != nil {
+		return false, fmt.Errorf("list nftables chains: %w", err)
+	}
+	var n int64
+	for _, c := range chains {
+		if c.Table.Name != TableName {
+			continue
+		}
+		rules, err := conn.GetRules(t.table, c)
+		if err != nil {
+			return false, fmt.Errorf("list rules of %s: %w", c.Name, err)
+		}
+		n += int64(len(rules))
+	}
+	return n == want && t.rules.Load() == want, nil
+}
+
+// Forget makes the next Apply rebuild the whole table (after Intact said
+// it was changed behind meshd's back).
+func (t *Table) Forget() { t.fail(nil) }
 
 // Writes counts the nftables transactions committed.
 func (t *Table) Writes() uint64 { return t.writes.Load() }
@@ -106,6 +148,7 @@ func (t *Table) rebuild(rs Ruleset) error {
 	c.DelTable(t.table)
 	c.AddTable(t.table)
 	users := c.AddChain(&nftables.Chain{Name: "users", Table: t.table})
+	var rules int64
 	accept := nftables.ChainPolicyAccept
 	for _, hook := range []struct {
 		name string
@@ -116,6 +159,7 @@ func (t *Table) rebuild(rs Ruleset) error {
 			Hooknum: hook.hook, Priority: nftables.ChainPriorityFilter, Policy: &accept,
 		})
 		// iifname "<interface>" jump users
+		rules++
 		c.AddRule(&nftables.Rule{Table: t.table, Chain: base, Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(rs.Interface)},
@@ -123,6 +167,7 @@ func (t *Table) rebuild(rs Ruleset) error {
 		}})
 		if hook.hook == nftables.ChainHookForward && rs.MeshInterface != "" {
 			// oifname "<mesh>" iifname != "<interface>" iifname != "<mesh>" counter drop
+			rules++
 			c.AddRule(&nftables.Rule{Table: t.table, Chain: base, Exprs: []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(rs.MeshInterface)},
@@ -148,6 +193,7 @@ func (t *Table) rebuild(rs Ruleset) error {
 		// destination.
 		for _, d := range r.Destinations {
 			mask := net.CIDRMask(d.Bits(), 128)
+			rules++
 			c.AddRule(&nftables.Rule{Table: t.table, Chain: users, Exprs: []expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
 				&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
@@ -159,6 +205,7 @@ func (t *Table) rebuild(rs Ruleset) error {
 		}
 	}
 	// Everything else from the user link: counter drop.
+	rules++
 	c.AddRule(&nftables.Rule{Table: t.table, Chain: users, Exprs: []expr.Any{
 		&expr.Counter{},
 		&expr.Verdict{Kind: expr.VerdictDrop},
@@ -168,6 +215,7 @@ func (t *Table) rebuild(rs Ruleset) error {
 	}
 	t.writes.Add(1)
 	t.applied, t.sets = clone(rs), sets
+	t.rules.Store(rules)
 	return nil
 }
 
@@ -212,7 +260,7 @@ func bigSendBuffer(c *netlink.Conn) error {
 
 // Remove deletes the table; a missing table is not an error.
 func (t *Table) Remove() error {
-	t.applied, t.sets = nil, nil
+	t.fail(nil)
 	exists, err := t.exists()
 	if err != nil || !exists {
 		return err
@@ -228,6 +276,7 @@ func (t *Table) Remove() error {
 // fail forgets what was applied, so that the next Apply rebuilds.
 func (t *Table) fail(err error) error {
 	t.applied, t.sets = nil, nil
+	t.rules.Store(-1)
 	return err
 }
 

@@ -115,8 +115,31 @@ func TestTable(t *testing.T) {
 		t.Errorf("table after dropping a policy:\n%s", got)
 	}
 
+	// Rules flushed behind meshd's back (the table stays): Intact says
+	// so, and after Forget the next Apply rebuilds.
+	if ok, err := tbl.Intact(); !ok || err != nil {
+		t.Fatalf("Intact on the table as applied: %v, %v", ok, err)
+	}
+	nft(t, "flush", "table", "ip6", "meshd")
+	if ok, err := tbl.Intact(); ok || err != nil {
+		t.Errorf("Intact after nft flush table: %v, %v; want false", ok, err)
+	}
+	tbl.Forget()
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	if got := nft(t, "list", "table", "ip6", "meshd"); !strings.Contains(got, "ip6 saddr @sources0 ip6 daddr fdaa::/16 accept") {
+		t.Errorf("rules not rebuilt after a flush:\n%s", got)
+	}
+	if ok, err := tbl.Intact(); !ok || err != nil {
+		t.Errorf("Intact after the rebuild: %v, %v", ok, err)
+	}
+
 	// A table deleted behind meshd's back comes back on the next Apply.
 	nft(t, "delete", "table", "ip6", "meshd")
+	if ok, err := tbl.Intact(); ok || err != nil {
+		t.Errorf("Intact after nft delete table: %v, %v; want false", ok, err)
+	}
 	if err := tbl.Apply(rs); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -77,6 +78,9 @@ type Runner struct {
 	mu     sync.Mutex
 	pairs  []Pair
 	synced bool
+	// firewallBroken is set by watchFirewall when the table was changed
+	// behind meshd's back; the loop then rebuilds it.
+	firewallBroken atomic.Bool
 	// fromDisk is set while pairs are the saved ones: nothing is deleted
 	// in Consul from them (it is not answering, and they may be old).
 	fromDisk bool
@@ -136,10 +140,40 @@ func (r *Runner) Run(ctx context.Context) error {
 			l.Mark()
 		})
 	})
+	wg.Go(func() { r.watchFirewall(ctx, l) })
 	if err := enableForwarding(); err != nil {
 		r.opts.Logger.Error("gateway cannot forward", "err", err)
 	}
 	return l.Run(ctx)
+}
+
+// FirewallCheck is how often the gateway checks that its nftables table
+// is still as it wrote it: an `nft flush ruleset` would leave users
+// unfiltered until the next resync.
+const FirewallCheck = 2 * time.Second
+
+// watchFirewall checks the table every FirewallCheck and, when someone
+// changed or removed it, has the loop rebuild it at once.
+func (r *Runner) watchFirewall(ctx context.Context, l *loop.Loop) {
+	t := time.NewTicker(FirewallCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ok, err := r.opts.Firewall.Intact()
+		if err != nil {
+			r.opts.Logger.Warn("cannot check the firewall table", "err", err)
+			continue
+		}
+		if !ok {
+			r.opts.Logger.Warn("meshd's nftables table was changed or removed behind its back; rebuilding it")
+			r.firewallBroken.Store(true)
+			l.Mark()
+		}
+	}
 }
 
 // reconcile applies the records once and returns when to look again (the
@@ -156,6 +190,9 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 		return time.Time{}, err
 	}
 	st := Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
+	if r.firewallBroken.Swap(false) {
+		r.opts.Firewall.Forget()
+	}
 	var errs []error
 	// The firewall first: a new or narrowed policy holds before the peer
 	// it is for can send; a removed peer's traffic is dropped either way.
