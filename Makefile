@@ -51,6 +51,7 @@ unit: deps consul promtool
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./peers
 	$(GO) test -run '^$$' -fuzz '^FuzzMetaRoundTrip$$' -fuzztime $(FUZZTIME) ./peers
+	$(GO) test -run '^$$' -fuzz '^FuzzSignedEntry$$' -fuzztime $(FUZZTIME) ./peers
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./snapshot
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecode$$' -fuzztime $(FUZZTIME) ./catalogsync

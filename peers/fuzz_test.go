@@ -1,6 +1,7 @@
 package peers
 
 import (
+	"maps"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,6 +65,59 @@ func FuzzDesire(f *testing.F) {
 			if len(r.Reason) > 300 {
 				t.Errorf("rejection reason is %d characters long", len(r.Reason))
 			}
+		}
+	})
+}
+
+// FuzzSignedEntry rewrites the fields of a signed entry: whatever the
+// values, it must never panic, and an entry is accepted only when every
+// field is what its host signed (node, key, endpoint, prefix, keepalive,
+// a gateway's user-link key and endpoint, serial, credential, signature).
+func FuzzSignedEntry(f *testing.F) {
+	fl := newFleet(&testing.T{}, "fuzz")
+	signed := fl.signed(2, 2, 100, func(e *Entry) {})
+	orig := signed.Meta
+	op, err := ParseEntry(signed, fl.rules())
+	if err != nil {
+		f.Fatal(err)
+	}
+	want, err := Claims(op, orig, op.Serial)
+	if err != nil {
+		f.Fatal(err)
+	}
+	fields := []string{MetaNode, MetaPublicKey, MetaEndpoint, MetaPrefix, MetaKeepalive, MetaGatewayPublicKey,
+		MetaGatewayEndpoint, MetaSerial, MetaCredential, MetaSignature}
+	f.Add(uint8(0), orig[MetaNode], false)
+	f.Add(uint8(1), mustKey(9).String(), false)
+	f.Add(uint8(3), "fdaa::/24", false)
+	f.Add(uint8(4), "30", false)
+	f.Add(uint8(7), "101", false)
+	f.Add(uint8(8), orig[MetaCredential][:40], true)
+	f.Add(uint8(9), orig[MetaSignature], true)
+	f.Fuzz(func(t *testing.T, which uint8, value string, drop bool) {
+		e := signed
+		e.Meta = maps.Clone(orig)
+		k := fields[int(which)%len(fields)]
+		if drop {
+			delete(e.Meta, k)
+		} else {
+			e.Meta[k] = value
+		}
+		p, err := ParseEntry(e, fl.rules())
+		if err != nil {
+			if ee, ok := err.(*EntryError); !ok || ee.Msg == "" || strings.Contains(ee.Msg, "\n") {
+				t.Fatalf("error %v is not a one-line EntryError", err)
+			}
+			return
+		}
+		// Another spelling of the same value (keepalive "0" for none, an
+		// IPv4-mapped endpoint) is the same claim; any other change is not.
+		got, err := Claims(p, e.Meta, p.Serial)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("accepted an entry whose %s was changed from %q to %q: claims %+v, signed %+v", k, orig[k], e.Meta[k], got, want)
 		}
 	})
 }
