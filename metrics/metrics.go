@@ -38,6 +38,10 @@ var (
 	gwPeersDesc       = desc("gateway_peers", "User peers a gateway holds (gateway nodes only).")
 	gwRejectedDesc    = desc("gateway_rejected_records", "Gateway peer records rejected (gateway nodes only).")
 	gwSyncedDesc      = desc("gateway_synced", "1 once the gateway has read its peer records (gateway nodes only).")
+	credExpiryDesc    = desc("credential_expiry_timestamp_seconds", "When this host's credential expires (Unix time).")
+	revokedDesc       = desc("revoked", "Nodes and identities the authority revoked.")
+	impersonatedDesc  = desc("impersonation_seen_total", "Reconciles that saw an entry for this node that it did not publish.")
+	parsedDesc        = desc("entries_parsed_total", "Catalog entries parsed and verified since start (an unchanged entry is verified once).")
 )
 
 // Collector reports an agent's status at every scrape.
@@ -113,6 +117,16 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(snapshotInUseDesc, b2f(st.Catalog.SnapshotInUse))
 	gauge(convergedDesc, b2f(st.Converged))
 	gauge(linkDesc, b2f(st.LinkPresent))
+	if !st.CredentialExpires.IsZero() {
+		gauge(credExpiryDesc, float64(st.CredentialExpires.Unix()))
+	}
+	gauge(revokedDesc, float64(st.Revoked))
+	var seen uint64
+	if st.Impersonation != nil {
+		seen = st.Impersonation.Rewritten
+	}
+	counter(impersonatedDesc, float64(seen))
+	counter(parsedDesc, float64(st.EntriesParsed))
 	if g := st.Gateway; g != nil {
 		gauge(gwPeersDesc, float64(g.Peers))
 		gauge(gwRejectedDesc, float64(len(g.Rejected)))
