@@ -50,6 +50,7 @@ func TestDebianPackage(t *testing.T) {
 		`-rw-r--r-- root/root .* ./lib/systemd/system/meshd.service$`,
 		`-rw-r----- root/root .* ./etc/meshd/meshd.yaml$`,
 		`-rw-r--r-- root/root .* ./usr/share/doc/meshd/examples/meshd.yaml$`,
+		`-rw-r--r-- root/root .* ./usr/share/meshd/prometheus/meshd-alerts.yaml$`,
 	} {
 		if !regexp.MustCompile(`(?m)` + want).MatchString(contents) {
 			t.Errorf("package lacks %s:\n%s", want, contents)
