@@ -115,6 +115,11 @@ package: deps
 	objcopy --strip-all --add-gnu-debuglink=out/meshd_$(PKG_VERSION)_amd64.debug bin/meshd-static.full bin/meshd-static
 	$(GO) run ./internal/cmd/licenses -binary bin/meshd-static -copyright out/pkg/copyright -contact "$(MAINTAINER)" >/dev/null
 	scripts/debian-changelog "$(PKG_VERSION)" "$(MAINTAINER)" | gzip -9n > out/pkg/changelog.gz
+	rm -rf out/pkg/man out/pkg/completions && mkdir -p out/pkg/man out/pkg/completions
+	bin/meshd-static man --dir out/pkg/man && gzip -9n out/pkg/man/*.1
+	bin/meshd-static completion bash > out/pkg/completions/meshd
+	bin/meshd-static completion zsh > out/pkg/completions/_meshd
+	bin/meshd-static completion fish > out/pkg/completions/meshd.fish
 	MESHD_PKG_VERSION=$(PKG_VERSION) MESHD_MAINTAINER="$(MAINTAINER)" .bin/nfpm package --config packaging/nfpm.yaml --packager deb --target out/
 
 clean:

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/trust"
@@ -114,4 +118,59 @@ func TestVersion(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "meshd ") {
 		t.Errorf("meshd version: %q, %v", out, err)
 	}
+}
+
+// TestManPages generates the manual pages as make package does: every
+// command that is not hidden has its page, naming each of its flags; and
+// a page with a flag taken out is caught.
+func TestManPages(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command(meshdBin(t), "man", "--dir", dir).CombinedOutput(); err != nil {
+		t.Fatalf("meshd man: %v: %s", err, out)
+	}
+	problems, pages := manProblems(dir)
+	for _, p := range problems {
+		t.Error(p)
+	}
+	if pages < 20 {
+		t.Errorf("%d pages, want one per command", pages)
+	}
+	root := filepath.Join(dir, "meshd.1")
+	b, err := os.ReadFile(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(root, []byte(strings.ReplaceAll(string(b), `\fB--config\fP`, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if problems, _ := manProblems(dir); len(problems) != 1 || !strings.Contains(problems[0], "--config") {
+		t.Errorf("a page without --config: problems %q, want that one", problems)
+	}
+}
+
+// manProblems lists the commands without a page in dir and the flags
+// their page does not name, and counts the pages.
+func manProblems(dir string) (problems []string, pages int) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Hidden || c.Name() == "help" {
+			return
+		}
+		page, err := os.ReadFile(filepath.Join(dir, strings.ReplaceAll(c.CommandPath(), " ", "-")+".1"))
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("no man page for %q: %v", c.CommandPath(), err))
+			return
+		}
+		pages++
+		c.NonInheritedFlags().VisitAll(func(f *pflag.Flag) {
+			if !f.Hidden && !strings.Contains(string(page), `\fB--`+f.Name+`\fP`) {
+				problems = append(problems, fmt.Sprintf("the page of %q lacks --%s", c.CommandPath(), f.Name))
+			}
+		})
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd())
+	return problems, pages
 }

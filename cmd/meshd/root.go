@@ -29,7 +29,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().String("config", "", "configuration file (default "+config.DefaultPath+")")
 	config.AddFlags(root.PersistentFlags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usage(err) })
-	root.AddCommand(newInitCmd(), newRunCmd(), newLeaveCmd(), newReleaseCmd(), newRotateKeyCmd(), newACLPolicyCmd(), newStatusCmd(), newHealthCmd(), newMeshCmd(), newGatewayCmd(), newDebugCmd(), newVersionCmd(), newUserspaceCmd(), newAuthorityCmd())
+	root.AddCommand(newInitCmd(), newRunCmd(), newLeaveCmd(), newReleaseCmd(), newRotateKeyCmd(), newACLPolicyCmd(), newStatusCmd(), newHealthCmd(), newMeshCmd(), newGatewayCmd(), newDebugCmd(), newVersionCmd(), newUserspaceCmd(), newAuthorityCmd(), newManCmd())
 	return root
 }
 
