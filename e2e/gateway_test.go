@@ -352,12 +352,20 @@ func TestGateway(t *testing.T) {
 	if err != nil || st.Gateway == nil || st.Gateway.Peers != 2+concurrent || !st.Gateway.Synced || st.Gateway.LastError != "" {
 		t.Errorf("gateway status: %+v, %v; want 22 peers, synced, no error", st.Gateway, err)
 	}
+	// An entry nobody signed, so that the scrape has rejected entries too.
+	if _, err := kv.Catalog().Register(&api.CatalogRegistration{Node: "forger", Address: "198.18.9.9",
+		Service: &api.AgentService{ID: "meshd-forger", Service: "meshd", Meta: map[string]string{"v": "1", "node": "forger"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 10*time.Second, "the gateway rejects the unsigned entry", func() bool { return rejected(t, gw, "meshd-forger", "credential") })
 	values := scrape(t, gw)
 	for series, want := range map[string]float64{"meshd_gateway_peers": 2 + concurrent, "meshd_gateway_synced": 1, "meshd_gateway_rejected_records": 0} {
 		if got, ok := values[series]; !ok || got != want {
 			t.Errorf("%s = %v (present: %v), want %v", series, got, ok, want)
 		}
 	}
+	// The dashboard's queries parse and name only metrics this scrape has.
+	checkDashboard(t, values)
 
 	// Fill the pool: 31 usable addresses, 22 taken. Filling it needs the
 	// expired peer's address, which expiry freed: it is handed out again.
