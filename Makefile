@@ -121,6 +121,7 @@ package: deps
 	bin/meshd-static completion zsh > out/pkg/completions/_meshd
 	bin/meshd-static completion fish > out/pkg/completions/meshd.fish
 	MESHD_PKG_VERSION=$(PKG_VERSION) MESHD_MAINTAINER="$(MAINTAINER)" .bin/nfpm package --config packaging/nfpm.yaml --packager deb --target out/
+	MESHD_PKG_VERSION=$(PKG_VERSION) MESHD_MAINTAINER="$(MAINTAINER)" .bin/nfpm package --config packaging/nfpm.yaml --packager rpm --target out/
 
 clean:
 	rm -rf bin .bin out

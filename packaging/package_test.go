@@ -40,6 +40,17 @@ func TestDebianPackage(t *testing.T) {
 	}
 	deb := debs[0]
 	defer os.Remove(deb)
+	// The .rpm from the same nfpm configuration, beside it.
+	rpms, _ := filepath.Glob(filepath.Join(root, "out", "meshd*1.2.3*.rpm"))
+	if len(rpms) != 1 {
+		t.Errorf("make package made rpms %v, want one", rpms)
+	}
+	for _, r := range rpms {
+		defer os.Remove(r)
+		if b, err := os.ReadFile(r); err != nil || len(b) < 4096 || string(b[:4]) != "\xed\xab\xee\xdb" {
+			t.Errorf("%s is not an RPM package (%v)", r, err)
+		}
+	}
 	debug := filepath.Join(root, "out", "meshd_1.2.3~test_amd64.debug")
 	defer os.Remove(debug)
 	checkLintian(t, root, deb)
@@ -51,6 +62,7 @@ func TestDebianPackage(t *testing.T) {
 		`-rw-r----- root/root .* ./etc/meshd/meshd.yaml$`,
 		`-rw-r--r-- root/root .* ./usr/share/doc/meshd/examples/meshd.yaml$`,
 		`-rw-r--r-- root/root .* ./usr/share/meshd/prometheus/meshd-alerts.yaml$`,
+		`-rw-r--r-- root/root .* ./usr/share/meshd/grafana/meshd.json$`,
 		`-rw-r--r-- root/root .* ./usr/share/man/man1/meshd.1.gz$`,
 		`-rw-r--r-- root/root .* ./usr/share/man/man1/meshd-authority-sign.1.gz$`,
 		`-rw-r--r-- root/root .* ./usr/share/bash-completion/completions/meshd$`,
