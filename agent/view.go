@@ -81,10 +81,11 @@ const snapshotInterval = 5 * time.Second
 // a read is still unsaved.
 func (a *Agent) saveSnapshots(ctx context.Context, saves <-chan struct{}) {
 	var saved *catalogsync.Snapshot
+	var enc snapshot.Encoder // marshals only the entries that changed
 	save := func() {
 		s, fromDisk, _ := a.view.get()
 		if s != nil && s != saved && !fromDisk {
-			a.saveSnapshot(*s, time.Now())
+			a.saveSnapshot(&enc, *s, time.Now())
 			saved = s
 		}
 	}
@@ -105,11 +106,11 @@ func (a *Agent) saveSnapshots(ctx context.Context, saves <-chan struct{}) {
 	}
 }
 
-func (a *Agent) saveSnapshot(s catalogsync.Snapshot, now time.Time) {
+func (a *Agent) saveSnapshot(enc *snapshot.Encoder, s catalogsync.Snapshot, now time.Time) {
 	if a.opts.SnapshotPath == "" {
 		return
 	}
-	if err := snapshot.Save(a.opts.SnapshotPath, s, now); err != nil {
+	if err := enc.Save(a.opts.SnapshotPath, s, now); err != nil {
 		a.logger.Error("save catalog snapshot", "err", err)
 		return
 	}

@@ -64,6 +64,56 @@ func Encode(s catalogsync.Snapshot, savedAt time.Time) ([]byte, error) {
 // fields, with entries written one by one instead of marshalled as a
 // whole.
 func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
+	return (*Encoder)(nil).encode(w, s, savedAt)
+}
+
+// Encoder writes snapshots and keeps each entry's JSON while its
+// ModifyIndex and health stay the same, so that saving a catalog of
+// thousands of entries of which one changed marshals one (an entry is
+// about a kilobyte of JSON with its credential). Use one Encoder from one
+// goroutine; the zero value is ready.
+type Encoder struct {
+	prev map[string]encoded
+}
+
+type encoded struct {
+	modify uint64
+	health string
+	b      []byte
+}
+
+// Save is the package's Save through the encoder.
+func (enc *Encoder) Save(path string, s catalogsync.Snapshot, savedAt time.Time) error {
+	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
+		if err := enc.encode(&limitWriter{w: w, left: maxSize}, s, savedAt); err != nil {
+			return fmt.Errorf("encode snapshot: %w", err)
+		}
+		return nil
+	})
+}
+
+// marshal is an entry's JSON, from the cache when unchanged (a nil
+// encoder marshals every time).
+func (enc *Encoder) marshal(e peers.Entry, next map[string]encoded) ([]byte, error) {
+	if enc != nil && e.ModifyIndex != 0 {
+		if c, ok := enc.prev[e.ServiceID]; ok && c.modify == e.ModifyIndex && c.health == e.Health {
+			next[e.ServiceID] = c
+			return c.b, nil
+		}
+	}
+	b, err := json.Marshal(entry(e))
+	if err == nil && enc != nil && e.ModifyIndex != 0 {
+		next[e.ServiceID] = encoded{e.ModifyIndex, e.Health, b}
+	}
+	return b, err
+}
+
+func (enc *Encoder) encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
+	var next map[string]encoded
+	if enc != nil {
+		next = make(map[string]encoded, len(s.Entries))
+		defer func() { enc.prev = next }()
+	}
 	head, err := json.Marshal(file{Version: Version, SavedAt: savedAt.UTC(), Index: s.Index, Revocations: s.Revocations, Entries: []entry{}})
 	if err != nil {
 		return err
@@ -73,16 +123,19 @@ func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
 	if _, err := w.Write(head[:open+1]); err != nil {
 		return err
 	}
-	sep := []byte{}
-	for _, e := range s.Entries {
-		b, err := json.Marshal(entry(e))
+	for i, e := range s.Entries {
+		b, err := enc.marshal(e, next)
 		if err != nil {
 			return err
 		}
-		if _, err := w.Write(append(sep, b...)); err != nil {
+		if i > 0 {
+			if _, err := w.Write([]byte{','}); err != nil {
+				return err
+			}
+		}
+		if _, err := w.Write(b); err != nil {
 			return err
 		}
-		sep = []byte{','}
 	}
 	_, err = w.Write([]byte("]}\n"))
 	return err
@@ -93,12 +146,7 @@ func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
 // reads is not saved (ErrTooLarge): the file at path stays as it was, so a
 // restart still finds the last one it can load.
 func Save(path string, s catalogsync.Snapshot, savedAt time.Time) error {
-	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
-		if err := encode(&limitWriter{w: w, left: maxSize}, s, savedAt); err != nil {
-			return fmt.Errorf("encode snapshot: %w", err)
-		}
-		return nil
-	})
+	return (*Encoder)(nil).Save(path, s, savedAt)
 }
 
 // limitWriter fails with ErrTooLarge once more than left bytes are written.

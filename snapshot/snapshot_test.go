@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -144,5 +145,43 @@ func TestSaveRefusesWhatLoadCannotRead(t *testing.T) {
 	got, err := Load(path)
 	if err != nil || got.Index != 42 {
 		t.Errorf("after a refused save: %+v, %v; want the earlier snapshot", got.Index, err)
+	}
+}
+
+// TestEncoderReuses: an Encoder writes the same bytes as Save, and after
+// one entry changed, marshals that one only (the others come from its
+// cache, keyed by ModifyIndex and health).
+func TestEncoderReuses(t *testing.T) {
+	at := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+	s := sample
+	s.Entries = slices.Clone(sample.Entries)
+	for i := range s.Entries {
+		s.Entries[i].ModifyIndex = uint64(100 + i)
+	}
+	var enc Encoder
+	var got, want bytes.Buffer
+	if err := enc.encode(&got, s, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := encode(&want, s, at); err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != want.String() {
+		t.Fatalf("encoder output differs:\n%s\n%s", got.String(), want.String())
+	}
+	cached := enc.prev[s.Entries[1].ServiceID].b
+	s.Entries[0].Meta = map[string]string{"node": "changed"}
+	s.Entries[0].ModifyIndex = 999
+	got.Reset()
+	want.Reset()
+	if err := enc.encode(&got, s, at); err != nil {
+		t.Fatal(err)
+	}
+	encode(&want, s, at)
+	if got.String() != want.String() {
+		t.Fatalf("after a change, encoder output differs:\n%s\n%s", got.String(), want.String())
+	}
+	if &enc.prev[s.Entries[1].ServiceID].b[0] != &cached[0] {
+		t.Error("an unchanged entry was marshalled again")
 	}
 }
