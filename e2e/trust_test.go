@@ -24,7 +24,6 @@ import (
 	"meshd.dev/meshd/internal/trusttest"
 	"meshd.dev/meshd/keystore"
 	"meshd.dev/meshd/peers"
-	"meshd.dev/meshd/trust"
 )
 
 // TestTrustAttacks: h1 (the attacker) holds nothing but its own ordinary
@@ -230,15 +229,7 @@ func TestRevokeAndExpire(t *testing.T) {
 	h2Key, h3Key := h2.publicKey(t), h3.publicKey(t)
 
 	// The authority revokes h2's identity.
-	idKey, err := keystore.Load(filepath.Join(h2.Dir, "state", "identity.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed := idKey.WG()
-	id, err := trust.IdentityPublic(seed[:])
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := trusttest.IdentityIn(t, filepath.Join(h2.Dir, "state", "identity.key"))
 	authorityKey := trusttest.KeyFile(t, t.TempDir())
 	if out, err := h1.Exec(meshd(t), "authority", "revoke", "--config", h1.config, "--key", authorityKey,
 		"--identity", base64.StdEncoding.EncodeToString(id)); err != nil {

@@ -105,15 +105,7 @@ func ProvisionUntil(t testing.TB, a trust.AuthorityKey, dir, node, prefix, ident
 			t.Fatal(err)
 		}
 	}
-	k, err := keystore.Load(identity)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed := k.WG()
-	pub, err := trust.IdentityPublic(seed[:])
-	if err != nil {
-		t.Fatal(err)
-	}
+	pub := IdentityIn(t, identity)
 	c, err := a.Issue(trust.Credential{Node: node, Prefix: netip.MustParsePrefix(prefix), Identity: pub, Roles: roles,
 		NotAfter: notAfter.Truncate(time.Second)})
 	if err != nil {
@@ -129,3 +121,18 @@ func ProvisionUntil(t testing.TB, a trust.AuthorityKey, dir, node, prefix, ident
 // Validity is how long the test credentials are valid: a year, as a
 // bootstrap service would issue them (under 30 days, meshd health warns).
 const Validity = 365 * 24 * time.Hour
+
+// IdentityIn is the public key of the identity key file at path.
+func IdentityIn(t testing.TB, path string) ed25519.PublicKey {
+	t.Helper()
+	k, err := keystore.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := k.WG()
+	pub, err := trust.IdentityPublic(seed[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
