@@ -661,7 +661,7 @@ func TestUntrustedFlood(t *testing.T) {
 func TestReplayAfterRestart(t *testing.T) {
 	c, rs := withRemotes(t, 2)
 	dir := t.TempDir()
-	o := options{grace: time.Minute, serials: filepath.Join(dir, "serials.json")}
+	o := options{grace: time.Minute, serials: filepath.Join(dir, "planner.json")}
 	h := startWith(t, c, "wga9", o)
 	r2 := rs[0]
 	testlab.Eventually(t, 20*time.Second, "r2 applied", func() bool { return h.kernelPeers(t)[r2.PublicKey] })
