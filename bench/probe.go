@@ -232,7 +232,6 @@ func (pr *prober) receive() {
 	}
 }
 
-
 // measure sends a datagram to dst every probeInterval until the target's
 // device shows the change and returns when it did: with reach, when the
 // first echo came back; without, when the first datagram was sent that was
