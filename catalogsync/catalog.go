@@ -1,6 +1,7 @@
 package catalogsync
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -123,9 +124,12 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 		rw := &Watcher{Client: c.Client, Datacenter: c.Datacenter, Logger: c.Logger}
 		rw.RunRevocations(ctx, func(values [][]byte) {
 			c.mu.Lock()
+			same := slices.EqualFunc(values, c.revocations, bytes.Equal)
 			c.revocations = values
 			c.mu.Unlock()
-			send()
+			if !same { // the first read of an empty folder changes nothing
+				send()
+			}
 		})
 	})
 	if c.HintKey != "" {

@@ -159,13 +159,25 @@ func TestStaleAnswers(t *testing.T) {
 			var mu sync.Mutex
 			served := 0
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if !strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
+					// The revocations folder: empty, and then an idle
+					// blocking query.
+					if r.URL.Query().Get("index") != "" {
+						<-r.Context().Done()
+						return
+					}
+					w.Header().Set("X-Consul-Index", "1")
+					w.WriteHeader(http.StatusNotFound)
+					return
+				}
 				mu.Lock()
 				a := answers[min(served, len(answers)-1)]
 				if served < len(answers) {
 					served++
 				}
+				last := served == len(answers)
 				mu.Unlock()
-				if served == len(answers) && r.URL.Query().Get("index") == "20" {
+				if last && r.URL.Query().Get("index") == "20" {
 					time.Sleep(200 * time.Millisecond) // the last answer holds, as a blocking query would
 				}
 				w.Header().Set("X-Consul-Index", strconv.FormatUint(a.index, 10))
