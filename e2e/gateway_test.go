@@ -353,8 +353,10 @@ func TestGateway(t *testing.T) {
 		t.Errorf("gateway status: %+v, %v; want 22 peers, synced, no error", st.Gateway, err)
 	}
 	// An entry nobody signed, so that the scrape has rejected entries too.
+	forgedKey, _ := wgtypes.GeneratePrivateKey()
 	if _, err := kv.Catalog().Register(&api.CatalogRegistration{Node: "forger", Address: "198.18.9.9",
-		Service: &api.AgentService{ID: "meshd-forger", Service: "meshd", Meta: map[string]string{"v": "1", "node": "forger"}}}, nil); err != nil {
+		Service: &api.AgentService{ID: "meshd-forger", Service: "meshd", Meta: map[string]string{"v": "1", "node": "forger",
+			"public_key": forgedKey.PublicKey().String(), "endpoint": "198.18.9.9:51820", "prefix": "fdaa:0:99::/48"}}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	testlab.Eventually(t, 10*time.Second, "the gateway rejects the unsigned entry", func() bool { return rejected(t, gw, "meshd-forger", "credential") })
