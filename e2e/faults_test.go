@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"meshd.dev/meshd/internal/testlab"
 )
 
@@ -16,6 +18,7 @@ const pingInterval = 50 * time.Millisecond
 
 var (
 	pingStats = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+	pingReply = regexp.MustCompile(`bytes from .* icmp_seq=(\d+) `)
 	pingRTT   = regexp.MustCompile(`= [\d.]+/[\d.]+/([\d.]+)/`)
 )
 
@@ -25,6 +28,30 @@ func maxRTT(log string) string {
 		return m[1] + "ms"
 	}
 	return "?"
+}
+
+// unanswered reads the log of a ping that ran without -q and was stopped
+// by an interrupt: how many echoes it sent and the sequence numbers of
+// those never answered. The last echo may have been in flight when the
+// interrupt came (ping then counts it lost though its reply may be on
+// the way), so it is left out.
+func unanswered(log string) (sent int, lost []int) {
+	m := pingStats.FindStringSubmatch(log)
+	if m == nil {
+		return 0, nil
+	}
+	sent, _ = strconv.Atoi(m[1])
+	answered := map[int]bool{}
+	for _, r := range pingReply.FindAllStringSubmatch(log, -1) {
+		n, _ := strconv.Atoi(r[1])
+		answered[n] = true
+	}
+	for seq := 1; seq < sent; seq++ {
+		if !answered[seq] {
+			lost = append(lost, seq)
+		}
+	}
+	return sent, lost
 }
 
 // pingDuring sends echoes from a to b's mesh address every 50ms for window
@@ -185,4 +212,35 @@ func TestSurvivesConsul(t *testing.T) {
 		t.Errorf("h1's link index %d -> %d (%v): the link was recreated", linkBefore, idx, err)
 	}
 	converged(t, nodes)
+}
+
+func TestUnanswered(t *testing.T) {
+	reply := func(seq int) string {
+		return fmt.Sprintf("64 bytes from fdaa:0:2::1: icmp_seq=%d ttl=64 time=0.1 ms\n", seq)
+	}
+	stats := func(sent, got int) string {
+		return fmt.Sprintf("\n--- ping statistics ---\n%d packets transmitted, %d received\n", sent, got)
+	}
+	for _, tc := range []struct {
+		name string
+		log  string
+		sent int
+		lost []int
+	}{
+		{"all answered", reply(1) + reply(2) + reply(3) + stats(3, 3), 3, nil},
+		{"last in flight", reply(1) + reply(2) + stats(3, 2), 3, nil},
+		{"one lost in the middle", reply(1) + reply(3) + stats(4, 2), 4, []int{2}},
+		{"none answered", stats(3, 0), 3, []int{1, 2}},
+		{"no statistics", reply(1), 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sent, lost := unanswered(tc.log)
+			if sent != tc.sent {
+				t.Errorf("sent = %d, want %d", sent, tc.sent)
+			}
+			if diff := cmp.Diff(tc.lost, lost); diff != "" {
+				t.Errorf("lost (-want +got):\n%s", diff)
+			}
+		})
+	}
 }
