@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/gateway"
 	"meshd.dev/meshd/peers"
 )
 
@@ -34,6 +35,9 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	var err error
 	if res.Result, err = a.planner.Plan(snap.Entries, self, a.opts.Link.Observe, now); err != nil {
 		return res, fmt.Errorf("observe kernel: %w", err)
+	}
+	if a.opts.Gateway != nil {
+		a.opts.Gateway.SetGateways(gateway.Hosts(res.Desired))
 	}
 	plan := res.Plan
 	if plan.Breaker {

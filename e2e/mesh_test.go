@@ -70,7 +70,8 @@ type node struct {
 func (n *node) meshAddr() netip.Addr { return n.prefix.Addr().Next() }
 
 // newNode adds host hN with a Consul client agent joined to servers and a
-// meshd configuration; extra is YAML appended to it (later keys win).
+// meshd configuration; extra is YAML appended to it (keys the base
+// configuration has may not be repeated).
 func newNode(t *testing.T, lab *testlab.Lab, servers []*testlab.Consul, n int, extra string) *node {
 	t.Helper()
 	h := lab.AddHost(fmt.Sprintf("h%d", n))

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -27,6 +28,7 @@ type Table struct {
 	// the whole table.
 	applied *Ruleset
 	sets    []*nftables.Set // the sources set of each applied rule
+	reach   []*nftables.Set // its reach set, or nil
 	writes  atomic.Uint64
 	// rules is how many rules the last rebuild wrote, for Intact; -1 when
 	// unknown.
@@ -115,19 +117,19 @@ func (t *Table) exists() (bool, error) {
 func (t *Table) update(rs Ruleset) error {
 	changed := false
 	for i, r := range rs.Rules {
-		add, del := diffSources(t.applied.Rules[i].Sources, r.Sources)
-		if len(add) > 0 {
-			if err := t.addElements(t.sets[i], add); err != nil {
-				return t.fail(err)
-			}
-			changed = true
+		c, err := t.updateSet(t.sets[i], t.applied.Rules[i].Sources, r.Sources)
+		if err != nil {
+			return t.fail(err)
 		}
-		for c := range slices.Chunk(del, chunk) {
-			if err := t.conn.SetDeleteElements(t.sets[i], elements(c)); err != nil {
-				return t.fail(fmt.Errorf("delete %d sources from %s: %w", len(c), t.sets[i].Name, err))
-			}
-			changed = true
+		changed = changed || c
+		if t.reach[i] == nil {
+			continue
 		}
+		c, err = t.updateSet(t.reach[i], t.applied.Rules[i].Reach, r.Reach)
+		if err != nil {
+			return t.fail(err)
+		}
+		changed = changed || c
 	}
 	if !changed {
 		return nil
@@ -140,6 +142,21 @@ func (t *Table) update(rs Ruleset) error {
 	return nil
 }
 
+// updateSet queues the element changes that take set s from have to want,
+// and reports whether there were any.
+func (t *Table) updateSet(s *nftables.Set, have, want []netip.Addr) (bool, error) {
+	add, del := diffSources(have, want)
+	if err := t.addElements(s, add); err != nil {
+		return false, err
+	}
+	for c := range slices.Chunk(del, chunk) {
+		if err := t.conn.SetDeleteElements(s, elements(c)); err != nil {
+			return false, fmt.Errorf("delete %d addresses from %s: %w", len(c), s.Name, err)
+		}
+	}
+	return len(add)+len(del) > 0, nil
+}
+
 // rebuild replaces the table in one transaction: add (so that the delete
 // cannot fail on a missing table), delete, add anew.
 func (t *Table) rebuild(rs Ruleset) error {
@@ -149,14 +166,14 @@ func (t *Table) rebuild(rs Ruleset) error {
 	c.AddTable(t.table)
 	users := c.AddChain(&nftables.Chain{Name: "users", Table: t.table})
 	var rules int64
-	accept := nftables.ChainPolicyAccept
+	policy := nftables.ChainPolicyAccept
 	for _, hook := range []struct {
 		name string
 		hook *nftables.ChainHook
 	}{{"input", nftables.ChainHookInput}, {"forward", nftables.ChainHookForward}} {
 		base := c.AddChain(&nftables.Chain{
 			Name: hook.name, Table: t.table, Type: nftables.ChainTypeFilter,
-			Hooknum: hook.hook, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+			Hooknum: hook.hook, Priority: nftables.ChainPriorityFilter, Policy: &policy,
 		})
 		// iifname "<interface>" jump users
 		rules++
@@ -178,46 +195,136 @@ func (t *Table) rebuild(rs Ruleset) error {
 				&expr.Verdict{Kind: expr.VerdictDrop},
 			}})
 		}
+		if hook.hook == nftables.ChainHookForward {
+			// oifname "<interface>" ip6 saddr <other gateway>
+			// ct state ! established,related counter drop: another
+			// gateway's host or users open nothing to this one's users;
+			// what a user opened is answered.
+			notOpened := []expr.Any{
+				&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+					Xor:  binaryutil.NativeEndian.PutUint32(0)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+			}
+			for _, p := range rs.Reserved {
+				rules++
+				c.AddRule(&nftables.Rule{Table: t.table, Chain: base, Exprs: slices.Concat([]expr.Any{
+					&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(rs.Interface)},
+				}, fromPrefix(p), notOpened, drop())})
+			}
+		}
 	}
 	sets := make([]*nftables.Set, len(rs.Rules))
+	reach := make([]*nftables.Set, len(rs.Rules))
 	for i, r := range rs.Rules {
-		s := &nftables.Set{Table: t.table, Name: fmt.Sprintf("sources%d", i), KeyType: nftables.TypeIP6Addr}
-		if err := c.AddSet(s, nil); err != nil {
-			return t.fail(fmt.Errorf("add set %s: %w", s.Name, err))
-		}
-		if err := t.addElements(s, r.Sources); err != nil {
+		var err error
+		if sets[i], err = t.addSet(fmt.Sprintf("sources%d", i), r.Sources); err != nil {
 			return t.fail(err)
 		}
-		sets[i] = s
-		// ip6 saddr @sources<i> ip6 daddr & mask == net accept, per
-		// destination.
-		for _, d := range r.Destinations {
-			mask := net.CIDRMask(d.Bits(), 128)
-			rules++
-			c.AddRule(&nftables.Rule{Table: t.table, Chain: users, Exprs: []expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
-				&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: mask, Xor: make([]byte, 16)},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: d.Masked().Addr().AsSlice()},
-				&expr.Verdict{Kind: expr.VerdictAccept},
-			}})
+		if r.usesReach(rs.Pool) {
+			if reach[i], err = t.addSet(fmt.Sprintf("reach%d", i), r.Reach); err != nil {
+				return t.fail(err)
+			}
 		}
 	}
-	// Everything else from the user link: counter drop.
-	rules++
-	c.AddRule(&nftables.Rule{Table: t.table, Chain: users, Exprs: []expr.Any{
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictDrop},
-	}})
+	add := func(exprs ...expr.Any) {
+		rules++
+		c.AddRule(&nftables.Rule{Table: t.table, Chain: users, Exprs: exprs})
+	}
+	// 1. ip6 saddr @sources<i> ip6 daddr <named> ip6 daddr @reach<i> accept
+	for i, r := range rs.Rules {
+		if reach[i] == nil {
+			continue
+		}
+		for _, d := range r.Named {
+			if d.Overlaps(rs.Pool) {
+				add(slices.Concat(fromSet(sets[i]), toPrefix(d), toSet(reach[i]), accept())...)
+			}
+		}
+	}
+	// 2. ip6 daddr <pool> drop
+	if rs.Pool.IsValid() {
+		add(slices.Concat(toPrefix(rs.Pool), drop())...)
+	}
+	// 3. ip6 saddr @sources<i> ip6 daddr <named> accept
+	for i, r := range rs.Rules {
+		for _, d := range r.Named {
+			add(slices.Concat(fromSet(sets[i]), toPrefix(d), accept())...)
+		}
+	}
+	// 4. ip6 daddr <own or reserved> drop
+	for _, p := range slices.Concat([]netip.Prefix{rs.Own}, rs.Reserved) {
+		if p.IsValid() {
+			add(slices.Concat(toPrefix(p), drop())...)
+		}
+	}
+	// 5. ip6 saddr @sources<i> ip6 daddr <destination> accept
+	for i, r := range rs.Rules {
+		for _, d := range r.Destinations {
+			add(slices.Concat(fromSet(sets[i]), toPrefix(d), accept())...)
+		}
+	}
+	// 6. Everything else from the user link: counter drop.
+	add(&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
 	if err := c.Flush(); err != nil {
 		return t.fail(fmt.Errorf("write nftables table %s: %w", TableName, err))
 	}
 	t.writes.Add(1)
-	t.applied, t.sets = clone(rs), sets
+	t.applied, t.sets, t.reach = clone(rs), sets, reach
 	t.rules.Store(rules)
 	return nil
 }
+
+// addSet queues a set of addresses named name.
+func (t *Table) addSet(name string, addrs []netip.Addr) (*nftables.Set, error) {
+	s := &nftables.Set{Table: t.table, Name: name, KeyType: nftables.TypeIP6Addr}
+	if err := t.conn.AddSet(s, nil); err != nil {
+		return nil, fmt.Errorf("add set %s: %w", name, err)
+	}
+	return s, t.addElements(s, addrs)
+}
+
+// fromSet matches a source address in s: ip6 saddr @s.
+func fromSet(s *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+	}
+}
+
+// toSet matches a destination address in s: ip6 daddr @s.
+func toSet(s *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
+		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+	}
+}
+
+// toPrefix matches a destination in p: ip6 daddr & mask == p.
+func toPrefix(p netip.Prefix) []expr.Any {
+	return matchPrefix(24, p)
+}
+
+// fromPrefix matches a source in p: ip6 saddr & mask == p.
+func fromPrefix(p netip.Prefix) []expr.Any {
+	return matchPrefix(8, p)
+}
+
+// matchPrefix matches the IPv6 address at offset (8 source, 24
+// destination) of the network header against p.
+func matchPrefix(offset uint32, p netip.Prefix) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 16},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: net.CIDRMask(p.Bits(), 128), Xor: make([]byte, 16)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
+
+func drop() []expr.Any { return []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}} }
 
 // chunk is how many set elements go in one netlink message: the element
 // list is one attribute, whose length field has 16 bits.
@@ -275,15 +382,18 @@ func (t *Table) Remove() error {
 
 // fail forgets what was applied, so that the next Apply rebuilds.
 func (t *Table) fail(err error) error {
-	t.applied, t.sets = nil, nil
+	t.applied, t.sets, t.reach = nil, nil, nil
 	t.rules.Store(-1)
 	return err
 }
 
 func clone(rs Ruleset) *Ruleset {
-	c := Ruleset{Interface: rs.Interface, MeshInterface: rs.MeshInterface, Rules: make([]Rule, len(rs.Rules))}
+	c := rs
+	c.Reserved = slices.Clone(rs.Reserved)
+	c.Rules = make([]Rule, len(rs.Rules))
 	for i, r := range rs.Rules {
-		c.Rules[i] = Rule{Sources: append([]netip.Addr(nil), r.Sources...), Destinations: append([]netip.Prefix(nil), r.Destinations...)}
+		c.Rules[i] = Rule{Sources: slices.Clone(r.Sources), Named: slices.Clone(r.Named), Reach: slices.Clone(r.Reach),
+			Group: r.Group, Destinations: slices.Clone(r.Destinations)}
 	}
 	return &c
 }

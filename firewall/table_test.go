@@ -174,3 +174,68 @@ func TestTable(t *testing.T) {
 		t.Errorf("foreign table changed:\nbefore:\n%s\nafter:\n%s", foreign, got)
 	}
 }
+
+// TestTableReserved writes a ruleset with a pool, the gateway's own prefix
+// and another gateway's prefix, and reads it back: the rules come in the
+// documented order, and a change of one organization's reach is one write
+// of that set alone.
+func TestTableReserved(t *testing.T) {
+	testlab.RequireRoot(t)
+	tbl, err := firewall.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tbl.Remove() })
+	rs := firewall.Ruleset{Interface: "wg-gw", MeshInterface: "wg0",
+		Pool: netip.MustParsePrefix("fdaa:1:0:8000::/49"), Own: netip.MustParsePrefix("fdaa:1::/48"),
+		Reserved: prefixes("fdaa:7::/48"),
+		Rules: []firewall.Rule{
+			{Sources: addrs("fdaa:1:0:8000::1"), Destinations: prefixes("fdaa::/16")},
+			{Sources: addrs("fdaa:1:0:8000::2", "fdaa:1:0:8000::3"), Group: "acme",
+				Named: prefixes("fdaa:1::/48", "fdaa:7::1/128"), Reach: addrs("fdaa:1:0:8000::2", "fdaa:1:0:8000::3"),
+				Destinations: prefixes("fdaa::/16")},
+		}}
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	got := nft(t, "list", "table", "ip6", "meshd")
+	if want := `oifname "wg-gw" ip6 saddr fdaa:7::/48 ct state ! established,related counter packets 0 bytes 0 drop`; !strings.Contains(got, want) {
+		t.Errorf("table lacks %q:\n%s", want, got)
+	}
+	order := []string{
+		"chain users {",
+		"ip6 saddr @sources1 ip6 daddr fdaa:1::/48 ip6 daddr @reach1 accept",
+		"ip6 daddr fdaa:1:0:8000::/49 counter packets 0 bytes 0 drop",
+		"ip6 saddr @sources1 ip6 daddr fdaa:1::/48 accept",
+		"ip6 saddr @sources1 ip6 daddr fdaa:7::1 accept",
+		"ip6 daddr fdaa:1::/48 counter packets 0 bytes 0 drop",
+		"ip6 daddr fdaa:7::/48 counter packets 0 bytes 0 drop",
+		"ip6 saddr @sources0 ip6 daddr fdaa::/16 accept",
+		"ip6 saddr @sources1 ip6 daddr fdaa::/16 accept",
+	}
+	at := 0
+	for _, want := range order {
+		i := strings.Index(got[at:], want)
+		if i < 0 {
+			t.Fatalf("table lacks %q after position %d:\n%s", want, at, got)
+		}
+		at += i + len(want)
+	}
+	if strings.Contains(got, "reach0") {
+		t.Errorf("a rule that names nothing in the pool has a reach set:\n%s", got)
+	}
+	writes := tbl.Writes()
+	rs.Rules[1].Reach = addrs("fdaa:1:0:8000::2")
+	if err := tbl.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	if n := tbl.Writes() - writes; n != 1 {
+		t.Errorf("a smaller reach made %d writes, want 1", n)
+	}
+	if got := nft(t, "list", "set", "ip6", "meshd", "reach1"); !strings.Contains(got, "elements = { fdaa:1:0:8000::2 }") {
+		t.Errorf("reach1 after removing ::3:\n%s", got)
+	}
+	if ok, err := tbl.Intact(); !ok || err != nil {
+		t.Errorf("Intact: %v, %v", ok, err)
+	}
+}

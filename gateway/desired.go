@@ -41,9 +41,6 @@ type State struct {
 	Peers []peers.Peer
 	// Records are the records behind Peers, in the same order.
 	Records []Stored
-	// Rules are the firewall rules that let each peer reach only its
-	// allow list.
-	Rules []firewall.Rule
 	// Expired records are past their expiry: the gateway deletes them.
 	Expired []Stored
 	// Rejected records are invalid or conflict with an older one.
@@ -149,7 +146,6 @@ func Desire(d *Decoder, pairs []Pair, pool, supernet netip.Prefix, now time.Time
 		st.Records = append(st.Records, it.s)
 		st.Peers = append(st.Peers, peers.Peer{Node: it.id, PublicKey: it.key, Prefix: netip.PrefixFrom(it.s.Address, 128)})
 	}
-	st.Rules = rules(st.Records)
 	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Key, b.Key) })
 	return st
 }
@@ -172,29 +168,86 @@ func CheckAllow(allow []netip.Prefix, supernet netip.Prefix) error {
 	return nil
 }
 
-// rules groups peers by allow list: one rule per distinct list, so that the
-// firewall holds as many rules as there are policies, not peers.
-func rules(recs []Stored) []firewall.Rule {
-	byAllow := map[string]*firewall.Rule{}
-	for _, s := range recs {
-		allow := slices.Clone(s.Allow)
+// Scope is what a gateway keeps its users out of unless an allow list
+// names it: gateway hosts. Its own host prefix holds its user pool, where a
+// user reaches only its own organization's peers even when named; another
+// gateway's prefix holds users this one cannot tell the organization of,
+// so nothing from there is forwarded to this gateway's users but answers
+// to what they opened.
+type Scope struct {
+	// Pool is this gateway's user pool, and Own its host prefix.
+	Pool, Own netip.Prefix
+	// Others are the other gateways' host prefixes.
+	Others []netip.Prefix
+}
+
+// Ruleset is the firewall policy of the user link iface (mesh is the mesh
+// link) for recs within s.
+func (s Scope) Ruleset(iface, mesh string, recs []Stored) firewall.Ruleset {
+	others := make([]netip.Prefix, 0, len(s.Others))
+	for _, p := range s.Others {
+		if p.IsValid() && !p.Overlaps(s.Own) {
+			others = append(others, p.Masked())
+		}
+	}
+	slices.SortFunc(others, netip.Prefix.Compare)
+	others = slices.Compact(others)
+	return firewall.Ruleset{Interface: iface, MeshInterface: mesh, Pool: s.Pool, Own: s.Own, Reserved: others,
+		Rules: s.rules(recs, others)}
+}
+
+// named reports whether d is inside a gateway's prefix: this one's or one
+// of others.
+func (s Scope) named(d netip.Prefix, others []netip.Prefix) bool {
+	inside := func(r netip.Prefix) bool { return r.IsValid() && d.Bits() >= r.Bits() && r.Contains(d.Addr()) }
+	return inside(s.Own) || slices.ContainsFunc(others, inside)
+}
+
+// rules groups peers by allow list (and by organization where the list
+// names part of the pool): one rule per group, so that the firewall holds
+// as many rules as there are policies, not peers.
+func (s Scope) rules(recs []Stored, others []netip.Prefix) []firewall.Rule {
+	byOrg := map[string][]netip.Addr{}
+	for _, r := range recs {
+		byOrg[r.Org] = append(byOrg[r.Org], r.Address)
+	}
+	byPolicy := map[string]*firewall.Rule{}
+	for _, rec := range recs {
+		allow := slices.Clone(rec.Allow)
 		slices.SortFunc(allow, netip.Prefix.Compare)
 		allow = slices.Compact(allow)
-		key := fmt.Sprint(allow)
-		r, ok := byAllow[key]
-		if !ok {
-			r = &firewall.Rule{Destinations: allow}
-			byAllow[key] = r
+		var r firewall.Rule
+		for _, d := range allow {
+			if s.named(d, others) {
+				r.Named = append(r.Named, d)
+			} else {
+				r.Destinations = append(r.Destinations, d)
+			}
 		}
-		r.Sources = append(r.Sources, s.Address)
+		if s.Pool.IsValid() && slices.ContainsFunc(r.Named, s.Pool.Overlaps) {
+			r.Group = rec.Org
+		}
+		key := fmt.Sprint(r.Group, r.Named, r.Destinations)
+		have, ok := byPolicy[key]
+		if !ok {
+			if r.Group != "" {
+				r.Reach = slices.Clone(byOrg[rec.Org])
+				slices.SortFunc(r.Reach, netip.Addr.Compare)
+			}
+			have = &r
+			byPolicy[key] = have
+		}
+		have.Sources = append(have.Sources, rec.Address)
 	}
-	out := make([]firewall.Rule, 0, len(byAllow))
-	for _, r := range byAllow {
+	out := make([]firewall.Rule, 0, len(byPolicy))
+	for _, r := range byPolicy {
 		slices.SortFunc(r.Sources, netip.Addr.Compare)
 		out = append(out, *r)
 	}
 	slices.SortFunc(out, func(a, b firewall.Rule) int {
-		return slices.CompareFunc(a.Destinations, b.Destinations, netip.Prefix.Compare)
+		return cmp.Or(slices.CompareFunc(a.Named, b.Named, netip.Prefix.Compare),
+			slices.CompareFunc(a.Destinations, b.Destinations, netip.Prefix.Compare),
+			strings.Compare(a.Group, b.Group))
 	})
 	return out
 }

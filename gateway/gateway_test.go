@@ -72,15 +72,11 @@ func TestDesire(t *testing.T) {
 	}{
 		{name: "empty"},
 		{
-			name:  "peers grouped by allow list into rules",
+			name:  "peers sorted by organization and name",
 			pairs: []Pair{pair(c, 3), pair(b, 2), pair(a, 1)},
 			want: State{
 				Peers:   []peers.Peer{userPeer(a), userPeer(b), userPeer(c)},
 				Records: []Stored{{a, 1}, {b, 2}, {c, 3}},
-				Rules: []firewall.Rule{
-					{Sources: []netip.Addr{a.Address, c.Address}, Destinations: []netip.Prefix{supernet}},
-					{Sources: []netip.Addr{b.Address}, Destinations: []netip.Prefix{netip.MustParsePrefix("fdaa:0:2::/48")}},
-				},
 			},
 		},
 		{
@@ -89,7 +85,6 @@ func TestDesire(t *testing.T) {
 			want: State{
 				Peers:      []peers.Peer{userPeer(expiring)},
 				Records:    []Stored{{expiring, 1}},
-				Rules:      []firewall.Rule{{Sources: []netip.Addr{expiring.Address}, Destinations: []netip.Prefix{supernet}}},
 				Expired:    []Stored{{expired, 2}},
 				NextExpiry: later,
 			},
@@ -100,7 +95,6 @@ func TestDesire(t *testing.T) {
 			want: State{
 				Peers:   []peers.Peer{userPeer(a)},
 				Records: []Stored{{a, 1}},
-				Rules:   []firewall.Rule{{Sources: []netip.Addr{a.Address}, Destinations: []netip.Prefix{supernet}}},
 				Rejected: []Rejection{
 					{Key: "meshd/gateways/gw/peers/acme/dup-addr", Reason: "address fdaa:0:1:8000::10 is held by acme/a"},
 					{Key: "meshd/gateways/gw/peers/acme/dup-key", Reason: "public key is held by acme/a"},
@@ -219,5 +213,46 @@ func TestParseInfo(t *testing.T) {
 		if _, _, err := ParseInfo(tt.e, rules); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want one mentioning %q", name, err, tt.want)
 		}
+	}
+}
+
+// TestScopeRuleset: allow lists split into what names a gateway host
+// (accepted before gateway hosts are dropped) and the rest; a list that
+// names part of the pool groups by organization and reaches only that
+// organization's peers; other gateways' prefixes are reserved, this one's
+// and ones overlapping it left out of them.
+func TestScopeRuleset(t *testing.T) {
+	own := netip.MustParsePrefix("fdaa:0:1::/48")
+	other := netip.MustParsePrefix("fdaa:0:7::/48")
+	p := netip.MustParsePrefix
+	def1 := rec("acme", "d1", 1, "fdaa:0:1:8000::10")
+	def2 := rec("beta", "d2", 2, "fdaa:0:1:8000::11")
+	team1 := rec("acme", "t1", 3, "fdaa:0:1:8000::12", "fdaa:0:1:8000::/49", "fdaa::/16")
+	team2 := rec("beta", "t2", 4, "fdaa:0:1:8000::13", "fdaa::/16", "fdaa:0:1:8000::/49")
+	gwHost := rec("acme", "ops", 5, "fdaa:0:1:8000::14", "fdaa:0:1::1/128", "fdaa:0:7::/64")
+	scope := Scope{Pool: pool, Own: own, Others: []netip.Prefix{other, p("fdaa:0:1::/64"), other}}
+	recs := []Stored{{def1, 1}, {def2, 2}, {team1, 3}, {team2, 4}, {gwHost, 5}}
+	got := scope.Ruleset("wg-gw", "wg0", recs)
+	want := firewall.Ruleset{Interface: "wg-gw", MeshInterface: "wg0", Pool: pool, Own: own,
+		Reserved: []netip.Prefix{other},
+		Rules: []firewall.Rule{
+			{Sources: []netip.Addr{def1.Address, def2.Address}, Destinations: []netip.Prefix{supernet}},
+			{Sources: []netip.Addr{gwHost.Address}, Named: []netip.Prefix{p("fdaa:0:1::1/128"), p("fdaa:0:7::/64")}},
+			{Sources: []netip.Addr{team1.Address}, Named: []netip.Prefix{pool}, Group: "acme",
+				Reach: []netip.Addr{def1.Address, team1.Address, gwHost.Address}, Destinations: []netip.Prefix{supernet}},
+			{Sources: []netip.Addr{team2.Address}, Named: []netip.Prefix{pool}, Group: "beta",
+				Reach: []netip.Addr{def2.Address, team2.Address}, Destinations: []netip.Prefix{supernet}},
+		}}
+	if diff := cmp.Diff(want, got, netipCmp, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("Ruleset (-want +got):\n%s", diff)
+	}
+}
+
+func TestHosts(t *testing.T) {
+	gw := peers.Peer{Node: "g", Prefix: netip.MustParsePrefix("fdaa:0:7::/48"), Roles: []string{"gateway"}}
+	plain := peers.Peer{Node: "h", Prefix: netip.MustParsePrefix("fdaa:0:8::/48")}
+	tagged := peers.Peer{Node: "t", Prefix: netip.MustParsePrefix("fdaa:0:9::/48"), Tags: []string{"gateway"}}
+	if diff := cmp.Diff([]netip.Prefix{gw.Prefix}, Hosts([]peers.Peer{plain, gw, tagged}), netipCmp); diff != "" {
+		t.Errorf("Hosts (-want +got):\n%s", diff)
 	}
 }

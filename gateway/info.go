@@ -65,3 +65,20 @@ func ParseInfo(e peers.Entry, r peers.Rules) (Info, peers.Peer, error) {
 	}
 	return info, p, nil
 }
+
+// Role is the credential role that makes a host a gateway.
+const Role = Tag
+
+// Hosts returns the prefixes of the peers whose credential has the
+// gateway role: the hosts a gateway keeps its users out of unless named
+// (Scope.Others). The role is the authority's word, so no catalog writer
+// can take a gateway out of this list or put a host in.
+func Hosts(ps []peers.Peer) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if slices.Contains(p.Roles, Role) {
+			out = append(out, p.Prefix)
+		}
+	}
+	return out
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,7 +29,9 @@ const ForwardingSysctl = "/proc/sys/net/ipv6/conf/all/forwarding"
 // Options configure a Runner.
 type Options struct {
 	// Node is the gateway's node name: it watches only its own folder.
-	Node     string
+	Node string
+	// Prefix is the gateway's host prefix, and Pool its user pool in it.
+	Prefix   netip.Prefix
 	Pool     netip.Prefix
 	Supernet netip.Prefix
 	// Link is the user link (no address: users' addresses are routed to it
@@ -75,8 +78,11 @@ type Runner struct {
 	// failure (applied is then nil). Owned by the loop.
 	applied *peers.Observed
 
-	mu     sync.Mutex
-	pairs  []Pair
+	mu    sync.Mutex
+	pairs []Pair
+	// others are the other gateways' host prefixes (SetGateways).
+	others []netip.Prefix
+	loop   *loop.Loop // set by Run
 	synced bool
 	// firewallBroken is set by watchFirewall when the table was changed
 	// behind meshd's back; the loop then rebuilds it.
@@ -98,6 +104,25 @@ func NewRunner(opts Options) *Runner {
 		watcher: &catalogsync.Watcher{Client: opts.Consul, Datacenter: opts.Datacenter, Logger: opts.Logger},
 		decoder: NewDecoder(opts.Node),
 		status:  Status{Interface: opts.Link.Name()},
+	}
+}
+
+// SetGateways tells the runner which host prefixes belong to the other
+// gateways of the mesh (verified hosts whose credential has the gateway
+// role); its users reach them only where an allow list names them, and
+// nothing from them is forwarded to its users. A change is applied at the
+// next reconcile, which it asks for.
+func (r *Runner) SetGateways(prefixes []netip.Prefix) {
+	prefixes = slices.Clone(prefixes)
+	slices.SortFunc(prefixes, netip.Prefix.Compare)
+	prefixes = slices.Compact(prefixes)
+	r.mu.Lock()
+	changed := !slices.Equal(r.others, prefixes)
+	r.others = prefixes
+	l := r.loop
+	r.mu.Unlock()
+	if changed && l != nil {
+		l.Mark()
 	}
 }
 
@@ -125,6 +150,9 @@ func (r *Runner) Run(ctx context.Context) error {
 		Resync:    r.opts.ResyncInterval,
 		OnResync:  func() { r.applied = nil }, // read the kernel this time
 	}
+	r.mu.Lock()
+	r.loop = l
+	r.mu.Unlock()
 	r.loadSaved()
 	wg.Go(func() {
 		r.watcher.RunKV(ctx, PeersKey(r.opts.Node), func(kvs api.KVPairs, _ uint64) {
@@ -196,7 +224,11 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 	var errs []error
 	// The firewall first: a new or narrowed policy holds before the peer
 	// it is for can send; a removed peer's traffic is dropped either way.
-	if err := r.opts.Firewall.Apply(firewall.Ruleset{Interface: r.opts.Link.Name(), MeshInterface: r.opts.MeshInterface, Rules: st.Rules}); err != nil {
+	r.mu.Lock()
+	others := r.others
+	r.mu.Unlock()
+	scope := Scope{Pool: r.opts.Pool, Own: r.opts.Prefix, Others: others}
+	if err := r.opts.Firewall.Apply(scope.Ruleset(r.opts.Link.Name(), r.opts.MeshInterface, st.Records)); err != nil {
 		errs = append(errs, err)
 	}
 	obs, err := r.observe()

@@ -138,8 +138,10 @@ func newGatewayPeerCreateCmd() *cobra.Command {
 		Long: "Create a user peer on a gateway: claim a free address in the gateway's pool, write the\n" +
 			"peer's record, and print a ready wg-quick configuration. Without --public-key a key pair\n" +
 			"is generated; its private key appears only in the printed configuration. --allow lists\n" +
-			"the destinations the peer may reach (default: the whole mesh supernet), enforced on the\n" +
-			"gateway. Runs anywhere with Consul access; bad input writes nothing and exits 2.",
+			"the destinations the peer may reach (default: the mesh supernet, which reaches mesh hosts\n" +
+			"only), enforced on the gateway: user pools and gateway hosts are reached only where a\n" +
+			"CIDR inside them is named, and in a pool only the peer's own organization. Runs anywhere\n" +
+			"with Consul access; bad input writes nothing and exits 2.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, consul, err := f.open(cmd, true)
@@ -189,7 +191,7 @@ func newGatewayPeerCreateCmd() *cobra.Command {
 	}
 	f.add(cmd)
 	cmd.Flags().StringVar(&pubKey, "public-key", "", "the peer's public key (default: generate a key pair)")
-	cmd.Flags().StringArrayVar(&allow, "allow", nil, "destination CIDR the peer may reach, repeatable (default: mesh_supernet)")
+	cmd.Flags().StringArrayVar(&allow, "allow", nil, "destination CIDR the peer may reach, repeatable (default: mesh_supernet: mesh hosts only; pools and gateway hosts where named)")
 	cmd.Flags().DurationVar(&expires, "expires", 0, "lifetime of the peer, like 24h (default: no expiry)")
 	cmd.Flags().BoolVar(&replace, "replace", false, "replace a peer of the same name, keeping its address")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the record and the configuration as JSON")

@@ -249,6 +249,7 @@ func newGateway(cfg *config.Config, consul *api.Client, logger *slog.Logger, exe
 	info := gatewayInfo(cfg, key)
 	r := gateway.NewRunner(gateway.Options{
 		Node:           cfg.NodeName,
+		Prefix:         cfg.Prefix,
 		Pool:           cfg.Gateway.Pool,
 		Supernet:       cfg.MeshSupernet,
 		Link:           link,
