@@ -69,8 +69,12 @@ type Status struct {
 	Revoked int `json:"revoked"`
 	// EntriesParsed counts the catalog entries parsed and verified since
 	// start: an unchanged entry is verified once.
-	EntriesParsed      uint64 `json:"entries_parsed"`
-	InvalidRevocations int    `json:"invalid_revocations,omitempty"`
+	EntriesParsed uint64 `json:"entries_parsed"`
+	// Withdrawals counts the leaving hosts' signed withdrawals the hints
+	// brought: verified (the peer's removal started at once) and refused
+	// (not signed by the entry's own identity: nothing changed).
+	Withdrawals        Withdrawals `json:"withdrawals"`
+	InvalidRevocations int         `json:"invalid_revocations,omitempty"`
 	// CredentialExpires is when this host's credential expires.
 	CredentialExpires time.Time `json:"credential_expires,omitzero"`
 	Breaker           Breaker   `json:"breaker"`
@@ -339,6 +343,7 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	}
 	st.Revoked = len(a.revoked.set.Nodes) + len(a.revoked.set.Identities)
 	st.EntriesParsed = a.planner.Parses()
+	st.Withdrawals.Verified, st.Withdrawals.Refused = a.planner.Withdrawals()
 	if reg.Signer != nil {
 		st.CredentialExpires = reg.Signer.Parsed().NotAfter
 	}
@@ -378,4 +383,10 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 	a.mu.Lock()
 	a.status = statusState{st: st, src: peerSource{res: res, err: err}}
 	a.mu.Unlock()
+}
+
+// Withdrawals counts signed withdrawals by result.
+type Withdrawals struct {
+	Verified uint64 `json:"verified"`
+	Refused  uint64 `json:"refused"`
 }

@@ -100,7 +100,11 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 		// As meshd on the changed node does (agent.writeHint): read the
 		// instance until the catalog shows the change (here at once: the
 		// write is acknowledged), then write the hint with that index.
+		// A leave carries the node's signed withdrawal, as meshd's does.
 		h := catalogsync.Hint{ConsulNode: ev.s.Name(), ServiceID: ev.s.Registration().ID()}
+		if kind == "leave" {
+			h.Withdrawal = ev.s.Registration().Withdrawal()
+		}
 		if _, h.Index, err = catalogsync.ReadInstance(ctx, c, "meshd", h, nil); err != nil {
 			return ev, err
 		}

@@ -18,11 +18,12 @@ const announceTimeout = 15 * time.Second
 // that entry as shown says (shown(nil) for "gone"), waiting up to
 // announceTimeout: peers woken by the hint read the catalog, so it must
 // have the change by then. consulNode is the local agent's node, where reg
-// is registered.
-func Announce(ctx context.Context, c *api.Client, key, consulNode string, reg Registration, shown func(*peers.Entry) bool) (Hint, error) {
+// is registered. w, for a leave, is reg's signed withdrawal, carried in the
+// hint.
+func Announce(ctx context.Context, c *api.Client, key, consulNode string, reg Registration, shown func(*peers.Entry) bool, w *peers.Withdrawal) (Hint, error) {
 	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
 	defer cancel()
-	h := Hint{ConsulNode: consulNode, ServiceID: reg.ID()}
+	h := Hint{ConsulNode: consulNode, ServiceID: reg.ID(), Withdrawal: w}
 	var err error
 	if h.Index, err = WaitInstance(ctx, c, reg.Service, h, shown); err != nil {
 		return h, fmt.Errorf("the catalog did not show the change of %s: %w", reg.ID(), err)

@@ -216,7 +216,11 @@ func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
 	if c.list == nil || index <= c.list.Index {
 		return false
 	}
-	c.hinted[h.ServiceID] = Hinted{Entry: e, Index: index}
+	hd := Hinted{Entry: e, Index: index}
+	if e == nil {
+		hd.Withdrawal = h.Withdrawal
+	}
+	c.hinted[h.ServiceID] = hd
 	c.hintsApplied++
 	return true
 }
@@ -250,7 +254,7 @@ func (c *Catalog) Publish(ctx context.Context, reg Registration, again bool) err
 	}
 	if c.HintKey != "" {
 		c.announcing.Go(func() {
-			c.announce(ctx, reg, func(e *peers.Entry) bool { return e != nil && reg.Matches(*e) })
+			c.announce(ctx, reg, func(e *peers.Entry) bool { return e != nil && reg.Matches(*e) }, nil)
 		})
 	}
 	return nil
@@ -268,7 +272,7 @@ func (c *Catalog) Withdraw(ctx context.Context, reg Registration) error {
 	if err == nil {
 		c.Logger.Info("deregistered", "service_id", reg.ID())
 		if c.HintKey != "" {
-			c.announce(ctx, reg, func(e *peers.Entry) bool { return e == nil })
+			c.announce(ctx, reg, func(e *peers.Entry) bool { return e == nil }, reg.Withdrawal())
 		}
 	}
 	key := health.SummaryPrefix + reg.Node
@@ -280,13 +284,13 @@ func (c *Catalog) Withdraw(ctx context.Context, reg Registration) error {
 
 // announce writes the hint for reg once the catalog shows it as shown
 // says. Failures are logged: the watch brings every change without hints.
-func (c *Catalog) announce(ctx context.Context, reg Registration, shown func(*peers.Entry) bool) {
+func (c *Catalog) announce(ctx context.Context, reg Registration, shown func(*peers.Entry) bool, w *peers.Withdrawal) {
 	node, err := c.localNode()
 	if err != nil {
 		c.Logger.Warn("no hint written: the local agent's node name is unknown", "err", err)
 		return
 	}
-	h, err := Announce(ctx, c.Client, c.HintKey, node, reg, shown)
+	h, err := Announce(ctx, c.Client, c.HintKey, node, reg, shown, w)
 	switch {
 	case errors.Is(err, context.Canceled):
 		// the agent stops

@@ -3,6 +3,8 @@ package catalogsync
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,30 +33,53 @@ type Hint struct {
 	ConsulNode string
 	ServiceID  string
 	Index      uint64
+	// Withdrawal, on the hint of a leave, is the leaving host's signed
+	// withdrawal: the one thing the delta path may take out (Planner
+	// verifies it against the entry itself).
+	Withdrawal *peers.Withdrawal
 }
 
-// Value is the hint key's value: "<consul node> <service id> <index>".
-// The index makes every hint a new value (Consul does not wake the
-// watchers of a key set to the value it has).
+// Value is the hint key's value: "<consul node> <service id> <index>",
+// and for a leave " <serial> <base64 signature>" of the withdrawal. The
+// index makes every hint a new value (Consul does not wake the watchers of
+// a key set to the value it has).
 func (h Hint) Value() []byte {
-	return []byte(h.ConsulNode + " " + h.ServiceID + " " + strconv.FormatUint(h.Index, 10))
+	v := h.ConsulNode + " " + h.ServiceID + " " + strconv.FormatUint(h.Index, 10)
+	if w := h.Withdrawal; w != nil {
+		v += " " + strconv.FormatUint(w.Serial, 10) + " " + base64.StdEncoding.EncodeToString(w.Signature)
+	}
+	return []byte(v)
 }
 
 // ParseHint reads a hint key's value: a Consul node name, a service ID and
-// a catalog index, separated by single spaces.
+// a catalog index, and optionally a withdrawal's serial and signature,
+// separated by single spaces.
 func ParseHint(b []byte) (Hint, error) {
 	f := strings.Split(string(b), " ")
 	bad := func() (Hint, error) {
-		return Hint{}, fmt.Errorf("hint %.64q: want \"<consul node> <service id> <catalog index>\"", b)
+		return Hint{}, fmt.Errorf("hint %.64q: want \"<consul node> <service id> <catalog index> [<withdrawal serial> <signature>]\"", b)
 	}
-	if len(f) != 3 || f[0] == "" || f[1] == "" || strings.ContainsAny(string(b), "\n\r\t") || len(b) > 512 {
+	if (len(f) != 3 && len(f) != 5) || f[0] == "" || f[1] == "" || strings.ContainsAny(string(b), "\n\r\t") || len(b) > 512 {
 		return bad()
 	}
-	index, err := strconv.ParseUint(f[2], 10, 64)
-	if err != nil || index == 0 || strconv.FormatUint(index, 10) != f[2] {
+	number := func(s string) (uint64, bool) {
+		n, err := strconv.ParseUint(s, 10, 64)
+		return n, err == nil && n != 0 && strconv.FormatUint(n, 10) == s
+	}
+	index, ok := number(f[2])
+	if !ok {
 		return bad()
 	}
-	return Hint{ConsulNode: f[0], ServiceID: f[1], Index: index}, nil
+	h := Hint{ConsulNode: f[0], ServiceID: f[1], Index: index}
+	if len(f) == 5 {
+		serial, ok := number(f[3])
+		sig, err := base64.StdEncoding.Strict().DecodeString(f[4])
+		if !ok || err != nil || len(sig) != ed25519.SignatureSize {
+			return bad()
+		}
+		h.Withdrawal = &peers.Withdrawal{Serial: serial, Signature: sig}
+	}
+	return h, nil
 }
 
 // WriteHint sets the hint key to h through the local agent.
@@ -118,6 +143,9 @@ func WaitInstance(ctx context.Context, c *api.Client, service string, h Hint, ma
 type Hinted struct {
 	Entry *peers.Entry
 	Index uint64
+	// Withdrawal is the leaving host's, when the hint carried one and the
+	// read found the instance gone.
+	Withdrawal *peers.Withdrawal
 }
 
 // Overlay is s with the hinted instances (by service ID) that are newer
@@ -125,8 +153,11 @@ type Hinted struct {
 // nothing removes nothing: anyone may write a hint naming any node and
 // instance ID, and "not there" would let them take a real entry out;
 // removals come from the whole list alone (and, with their grace, from
-// nothing faster). Reads no newer than s's index are left out: the whole
-// list is the authority once it has caught up.
+// nothing faster), but for one: a read that found nothing for a hint that
+// carried the leaving host's signed withdrawal puts that withdrawal on
+// the entry s has (Planner drops the entry if it verifies against the
+// entry's own credential). Reads no newer than s's index are left out:
+// the whole list is the authority once it has caught up.
 // An instance the hint added takes its health from s if s has it,
 // else passing (an instance is registered without checks). s is not
 // changed; with nothing to put in, s itself is returned.
@@ -136,7 +167,7 @@ func Overlay(s *Snapshot, hinted map[string]Hinted) *Snapshot {
 	}
 	var ids []string
 	for id, h := range hinted {
-		if h.Index > s.Index && h.Entry != nil {
+		if h.Index > s.Index && (h.Entry != nil || h.Withdrawal != nil) {
 			ids = append(ids, id)
 		}
 	}
@@ -151,12 +182,23 @@ func Overlay(s *Snapshot, hinted map[string]Hinted) *Snapshot {
 		j, found := slices.BinarySearchFunc(s.Entries[i:], id, cmpID)
 		out.Entries = append(out.Entries, s.Entries[i:i+j]...)
 		i += j
+		h := hinted[id]
+		if h.Entry == nil {
+			// A withdrawal: on the entry s has, if it has one.
+			if found {
+				e := s.Entries[i]
+				e.Withdrawal = h.Withdrawal
+				out.Entries = append(out.Entries, e)
+				i++
+			}
+			continue
+		}
 		health := peers.HealthPassing
 		if found {
 			health = s.Entries[i].Health
 			i++
 		}
-		e := *hinted[id].Entry
+		e := *h.Entry
 		if e.Health == "" {
 			e.Health = health
 		}

@@ -2,6 +2,7 @@ package catalogsync_test
 
 import (
 	"context"
+	"encoding/base64"
 	"testing"
 	"time"
 
@@ -12,6 +13,9 @@ import (
 	"meshd.dev/meshd/internal/testlab"
 	"meshd.dev/meshd/peers"
 )
+
+// sig64 is the base64 of a signature of zeros.
+var sig64 = base64.StdEncoding.EncodeToString(make([]byte, 64))
 
 func TestParseHint(t *testing.T) {
 	for _, tc := range []struct {
@@ -32,6 +36,13 @@ func TestParseHint(t *testing.T) {
 		{in: "node-1 meshd-h1 -1", wantErr: true},
 		{in: "node-1 meshd-h1 18446744073709551616", wantErr: true},
 		{in: "", wantErr: true},
+		{in: "node-1 meshd-h1 42 77 " + sig64, want: catalogsync.Hint{ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42,
+			Withdrawal: &peers.Withdrawal{Serial: 77, Signature: make([]byte, 64)}}},
+		{in: "node-1 meshd-h1 42 77", wantErr: true},
+		{in: "node-1 meshd-h1 42 0 " + sig64, wantErr: true},
+		{in: "node-1 meshd-h1 42 77 " + sig64[:84] + "==", wantErr: true},
+		{in: "node-1 meshd-h1 42 77 not-base64!", wantErr: true},
+		{in: "node-1 meshd-h1 42 77 " + sig64 + " x", wantErr: true},
 	} {
 		got, err := catalogsync.ParseHint([]byte(tc.in))
 		if (err != nil) != tc.wantErr {
@@ -42,7 +53,7 @@ func TestParseHint(t *testing.T) {
 			t.Errorf("ParseHint(%q) (-want +got):\n%s", tc.in, diff)
 		}
 		if err == nil {
-			if back, _ := catalogsync.ParseHint(got.Value()); back != got {
+			if back, _ := catalogsync.ParseHint(got.Value()); !cmp.Equal(back, got) {
 				t.Errorf("Value of %+v does not parse back: %+v", got, back)
 			}
 		}
@@ -53,6 +64,7 @@ func TestParseHint(t *testing.T) {
 func FuzzParseHint(f *testing.F) {
 	f.Add([]byte("node-1 meshd-h1 42"))
 	f.Add([]byte("a b c"))
+	f.Add([]byte("node-1 meshd-h1 42 77 " + sig64))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := catalogsync.ParseHint(b)
 		if err != nil {
@@ -74,6 +86,8 @@ func TestOverlay(t *testing.T) {
 	}}
 	changedC := entry("meshd-c", 120, "")
 	newB, newF := entry("meshd-b", 130, ""), entry("meshd-f", 140, "")
+	withdrawal := peers.Withdrawal{Serial: 9, Signature: []byte("sig")}
+	withdrawn := func(e peers.Entry) peers.Entry { e.Withdrawal = &withdrawal; return e }
 	for _, tc := range []struct {
 		name   string
 		hinted map[string]catalogsync.Hinted
@@ -85,6 +99,10 @@ func TestOverlay(t *testing.T) {
 		{name: "added in order, passing", hinted: map[string]catalogsync.Hinted{"meshd-b": {Entry: &newB, Index: 130}, "meshd-f": {Entry: &newF, Index: 140}},
 			want: []peers.Entry{base.Entries[0], entry("meshd-b", 130, peers.HealthPassing), base.Entries[1], base.Entries[2], entry("meshd-f", 140, peers.HealthPassing)}},
 		{name: "a read that found nothing removes nothing", hinted: map[string]catalogsync.Hinted{"meshd-a": {Index: 101}, "meshd-e": {Index: 150}},
+			want: base.Entries},
+		{name: "a withdrawal goes on the entry the list has", hinted: map[string]catalogsync.Hinted{"meshd-c": {Index: 150, Withdrawal: &withdrawal}},
+			want: []peers.Entry{base.Entries[0], withdrawn(base.Entries[1]), base.Entries[2]}},
+		{name: "a withdrawal of what the list lacks adds nothing", hinted: map[string]catalogsync.Hinted{"meshd-d": {Index: 150, Withdrawal: &withdrawal}},
 			want: base.Entries},
 		{name: "gone but never there", hinted: map[string]catalogsync.Hinted{"meshd-d": {Index: 150}}, want: base.Entries},
 		{name: "a read no newer than the list is left out", hinted: map[string]catalogsync.Hinted{"meshd-c": {Entry: &changedC, Index: 100}, "meshd-a": {Index: 90}},

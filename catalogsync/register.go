@@ -38,6 +38,16 @@ type Registration struct {
 	Serial uint64
 }
 
+// Withdrawal is the host's signed withdrawal of its node, at a serial
+// above every one its entries had; nil without a Signer.
+func (r Registration) Withdrawal() *peers.Withdrawal {
+	if r.Signer == nil {
+		return nil
+	}
+	serial := NewSerial(r.Serial)
+	return &peers.Withdrawal{Serial: serial, Signature: r.Signer.SignWithdrawal(serial)}
+}
+
 // ServiceID is unique per mesh node, so several meshd may share one agent.
 func ServiceID(node string) string { return "meshd-" + node }
 

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/base64"
 	"fmt"
 	"maps"
+	"meshd.dev/meshd/trust"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,6 +126,51 @@ func TestTrustAttacks(t *testing.T) {
 			return rejected(t, h3, "meshd-aaa-evil", "credential")
 		})
 		checkH3("with a wider prefix in the catalog")
+	})
+
+	t.Run("a withdrawal of h2 signed by h1", func(t *testing.T) {
+		// h1 signs "h2 left" with its own identity, at a serial above
+		// h2's, and hints it where the read finds no instance (h1's own
+		// node, freshly changed so that the read is newer than the list).
+		k, err := keystore.Load(filepath.Join(h1.Dir, "state", "identity.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed := k.WG()
+		serial := uint64(time.Now().Add(time.Hour).UnixNano())
+		forged := &peers.Withdrawal{Serial: serial, Signature: ed25519.Sign(ed25519.NewKeyFromSeed(seed[:]), trust.WithdrawalBytes("h2", serial))}
+		h1Node, err := c.Agent().NodeName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Only a read newer than h3's list carries a withdrawal to its
+		// planner: h1 changes the catalog (a decoy instance, all its
+		// token may write) and hints at once, until one wins the race.
+		before, _ := h3.status(t)
+		refused := func() bool {
+			st, err := h3.status(t)
+			return err == nil && st.Withdrawals.Refused > before.Withdrawals.Refused
+		}
+		for i := 0; i < 20 && !refused(); i++ {
+			id := fmt.Sprintf("meshd-decoy%d", i)
+			if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: "meshd"}); err != nil {
+				t.Fatalf("h1 registering a decoy: %v", err)
+			}
+			defer c.Agent().ServiceDeregister(id)
+			_, meta, err := c.Catalog().NodeServiceList(h1Node, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := catalogsync.WriteHint(ctx, c, "meshd/hint", catalogsync.Hint{ConsulNode: h1Node, ServiceID: "meshd-h2", Index: meta.LastIndex, Withdrawal: forged}); err != nil {
+				t.Fatalf("h1 writing a hint: %v", err)
+			}
+			time.Sleep(500 * time.Millisecond)
+			checkH3("after a withdrawal of h2 signed by h1")
+		}
+		testlab.Eventually(t, 10*time.Second, "h3 counts the forged withdrawal refused", refused)
+		if st, _ := h3.status(t); st.Withdrawals.Verified != before.Withdrawals.Verified {
+			t.Errorf("h3 verified %d withdrawals during the attack, want none", st.Withdrawals.Verified-before.Withdrawals.Verified)
+		}
 	})
 
 	t.Run("hints naming h2's instance", func(t *testing.T) {

@@ -42,6 +42,7 @@ var (
 	revokedDesc       = desc("revoked", "Nodes and identities the authority revoked.")
 	impersonatedDesc  = desc("impersonation_seen_total", "Reconciles that saw an entry for this node that it did not publish.")
 	parsedDesc        = desc("entries_parsed_total", "Catalog entries parsed and verified since start (an unchanged entry is verified once).")
+	withdrawalsDesc   = desc("withdrawals_total", "Leaving hosts' signed withdrawals the delta path brought, by result: verified (the entry dropped) or refused (not its host's; nothing changed).", "result")
 )
 
 // Collector reports an agent's status at every scrape.
@@ -127,6 +128,8 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(impersonatedDesc, float64(seen))
 	counter(parsedDesc, float64(st.EntriesParsed))
+	counter(withdrawalsDesc, float64(st.Withdrawals.Verified), "verified")
+	counter(withdrawalsDesc, float64(st.Withdrawals.Refused), "refused")
 	if g := st.Gateway; g != nil {
 		gauge(gwPeersDesc, float64(g.Peers))
 		gauge(gwRejectedDesc, float64(len(g.Rejected)))

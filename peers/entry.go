@@ -57,6 +57,18 @@ type Entry struct {
 	// for Health, which comes from the checks.
 	ModifyIndex uint64
 	Health      string
+	// Withdrawal, when set, is the host's own signed word that it left
+	// the mesh, brought by the delta path before the whole list shows the
+	// entry gone (Planner drops an entry whose withdrawal verifies).
+	Withdrawal *Withdrawal
+}
+
+// Withdrawal is a host's withdrawal of its node: a serial above every
+// serial its entries had, and its identity's signature of the two
+// (trust.WithdrawalBytes).
+type Withdrawal struct {
+	Serial    uint64
+	Signature []byte
 }
 
 // Peer is a validated node entry: what the kernel needs to reach that node.

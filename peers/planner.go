@@ -44,6 +44,10 @@ type Planner struct {
 	window      breakerWindow
 	trust       trustState // with Rules.Trust
 	revoked     Revoked
+	// withdrawals: the last serial verified or refused for each service
+	// ID, so that each is counted once while the delta path carries it.
+	withdrawn, refused   map[string]uint64
+	withdrawnN, refusedN uint64
 }
 
 // breakerWindow remembers, for BreakerWindow, the removals made for their
@@ -120,6 +124,7 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	if pl.Rules.Trust != nil {
 		pl.checkTrust(now)
 	}
+	entries = pl.withdraw(entries)
 	res.Desired, res.Rejected = pl.parses.Desire(entries, self, pl.Rules)
 	if pl.MaxPeers > 0 && len(res.Desired) > pl.MaxPeers {
 		res.Desired, res.Rejected = capPeers(res.Desired, res.Rejected, pl.MaxPeers)

@@ -47,6 +47,12 @@ type entry struct {
 	Health      string            `json:"health,omitempty"`
 }
 
+// toFile is e as the file holds it: a withdrawal the delta path brought is
+// not kept (after a restart the entry waits for the whole list).
+func toFile(e peers.Entry) entry {
+	return entry{ServiceID: e.ServiceID, Meta: e.Meta, Tags: e.Tags, CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex, Health: e.Health}
+}
+
 // Saved is a snapshot read back from disk.
 type Saved struct {
 	catalogsync.Snapshot
@@ -101,7 +107,7 @@ func (enc *Encoder) marshal(e peers.Entry, next map[string]encoded) ([]byte, err
 			return c.b, nil
 		}
 	}
-	b, err := json.Marshal(entry(e))
+	b, err := json.Marshal(toFile(e))
 	if err == nil && enc != nil && e.ModifyIndex != 0 {
 		next[e.ServiceID] = encoded{e.ModifyIndex, e.Health, b}
 	}
@@ -184,7 +190,8 @@ func Decode(b []byte) (Saved, error) {
 		if e.ServiceID == "" {
 			return Saved{}, fmt.Errorf("snapshot entry %d has no service_id", i)
 		}
-		s.Entries = append(s.Entries, peers.Entry(e))
+		s.Entries = append(s.Entries, peers.Entry{ServiceID: e.ServiceID, Meta: e.Meta, Tags: e.Tags,
+			CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex, Health: e.Health})
 	}
 	return s, nil
 }

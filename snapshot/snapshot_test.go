@@ -109,7 +109,7 @@ func TestEncodeIsTheFileMarshalled(t *testing.T) {
 		}
 		f := file{Version: Version, SavedAt: at, Index: s.Index, Revocations: s.Revocations, Entries: []entry{}}
 		for _, e := range s.Entries {
-			f.Entries = append(f.Entries, entry(e))
+			f.Entries = append(f.Entries, toFile(e))
 		}
 		want, err := json.Marshal(f)
 		if err != nil {

@@ -50,6 +50,7 @@ type vectors struct {
 	Claims     string `json:"claims"`     // hex of the signed bytes
 	Signature  string `json:"signature"`  // base64, as in Meta
 	Revocation string `json:"revocation"` // hex, of node h1
+	Withdrawal string `json:"withdrawal"` // base64, h1's identity withdrawing h1 at serial 9
 }
 
 // TestVectors checks the committed vectors: the credential and entry
@@ -70,6 +71,7 @@ func TestVectors(t *testing.T) {
 		Credential: hex.EncodeToString(cred),
 		Claims:     hex.EncodeToString(vectorClaims().Bytes()),
 		Signature:  base64.StdEncoding.EncodeToString(Sign(identity, vectorClaims())),
+		Withdrawal: base64.StdEncoding.EncodeToString(ed25519.Sign(identity, WithdrawalBytes("h1", 9))),
 	}
 	path := filepath.Join("testdata", "vectors.json")
 	if *update {
@@ -107,6 +109,9 @@ func TestVectors(t *testing.T) {
 	revBytes, _ := hex.DecodeString(stored.Revocation)
 	if r, err := VerifyRevocation(revBytes, []ed25519.PublicKey{trusted}); err != nil || !r.Revokes(got) {
 		t.Errorf("committed revocation: %+v, %v; want it to revoke the committed credential", r, err)
+	}
+	if w, _ := base64.StdEncoding.DecodeString(stored.Withdrawal); !VerifyWithdrawal(got.Identity, "h1", 9, w) {
+		t.Errorf("committed withdrawal does not verify with the committed credential's identity")
 	}
 	if claims, _ := hex.DecodeString(stored.Claims); !bytes.HasPrefix(claims, []byte("meshd-entry-v1\x00\x01")) {
 		t.Errorf("signed claims do not start with the context and version: %q", claims[:20])
@@ -256,5 +261,39 @@ func TestRevocation(t *testing.T) {
 	}
 	if _, err := authority.Revoke(Revocation{}); !errors.Is(err, ErrMalformed) {
 		t.Errorf("a revocation naming nothing: %v", err)
+	}
+}
+
+// TestWithdrawal: a withdrawal verifies for its node and serial under the
+// identity that signed it, and for nothing else.
+func TestWithdrawal(t *testing.T) {
+	cred, _ := authority.Issue(vectorCredential())
+	s, err := NewSigner(identity.Seed(), cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := s.SignWithdrawal(9)
+	pub := identity.Public().(ed25519.PublicKey)
+	other := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{5}, 32)).Public().(ed25519.PublicKey)
+	if !VerifyWithdrawal(pub, "h1", 9, sig) {
+		t.Fatal("a withdrawal does not verify")
+	}
+	for _, tc := range []struct {
+		name   string
+		id     ed25519.PublicKey
+		node   string
+		serial uint64
+		sig    []byte
+	}{
+		{"another node", pub, "h2", 9, sig},
+		{"another serial", pub, "h1", 10, sig},
+		{"another identity", other, "h1", 9, sig},
+		{"truncated signature", pub, "h1", 9, sig[:63]},
+		{"no identity", nil, "h1", 9, sig},
+		{"an entry signature", pub, "h1", 9, Sign(identity, vectorClaims())},
+	} {
+		if VerifyWithdrawal(tc.id, tc.node, tc.serial, tc.sig) {
+			t.Errorf("%s: verifies", tc.name)
+		}
 	}
 }
