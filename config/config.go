@@ -27,13 +27,15 @@ const DefaultPath = "/etc/meshd/meshd.yaml"
 
 // Config is meshd's validated configuration.
 type Config struct {
-	NodeName           string
-	Interface          string
-	ListenPort         int
-	Endpoint           netip.AddrPort // zero when not set
-	Prefix             netip.Prefix   // zero when not set
-	MeshSupernet       netip.Prefix
-	MTU                int
+	NodeName     string
+	Interface    string
+	ListenPort   int
+	Endpoint     netip.AddrPort // zero when not set
+	Prefix       netip.Prefix   // zero when not set
+	MeshSupernet netip.Prefix
+	MTU          int
+	// WireGuard is the link backend: auto, kernel or userspace.
+	WireGuard          string
 	Keepalive          time.Duration
 	KeyFile            string
 	StateDir           string
@@ -116,6 +118,7 @@ var Keys = []Key{
 	{"prefix", "", "this host's 6PN prefix, an IPv6 CIDR inside mesh_supernet (required by run)"},
 	{"mesh_supernet", "fdaa::/16", "IPv6 supernet holding every node's prefix"},
 	{"mtu", "1420", "MTU of the WireGuard interface (1280-9000)"},
+	{"wireguard", "auto", "WireGuard backend of meshd's links: auto (the kernel module where it exists, else a userspace device), kernel or userspace"},
 	{"keepalive", "25s", "persistent keepalive other hosts use toward this one (0 turns it off); published in the catalog"},
 	{"key_file", "", "private key file, mode 0600 (default: <state_dir>/private.key)"},
 	{"state_dir", "/var/lib/meshd", "directory for the key and saved state"},
@@ -275,6 +278,7 @@ func parse(v *viper.Viper) (*Config, error) {
 		ResyncInterval:     p.duration("resync_interval", time.Second),
 		LogLevel:           p.oneOf("log_level", "debug", "info", "warn", "error"),
 		LogFormat:          p.oneOf("log_format", "text", "json"),
+		WireGuard:          p.oneOf("wireguard", "auto", "kernel", "userspace"),
 		Consul: Consul{
 			Address:    p.str("consul.address"),
 			Token:      p.str("consul.token"),

@@ -42,7 +42,7 @@ func TestDefaults(t *testing.T) {
 		MTU: 1420, Keepalive: 25 * time.Second, KeyFile: "/var/lib/meshd/private.key", StateDir: "/var/lib/meshd",
 		StatusSocket: "/run/meshd/meshd.sock", MetricsAddress: "127.0.0.1:9474",
 		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, MaxPeers: 25000, ResyncInterval: 30 * time.Second,
-		LogLevel: "info", LogFormat: "text",
+		LogLevel: "info", LogFormat: "text", WireGuard: "auto",
 		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint", MaxStale: 30 * time.Second},
 		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key"},
 		Trust:   Trust{IdentityKeyFile: "/var/lib/meshd/identity.key", CredentialFile: "/var/lib/meshd/credential"},

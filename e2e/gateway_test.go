@@ -19,7 +19,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/gateway"
@@ -73,6 +72,7 @@ func (l *laptop) up(t *testing.T, conf string) {
 		t.Fatalf("wg-quick up on %s: %v: %s\nconfig:\n%s", l.Name, err, out, conf)
 	}
 	t.Cleanup(func() { l.Exec("wg-quick", "down", l.conf) })
+	checkLink(t, l.Host, l.iface, suiteMode())
 }
 
 // pingWithin sends an echo every 200ms (each waiting 200ms for its reply)
@@ -150,10 +150,10 @@ func gatewayKV(t *testing.T, c *api.Client) map[string]string {
 }
 
 // userPeers reads the gateway's user link as the device has it.
-func userPeers(t *testing.T, iface string) map[wgtypes.Key]string {
+func userPeers(t *testing.T, gw *node, iface string) map[wgtypes.Key]string {
 	t.Helper()
 	out := map[wgtypes.Key]string{}
-	dev, err := deviceByName(iface)
+	dev, err := deviceIn(gw.Netns, iface)
 	if err != nil {
 		return out
 	}
@@ -204,6 +204,11 @@ func TestGateway(t *testing.T) {
 	defer checkNoRace(t, nodes)
 	converged(t, nodes)
 	pingAll(t, nodes)
+	testlab.Eventually(t, 30*time.Second, "the gateway's user link exists", func() bool {
+		_, err := linkKind(gw.Netns, gwIface)
+		return err == nil
+	})
+	checkLink(t, gw.Host, gwIface, gw.mode)
 	kv := server.Client(t)
 	testlab.Eventually(t, 30*time.Second, "the gateway is in the catalog with its role", func() bool {
 		_, err := gateway.Lookup(context.Background(), kv, "meshd", gw.Name, meshRules)
@@ -315,7 +320,7 @@ func TestGateway(t *testing.T) {
 	}
 	tempKey := configKey(t, res3.Config)
 	testlab.Eventually(t, 20*time.Second, "the expired peer leaves the gateway's device, route and KV", func() bool {
-		_, inKernel := userPeers(t, gwIface)[tempKey]
+		_, inKernel := userPeers(t, gw, gwIface)[tempKey]
 		routes, _ := gw.Exec("ip", "-6", "route", "show", "proto", "77", "dev", gwIface)
 		_, record := gatewayKV(t, kv)[gateway.RecordKey(gw.Name, "acme", "temp")]
 		_, claim := gatewayKV(t, kv)[gateway.AddressKey(gw.Name, netip.MustParseAddr(res3.Address))]
@@ -347,7 +352,7 @@ func TestGateway(t *testing.T) {
 		seen[a] = true
 	}
 	testlab.Eventually(t, 20*time.Second, "the gateway holds all 22 user peers", func() bool {
-		return len(userPeers(t, gwIface)) == 2+concurrent
+		return len(userPeers(t, gw, gwIface)) == 2+concurrent
 	})
 	// Status and metrics say so.
 	st, err := gw.status(t)
@@ -422,7 +427,7 @@ func TestGateway(t *testing.T) {
 		t.Fatalf("remove: %v: %s", err, out2)
 	}
 	testlab.Eventually(t, 10*time.Second, "the removed peer leaves the gateway's device and routes", func() bool {
-		_, inKernel := userPeers(t, gwIface)[lapKey]
+		_, inKernel := userPeers(t, gw, gwIface)[lapKey]
 		routes, _ := gw.Exec("ip", "-6", "route", "show", "proto", "77", "dev", gwIface)
 		return !inKernel && !strings.Contains(routes, res.Address+" ")
 	})
@@ -460,7 +465,7 @@ func TestGateway(t *testing.T) {
 	expires := time.Now().Add(8 * time.Second)
 	briefKey := configKey(t, brief.Config)
 	testlab.Eventually(t, 10*time.Second, "the brief peer on the gateway", func() bool {
-		_, ok := userPeers(t, gwIface)[briefKey]
+		_, ok := userPeers(t, gw, gwIface)[briefKey]
 		return ok
 	})
 	gw.proc.Signal(syscall.SIGTERM)
@@ -471,10 +476,10 @@ func TestGateway(t *testing.T) {
 	time.Sleep(time.Until(expires) + time.Second)
 	gw.start(t)
 	testlab.Eventually(t, 15*time.Second, "the peer that expired while the gateway was down leaves its device, Consul still down", func() bool {
-		_, ok := userPeers(t, gwIface)[briefKey]
+		_, ok := userPeers(t, gw, gwIface)[briefKey]
 		return !ok
 	})
-	if _, ok := userPeers(t, gwIface)[configKey(t, res2.Config)]; !ok {
+	if _, ok := userPeers(t, gw, gwIface)[configKey(t, res2.Config)]; !ok {
 		t.Errorf("the restarted gateway dropped a live peer (narrow) while Consul was down")
 	}
 	if !strings.Contains(gw.proc.Log(), "applying saved gateway records") {
@@ -484,17 +489,6 @@ func TestGateway(t *testing.T) {
 
 // meshRules are the rules every test node runs with (the default supernet).
 var meshRules = peers.Rules{Supernet: netip.MustParsePrefix("fdaa::/16"), Trust: trusttest.Trust()}
-
-// deviceByName reads a WireGuard device as the kernel (or the userspace
-// device) has it.
-func deviceByName(name string) (*wgtypes.Device, error) {
-	wg, err := wgctrl.New()
-	if err != nil {
-		return nil, err
-	}
-	defer wg.Close()
-	return wg.Device(name)
-}
 
 func lookupGatewayKey(t *testing.T, c *api.Client, gw string) wgtypes.Key {
 	t.Helper()

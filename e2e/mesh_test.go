@@ -36,6 +36,10 @@ var (
 func meshd(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		if bin := os.Getenv(meshdBinEnv); bin != "" {
+			meshdBin = bin
+			return
+		}
 		dir, err := os.MkdirTemp("", "meshd-e2e-")
 		if err != nil {
 			buildErr = err
@@ -65,6 +69,9 @@ type node struct {
 	proc   *testlab.Proc
 	// args are extra flags for meshd run.
 	args []string
+	// mode is the WireGuard mode its link must have (suiteMode unless
+	// the test configures the node otherwise).
+	mode netlinkx.Mode
 }
 
 func (n *node) meshAddr() netip.Addr { return n.prefix.Addr().Next() }
@@ -83,6 +90,7 @@ func newNode(t *testing.T, lab *testlab.Lab, servers []*testlab.Consul, n int, e
 		prefix: netip.MustParsePrefix(fmt.Sprintf("fdaa:0:%x::/48", n)),
 		config: filepath.Join(h.Dir, "meshd.yaml"),
 		sock:   filepath.Join(h.Dir, "meshd.sock"),
+		mode:   suiteMode(),
 	}
 	cfg := fmt.Sprintf(`node_name: %s
 interface: %s
@@ -142,7 +150,7 @@ func (n *node) status(t *testing.T) (agent.Status, error) {
 // userspace device) has it, not as meshd reports it.
 func (n *node) device(t *testing.T) (*wgtypes.Device, error) {
 	t.Helper()
-	return deviceByName(n.iface)
+	return deviceIn(n.Netns, n.iface)
 }
 
 // publicKey is the node's key as its device has it.
@@ -208,6 +216,7 @@ func converged(t *testing.T, nodes []*node) {
 	keys := map[*node]wgtypes.Key{}
 	for _, n := range nodes {
 		keys[n] = n.publicKey(t)
+		checkLink(t, n.Host, n.iface, n.mode)
 	}
 	for _, a := range nodes {
 		var why string

@@ -30,6 +30,10 @@ const (
 	ModeUserspace Mode = "userspace"
 )
 
+// ModeAuto, as Options.Want, is a kernel link where the kernel has the
+// module and a userspace device where it does not.
+const ModeAuto Mode = "auto"
+
 // ErrKernelUnsupported means the kernel cannot create wireguard links (no
 // module); the caller falls back to a userspace device.
 var ErrKernelUnsupported = errors.New("kernel has no WireGuard support")
@@ -51,7 +55,13 @@ type Options struct {
 	// outlives this process and returns once wgctrl can configure it. It is
 	// used only when the kernel has no WireGuard support.
 	StartUserspace func(name string, mtu int) error
-	Logger         *slog.Logger
+	// Want is the backend a new link gets: ModeAuto (or "") tries the
+	// kernel first, ModeKernel fails where the kernel has no module,
+	// ModeUserspace never tries the kernel. An existing link is adopted in
+	// whatever mode it has (recreating it would cut the tunnels); a
+	// warning says when that is not the wanted one.
+	Want   Mode
+	Logger *slog.Logger
 }
 
 // Link is meshd's WireGuard link. Its methods are not safe for concurrent
@@ -170,16 +180,24 @@ func (l *Link) ensureLink() (netlink.Link, error) {
 	}
 	if l.mode != mode {
 		l.opts.Logger.Info("adopted existing link", "interface", l.opts.Name, "mode", mode)
+		if w := l.opts.Want; w != "" && w != ModeAuto && w != mode {
+			l.opts.Logger.Warn("existing link is not of the configured mode; delete it to switch", "interface", l.opts.Name, "mode", mode, "wireguard", w)
+		}
 	}
 	l.mode, l.index = mode, link.Attrs().Index
 	return link, nil
 }
 
 func (l *Link) create() (netlink.Link, error) {
-	err := l.createKernel()
+	err := ErrKernelUnsupported
+	if l.opts.Want != ModeUserspace {
+		err = l.createKernel()
+	}
 	switch {
 	case err == nil:
 		l.mode = ModeKernel
+	case errors.Is(err, ErrKernelUnsupported) && l.opts.Want == ModeKernel:
+		return nil, fmt.Errorf("%w, and wireguard = kernel (auto would run a userspace device)", err)
 	case errors.Is(err, ErrKernelUnsupported):
 		if l.opts.StartUserspace == nil {
 			return nil, fmt.Errorf("create %s: %w and no userspace fallback", l.opts.Name, err)

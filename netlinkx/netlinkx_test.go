@@ -155,6 +155,45 @@ func TestEnsureUserspace(t *testing.T) {
 	}
 }
 
+// TestWant: the wireguard setting picks the backend of a new link. Where the
+// kernel has no module, kernel fails and creates nothing (inside scripts/vm,
+// where it has one, it makes a kernel link); userspace never tries the kernel.
+func TestWant(t *testing.T) {
+	testlab.RequireRoot(t)
+	_, modErr := os.Stat("/sys/module/wireguard")
+	kernel := modErr == nil
+	t.Run("userspace", func(t *testing.T) {
+		l := testlab.OpenLink(t, netlinkx.Options{Name: "wgw0", MTU: 1420, ListenPort: 51831, Want: netlinkx.ModeUserspace})
+		if err := l.Ensure(); err != nil {
+			t.Fatalf("Ensure: %v", err)
+		}
+		link, err := netlink.LinkByName("wgw0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Mode() != netlinkx.ModeUserspace || link.Type() != "tuntap" {
+			t.Errorf("mode %q, link type %q; want userspace on a tun device", l.Mode(), link.Type())
+		}
+	})
+	t.Run("kernel", func(t *testing.T) {
+		l := testlab.OpenLink(t, netlinkx.Options{Name: "wgw1", MTU: 1420, ListenPort: 51832, Want: netlinkx.ModeKernel})
+		err := l.Ensure()
+		link, lerr := netlink.LinkByName("wgw1")
+		if kernel {
+			if err != nil || l.Mode() != netlinkx.ModeKernel || lerr != nil || link.Type() != "wireguard" {
+				t.Errorf("Ensure: %v; mode %q, link %v (%v); want a kernel wireguard link", err, l.Mode(), link, lerr)
+			}
+			return
+		}
+		if !errors.Is(err, netlinkx.ErrKernelUnsupported) {
+			t.Errorf("Ensure without the module: %v, want ErrKernelUnsupported", err)
+		}
+		if lerr == nil {
+			t.Errorf("a failed kernel Ensure left a %q link behind", link.Type())
+		}
+	})
+}
+
 func TestApplyObserveIncremental(t *testing.T) {
 	testlab.RequireRoot(t)
 	l, _ := openLink(t, "wgt1")

@@ -97,6 +97,7 @@ func run(ctx context.Context, cfg *config.Config) error {
 		Address:    cfg.MeshAddress(),
 		StartUserspace: netlinkx.UserspaceStarter([]string{exe, "wireguard-userspace"},
 			filepath.Join(cfg.StateDir, "userspace-"+cfg.Interface+".log")),
+		Want:   netlinkx.Mode(cfg.WireGuard),
 		Logger: logger,
 	})
 	if err != nil {
@@ -236,6 +237,7 @@ func newGateway(cfg *config.Config, consul *api.Client, logger *slog.Logger, exe
 		PrivateKey: key.WG(),
 		StartUserspace: netlinkx.UserspaceStarter([]string{exe, "wireguard-userspace"},
 			filepath.Join(cfg.StateDir, "userspace-"+cfg.Gateway.Interface+".log")),
+		Want:   netlinkx.Mode(cfg.WireGuard),
 		Logger: logger,
 	})
 	if err != nil {

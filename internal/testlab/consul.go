@@ -271,7 +271,7 @@ func (c *Consul) WaitLeader(t testing.TB) {
 func DialInNetns(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := inNetns(name, func() (err error) {
+		err := InNetns(name, func() (err error) {
 			var d net.Dialer
 			c, err = d.DialContext(ctx, network, addr)
 			return err
@@ -283,16 +283,16 @@ func DialInNetns(name string) func(ctx context.Context, network, addr string) (n
 // ListenPacketInNetns opens a packet socket inside the named namespace.
 func ListenPacketInNetns(name, network, addr string) (net.PacketConn, error) {
 	var c net.PacketConn
-	err := inNetns(name, func() (err error) {
+	err := InNetns(name, func() (err error) {
 		c, err = net.ListenPacket(network, addr)
 		return err
 	})
 	return c, err
 }
 
-// inNetns runs f on a thread inside the named namespace. Sockets f opens
+// InNetns runs f on a thread inside the named namespace. Sockets f opens
 // keep that namespace.
-func inNetns(name string, f func() error) error {
+func InNetns(name string, f func() error) error {
 	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
