@@ -20,7 +20,7 @@ PKG_VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && ec
 # changelog and its copyright file.
 MAINTAINER := $(shell cat packaging/maintainer)
 
-.PHONY: all build deps consul promtool lint licenses test unit fuzz bench bench-quick demo package clean
+.PHONY: all build deps consul promtool lint licenses test unit kernel fuzz bench bench-quick demo package clean
 
 all: build
 
@@ -69,7 +69,23 @@ fuzz:
 licenses: build
 	$(GO) run ./internal/cmd/licenses -binary bin/meshd
 
-test: lint licenses unit fuzz bench-quick
+test: lint licenses unit kernel fuzz bench-quick
+
+# The kernel suite: meshd's production path (kernel WireGuard links, the
+# gateway's user link, wg-quick laptops) inside scripts/vm, a qemu VM on
+# Debian's kernel with its wireguard module. The netlinkx tests, then the
+# end-to-end tests below with MESHD_E2E_WIREGUARD=kernel: every link must be
+# a kernel wireguard link and no userspace device process may exist. The
+# binaries are built here (the VM's root is the host's, read-only).
+KERNEL_TESTS ?= ^(TestMesh|TestSurvivesConsul|TestGateway|TestMixedFleet)$$
+kernel: deps consul promtool
+	mkdir -p .cache/vm/bin
+	$(GO) build -race -o .cache/vm/bin/meshd ./cmd/meshd
+	$(GO) test -c -race -o .cache/vm/bin/netlinkx.test ./netlinkx
+	$(GO) test -c -race -o .cache/vm/bin/e2e.test ./e2e
+	MESHD_CONSUL_BIN=$$(scripts/consul-bin) MESHD_E2E_MESHD=$(CURDIR)/.cache/vm/bin/meshd MESHD_E2E_WIREGUARD=kernel \
+	  scripts/vm --timeout 2400 -- bash -c 'cd netlinkx && ../.cache/vm/bin/netlinkx.test -test.v -test.count=1 -test.timeout 5m && \
+	    cd ../e2e && ../.cache/vm/bin/e2e.test -test.v -test.count=1 -test.timeout 35m -test.run "$(KERNEL_TESTS)"'
 
 # Convergence of meshd against the classic approach (consul-template + wg
 # syncconf) and the floor (a bare blocking query), in one run: writes
@@ -99,8 +115,15 @@ bench-quick: deps consul
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 10m -v . \
 		-args -sizes 100,300 -events 8 -hosts 2 -idle 10s -out ../out/BENCHMARKS.quick.md -plot ../out/benchmarks-quick-cdf.png
 
+# KERNEL=1: the same demo inside scripts/vm, on Debian's kernel with its
+# wireguard module (every link a kernel link, or the demo fails).
+KERNEL ?=
 demo: deps consul build
+ifeq ($(KERNEL),1)
+	MESHD_DEMO_WIREGUARD=kernel scripts/vm --timeout 900 -- scripts/demo
+else
 	scripts/demo
+endif
 
 # out/meshd_<version>_amd64.deb: a static, stripped binary, the hardened
 # unit, the default config as a conffile, the example config, the copyright

@@ -227,8 +227,8 @@ func TestGateway(t *testing.T) {
 	res := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "laptop")
 	created := time.Now()
 	lap.up(t, res.Config)
-	if !lap.pingWithin(b.meshAddr(), 2*time.Second-time.Since(created)) {
-		t.Fatalf("laptop did not reach %s within 2s of create returning; config:\n%s\ngateway log:\n%s", b.Name, res.Config, tail(gw.proc.Log(), 40))
+	if !lap.pingWithin(b.meshAddr(), budget(2*time.Second)-time.Since(created)) {
+		t.Fatalf("laptop did not reach %s within %s of create returning; config:\n%s\ngateway log:\n%s", b.Name, budget(2*time.Second), res.Config, tail(gw.proc.Log(), 40))
 	}
 	t.Logf("laptop pinged %s %s after create returned", b.Name, time.Since(created).Round(time.Millisecond))
 	if !lap.pingWithin(c.meshAddr(), 5*time.Second) {

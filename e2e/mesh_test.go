@@ -507,8 +507,8 @@ func rotateKey(t *testing.T, n *node, others []*node) {
 		}
 		took := time.Since(done)
 		t.Logf("all %d peers hold the new key and reach %s %s after rotate-key returned", len(others), n.Name, took.Round(time.Millisecond))
-		if took > 2*time.Second {
-			t.Errorf("rotation took %s to converge on every peer, want within 2s", took.Round(time.Millisecond))
+		if took > budget(2*time.Second) {
+			t.Errorf("rotation took %s to converge on every peer, want within %s", took.Round(time.Millisecond), budget(2*time.Second))
 		}
 	})
 	t.Logf("rotation disruption: %d of %d echoes lost (20ms apart) from %s to %s", sent-got, sent, others[0].Name, n.Name)
