@@ -20,7 +20,7 @@ PKG_VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && ec
 # changelog and its copyright file.
 MAINTAINER := $(shell cat packaging/maintainer)
 
-.PHONY: all build deps consul promtool lint licenses test unit kernel fuzz bench bench-quick demo package clean
+.PHONY: all build deps consul promtool lint licenses test unit kernel fuzz bench bench-kernel bench-quick demo package clean
 
 all: build
 
@@ -106,6 +106,26 @@ bench: deps consul
 	  $(GO) test -run '^$$' -bench 'BenchmarkInitialPlan|BenchmarkChangedEntry' -benchtime 20x ./peers \
 	    | grep -E '^(Benchmark|ok)'; \
 	  echo '```'; } >> BENCHMARKS.md
+	$(MAKE) --no-print-directory bench-kernel >> BENCHMARKS.md
+
+# Kernel WireGuard beside userspace, in one VM (scripts/vm, TCG: both run
+# slower than on the host, so the ratio is the figure): one changed peer,
+# one new user peer on the gateway, and a fresh host's first apply of
+# 10,000 peers with their routes. Prints a BENCHMARKS.md section.
+bench-kernel: deps
+	@mkdir -p .cache/vm/bin
+	@$(GO) test -c -o .cache/vm/bin/netlinkx.bench ./netlinkx
+	@$(GO) test -c -o .cache/vm/bin/gateway.bench ./gateway
+	@echo; echo '## Kernel WireGuard beside userspace (same make bench, inside scripts/vm)'; echo; \
+	  echo "Debian's kernel under qemu TCG on this machine, both modes in one VM: the kernel/userspace"; \
+	  echo 'ratio is the figure (emulation slows both). `mode=` names the backend.'; echo; echo '```'
+	@scripts/vm --timeout 2400 -- bash -c 'uname -r; cd netlinkx && ../.cache/vm/bin/netlinkx.bench -test.run "^$$" \
+	    -test.bench "BenchmarkApplyOneChanged" -test.benchtime 50x && \
+	  ../.cache/vm/bin/netlinkx.bench -test.run "^$$" -test.bench "BenchmarkInitialSync" -test.benchtime 3x && \
+	  cd ../gateway && ../.cache/vm/bin/gateway.bench -test.run "^$$" -test.bench "BenchmarkApplyOnePeer/.*/incremental" -test.benchtime 50x' \
+	  > .cache/vm/bench.out 2>&1 || { cat .cache/vm/bench.out >&2; exit 1; }
+	@grep -E '^(Benchmark|goos|goarch|cpu|[0-9]+\.[0-9]+\.[0-9]+-)' .cache/vm/bench.out
+	@echo '```'
 
 # The same at small sizes, under 2 minutes: CI runs it as part of make test;
 # its report goes to out/.

@@ -46,21 +46,23 @@ func benchPairs(b *testing.B, n int) []Pair {
 // for a change from its watch.
 func BenchmarkApplyOnePeer(b *testing.B) {
 	testlab.RequireRoot(b)
-	for _, mode := range []string{"incremental", "full"} {
-		for _, n := range []int{100, 1000, 10000} {
-			b.Run(fmt.Sprintf("%s/peers=%d", mode, n), func(b *testing.B) { benchApplyOnePeer(b, n, mode == "full") })
+	for _, wg := range testlab.WireGuardModes() {
+		for _, mode := range []string{"incremental", "full"} {
+			for _, n := range []int{100, 1000, 10000} {
+				b.Run(fmt.Sprintf("mode=%s/%s/peers=%d", wg, mode, n), func(b *testing.B) { benchApplyOnePeer(b, wg, n, mode == "full") })
+			}
 		}
 	}
 }
 
 var benchRuns int
 
-func benchApplyOnePeer(b *testing.B, n int, full bool) {
+func benchApplyOnePeer(b *testing.B, wg netlinkx.Mode, n int, full bool) {
 	// A name per run: the testing package runs a benchmark more than once,
 	// and a removed userspace device takes a moment to go.
 	benchRuns++
 	name := fmt.Sprintf("gwb%d", benchRuns)
-	link := testlab.OpenLink(b, netlinkx.Options{Name: name, MTU: 1420, ListenPort: 51900})
+	link := testlab.OpenLink(b, netlinkx.Options{Name: name, MTU: 1420, ListenPort: 51900, Want: wg})
 	fw, err := firewall.Open()
 	if err != nil {
 		b.Fatal(err)

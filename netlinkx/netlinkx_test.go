@@ -363,7 +363,7 @@ func TestUserspaceLogCapped(t *testing.T) {
 	if err := os.WriteFile(path, bytes.Repeat([]byte("x"), netlinkx.MaxUserspaceLog), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l := testlab.OpenLink(t, netlinkx.Options{Name: "wgcap0", MTU: 1420, ListenPort: 51829,
+	l := testlab.OpenLink(t, netlinkx.Options{Name: "wgcap0", MTU: 1420, ListenPort: 51829, Want: netlinkx.ModeUserspace,
 		StartUserspace: netlinkx.UserspaceStarter(testlab.UserspaceArgv(), path)})
 	if err := l.Ensure(); err != nil {
 		t.Fatal(err)

@@ -115,6 +115,17 @@ func serveDaemon(args []string) int {
 	return 0
 }
 
+// WireGuardModes are the link backends this machine runs: userspace devices
+// everywhere, kernel links where the kernel has the wireguard module (inside
+// scripts/vm). Benchmarks measure each, so that make bench puts the two
+// side by side in one VM.
+func WireGuardModes() []netlinkx.Mode {
+	if _, err := os.Stat("/sys/module/wireguard"); err == nil {
+		return []netlinkx.Mode{netlinkx.ModeKernel, netlinkx.ModeUserspace}
+	}
+	return []netlinkx.Mode{netlinkx.ModeUserspace}
+}
+
 // OpenLink opens a netlinkx.Link for a test: a userspace device served by
 // the test binary (see Main), a fresh key unless opts has one, warnings to
 // stderr unless opts has a logger. The link is removed when the test ends,
