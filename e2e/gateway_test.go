@@ -311,15 +311,17 @@ func TestGateway(t *testing.T) {
 		t.Errorf("after the flush, a peer whose allow list excludes %s reached it", c.Name)
 	}
 
-	// Expiry cuts a peer off; its record and address claim go.
+	// Expiry cuts a peer off; its record and address claim go. The lifetime
+	// has to outlast creating the peer, wg-quick up and a first handshake,
+	// which take several times longer under emulation.
 	temp := newLaptop("lap3")
-	res3 := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "temp", "--expires", "4s")
+	res3 := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "temp", "--expires", budget(4*time.Second).String())
 	temp.up(t, res3.Config)
-	if !temp.pingWithin(b.meshAddr(), 3*time.Second) {
+	if !temp.pingWithin(b.meshAddr(), budget(3*time.Second)) {
 		t.Fatalf("expiring peer never reached %s", b.Name)
 	}
 	tempKey := configKey(t, res3.Config)
-	testlab.Eventually(t, 20*time.Second, "the expired peer leaves the gateway's device, route and KV", func() bool {
+	testlab.Eventually(t, budget(20*time.Second), "the expired peer leaves the gateway's device, route and KV", func() bool {
 		_, inKernel := userPeers(t, gw, gwIface)[tempKey]
 		routes, _ := gw.Exec("ip", "-6", "route", "show", "proto", "77", "dev", gwIface)
 		_, record := gatewayKV(t, kv)[gateway.RecordKey(gw.Name, "acme", "temp")]
