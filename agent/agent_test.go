@@ -493,7 +493,7 @@ func TestHintAlone(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := catalogsync.WriteHint(ctx, c, "meshd/hint", hint); err != nil {
+		if _, err := catalogsync.WriteHint(ctx, c, "meshd/hint", hint); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -535,7 +535,7 @@ func TestHintAlone(t *testing.T) {
 		{ConsulNode: node, ServiceID: h.self.ID(), Index: 1 << 40},
 		{ConsulNode: node, ServiceID: r9.ID(), Index: 1},
 	} {
-		if err := catalogsync.WriteHint(ctx, c, "meshd/hint", hint); err != nil {
+		if _, err := catalogsync.WriteHint(ctx, c, "meshd/hint", hint); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -122,6 +122,12 @@ type CatalogStatus struct {
 	Hints        uint64 `json:"hints"`
 	HintReads    uint64 `json:"hint_reads"`
 	HintsApplied uint64 `json:"hints_applied"`
+	// HintRingReads counts reads of the hint ring (a wake skipped hints);
+	// HintGaps the times hints were missed that the ring could not give
+	// back (or a hint could not be read), each answered by a read of the
+	// whole list.
+	HintRingReads uint64 `json:"hint_ring_reads"`
+	HintGaps      uint64 `json:"hint_gaps"`
 	// OlderKept counts instance versions a list showed older than an
 	// earlier list had (a lagging server), which were not applied.
 	OlderKept uint64 `json:"older_kept"`
@@ -238,7 +244,7 @@ func (a *Agent) catalogStatus() CatalogStatus {
 	}
 	cs.SnapshotInUse, cs.SnapshotSaved = fromDisk, savedAt
 	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsApplied, w.Reads
-	cs.OlderKept = w.OlderKept
+	cs.OlderKept, cs.HintRingReads, cs.HintGaps = w.OlderKept, w.RingReads, w.Gaps
 	return cs
 }
 

@@ -39,6 +39,7 @@ var (
 	plotFlag     = flag.String("plot", "", "write the latency CDF of the largest size (PNG) to this file")
 	profileFlag  = flag.String("cpuprofile", "", "save a CPU profile of the first meshd host during the events of the largest size")
 	hintFlag     = flag.String("hint-key", "meshd/hint", "meshd's consul.hint_key, written for each event by its writer (empty: no hints)")
+	fullReadFlag = flag.Duration("full-read-interval", time.Minute, "meshd's catalog.full_read_interval (the catalog's fill, unhinted, shows at the next full read)")
 	logLevelFlag = flag.String("meshd-log-level", "warn", "log_level of the meshd hosts (their logs stay in the lab directory)")
 )
 
@@ -293,8 +294,8 @@ func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost
 	name := h.Name
 	mh := &meshHost{Host: h, iface: fmt.Sprintf("wb%d%s", os.Getpid()%1000, name),
 		config: filepath.Join(h.Dir, "meshd.yaml"), sock: filepath.Join(h.Dir, "meshd.sock")}
-	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_key: %q\ntrust:\n  authorities: %s\n",
-		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag, *hintFlag, trusttest.PublicKey())
+	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\ncatalog:\n  full_read_interval: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_key: %q\ntrust:\n  authorities: %s\n",
+		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag, *fullReadFlag, *hintFlag, trusttest.PublicKey())
 	if err := os.WriteFile(mh.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -109,7 +109,7 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 			return ev, err
 		}
 		ev.hinted = time.Now() // the key may wake its watchers before the write returns
-		if err := catalogsync.WriteHint(ctx, c, *hintFlag, h); err != nil {
+		if _, err := catalogsync.WriteHint(ctx, c, *hintFlag, h); err != nil {
 			return ev, err
 		}
 	}

@@ -122,6 +122,7 @@ func TestBench(t *testing.T) {
 
 		p := Point{N: n, Latency: map[string][]time.Duration{}, MeshdByKind: map[string][]time.Duration{}, FloorByKind: map[string][]time.Duration{}, Unconverged: map[string]int{}, Reread: map[string]int{}, RxPerEvent: map[string]float64{}}
 		before := map[string]procStat{}
+		agentBefore := map[string]procStat{}
 		rx0 := map[string]uint64{}
 		for _, h := range hosts {
 			ps, err := readProc(h.proc.Cmd.Process.Pid)
@@ -129,6 +130,9 @@ func TestBench(t *testing.T) {
 				t.Fatal(err)
 			}
 			before[h.Name] = ps
+			if agentBefore[h.Name], err = readProc(h.Consul.Pid()); err != nil {
+				t.Fatal(err)
+			}
 			rx0[h.Name] = rxBytes(t, h.Host)
 		}
 		if classic != nil {
@@ -148,6 +152,7 @@ func TestBench(t *testing.T) {
 		} else {
 			close(profiled)
 		}
+		eventsStart := time.Now()
 		for range *eventsFlag {
 			// The probe's events go round across sizes: join, rotate,
 			// endpoint, leave.
@@ -219,18 +224,42 @@ func TestBench(t *testing.T) {
 			}
 		}
 		<-profiled
+		eventsWindow := time.Since(eventsStart)
+		busy := map[string]time.Duration{} // meshd + agent CPU over the events
 		for _, h := range hosts {
 			ps, err := readProc(h.proc.Cmd.Process.Pid)
 			if err != nil {
 				t.Fatal(err)
 			}
 			p.CPUPerEvent = max(p.CPUPerEvent, (ps.cpu-before[h.Name].cpu)/time.Duration(*eventsFlag))
+			as, err := readProc(h.Consul.Pid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			agentCPU := (as.cpu - agentBefore[h.Name].cpu) / time.Duration(*eventsFlag)
+			p.AgentCPUPerEvent = max(p.AgentCPUPerEvent, agentCPU)
+			p.HostCPUPerEvent = max(p.HostCPUPerEvent, (ps.cpu-before[h.Name].cpu)/time.Duration(*eventsFlag)+agentCPU)
+			busy[h.Name] = ps.cpu - before[h.Name].cpu + as.cpu - agentBefore[h.Name].cpu
 			p.PeakRSS = max(p.PeakRSS, ps.hwm)
 			p.RxPerEvent[h.Name] = float64(rxBytes(t, h.Host)-rx0[h.Name]) / float64(*eventsFlag)
 		}
 		if classic != nil {
 			p.RxPerEvent[classic.Name] = float64(rxBytes(t, classic)-rx0[classic.Name]) / float64(*eventsFlag)
 		}
+		// The same hosts idle for as long (at most 2 minutes): periodic
+		// reads fall in both windows, so what the events cost is the
+		// difference.
+		p.IdleWindow = min(eventsWindow, 2*time.Minute)
+		idle0 := hostCPU(t, hosts)
+		time.Sleep(p.IdleWindow)
+		idle1 := hostCPU(t, hosts)
+		for _, h := range hosts {
+			idle := idle1[h.Name] - idle0[h.Name]
+			p.HostIdlePerMinute = max(p.HostIdlePerMinute, time.Duration(float64(idle)*float64(time.Minute)/float64(p.IdleWindow)))
+			scaled := time.Duration(float64(idle) * float64(eventsWindow) / float64(p.IdleWindow))
+			p.HostCPUPerChange = max(p.HostCPUPerChange, max(busy[h.Name]-scaled, 0)/time.Duration(*eventsFlag))
+		}
+		p.EventsWindow = eventsWindow
 		for _, tg := range targets {
 			if tg.system == Meshd {
 				p.RoutePeriod = max(p.RoutePeriod, tg.medianPeriod())
@@ -366,6 +395,23 @@ func maxTime(a, b time.Time) time.Time {
 
 // waitCount waits until every meshd device holds the n simulated nodes and
 // the other meshd hosts, and the classic device the n nodes.
+// hostCPU reads, per meshd host, the CPU time of meshd and of its Consul
+// client agent together.
+func hostCPU(t *testing.T, hosts []*meshHost) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	for _, h := range hosts {
+		for _, pid := range []int{h.proc.Cmd.Process.Pid, h.Consul.Pid()} {
+			ps, err := readProc(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[h.Name] += ps.cpu
+		}
+	}
+	return out
+}
+
 func waitCount(t *testing.T, targets []*target, n, hosts int) {
 	t.Helper()
 	for _, tg := range targets {
@@ -536,8 +582,11 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
   here); both are in meshd's latency. The hint key's arrival is timed beside the floor, by a
   blocking query on it through every meshd host's agent, until the slowest of them returns.
 - CPU per event: meshd's user+system time over the events of a size, divided by the events
-  (the userspace WireGuard device runs in a process of its own and is not counted); peak RSS
-  is the process's VmHWM. Bytes per event: what the host's underlay link received over the
+  (the userspace WireGuard device runs in a process of its own and is not counted); its Consul
+  client agent's the same way; host per change: meshd's and its agent's together over the
+  events, minus theirs over an idle window right after (as long as the events took, at most
+  2 minutes; scaled to the events' length), divided by the events: periodic full reads fall in
+  both windows, and the idle cost per minute is given beside it. Peak RSS is meshd's VmHWM. Bytes per event: what the host's underlay link received over the
   events, divided by the events (Consul RPC, gossip and everything else on that host).
 - Initial sync: a fresh meshd host with its own agent, started after the events, until the end
   of the first device read (UAPI) that shows every node; it then leaves.
@@ -570,7 +619,7 @@ func machine() []string {
 		"Consul: " + run(consul, "version"),
 		"consul-template: " + run(consulTemplatePath, "-v"),
 		"meshd: " + run("git", "-C", "..", "describe", "--always", "--dirty"),
-		fmt.Sprintf("Flags: -sizes %s -events %d -hosts %d -idle %s", *sizesFlag, *eventsFlag, *hostsFlag, *idleFlag),
+		fmt.Sprintf("Flags: -sizes %s -events %d -hosts %d -idle %s -full-read-interval %s -hint-key %q", *sizesFlag, *eventsFlag, *hostsFlag, *idleFlag, *fullReadFlag, *hintFlag),
 	}
 }
 
@@ -602,5 +651,15 @@ func targetsMet(points []Point) []string {
 	out = append(out, "Bytes received per event per host (must not grow with N for meshd): "+strings.Join(rx, "; ")+".")
 	out = append(out, fmt.Sprintf("meshd CPU per event at N = %d under 30 ms: %s ms, %s.", last.N, ms(last.CPUPerEvent), verdict(last.CPUPerEvent < 30*time.Millisecond)))
 	out = append(out, fmt.Sprintf("meshd RSS at N = %d under 100 MB: %.1f MB, %s.", last.N, float64(last.PeakRSS)/(1<<20), verdict(last.PeakRSS < 100<<20)))
+	for _, p := range points {
+		if p.N == 10000 {
+			out = append(out, fmt.Sprintf("Host CPU per change (meshd + its Consul agent, minus idle) at N = 10000 under 2 ms: %s ms, %s.", ms(p.HostCPUPerChange), verdict(p.HostCPUPerChange < 2*time.Millisecond)))
+		}
+	}
+	if first := points[0]; len(points) > 1 && first.HostCPUPerChange > 0 {
+		out = append(out, fmt.Sprintf("Host CPU per change at N = %d within 1.5x of N = %d: %s vs %s ms (x%.2f), %s.", last.N, first.N,
+			ms(last.HostCPUPerChange), ms(first.HostCPUPerChange), float64(last.HostCPUPerChange)/float64(first.HostCPUPerChange),
+			verdict(float64(last.HostCPUPerChange) <= 1.5*float64(first.HostCPUPerChange))))
+	}
 	return out
 }

@@ -28,5 +28,5 @@ func Announce(ctx context.Context, c *api.Client, key, consulNode string, reg Re
 	if h.Index, err = WaitInstance(ctx, c, reg.Service, h, shown); err != nil {
 		return h, fmt.Errorf("the catalog did not show the change of %s: %w", reg.ID(), err)
 	}
-	return h, WriteHint(ctx, c, key, h)
+	return WriteHint(ctx, c, key, h)
 }

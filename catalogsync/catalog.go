@@ -42,6 +42,11 @@ type Catalog struct {
 	// followed so that another node's change is read alone instead of
 	// waiting for the whole list. Empty turns hints off.
 	HintKey string
+	// FullReadInterval, with hints on, spaces the reads of the whole list
+	// (Watcher.ReadEvery): changes come as hints, the list is read about
+	// once per interval, and at once when hints were missed. Zero, or hints
+	// off, reads the list on every change (spaced by Limiter).
+	FullReadInterval time.Duration
 	// Limiter, when set, spaces the list watch's wakes (Watcher.Limiter).
 	Limiter *rate.Limiter
 	// MaxStale, when set, refuses a list from a server that last heard
@@ -49,8 +54,9 @@ type Catalog struct {
 	MaxStale time.Duration
 	Logger   *slog.Logger
 
-	once    sync.Once
-	watcher *Watcher
+	once        sync.Once
+	watcher     *Watcher // the whole list
+	hintWatcher *Watcher
 	// announcing counts hint writers in flight; Watch waits for them.
 	announcing sync.WaitGroup
 
@@ -62,7 +68,9 @@ type Catalog struct {
 	// is at least as new (Overlay, Prune).
 	hinted                         map[string]Hinted
 	hints, hintReads, hintsApplied uint64
+	gaps                           uint64 // hints missed (RunHints' lost)
 	consulNode                     string // the local agent's node, once known
+	send                           func() // delivers the view, while Watch runs
 	// newest holds, by service ID, the newest version of each instance a
 	// list showed and when it was first seen: a list from a lagging server
 	// (its index went backwards) does not bring back an older version of
@@ -80,6 +88,10 @@ func (c *Catalog) init() {
 		}
 		c.watcher = &Watcher{Client: c.Client, HTTP: c.HTTP, Service: c.Service, Datacenter: c.Datacenter,
 			Logger: c.Logger, Limiter: c.Limiter, MaxStale: c.MaxStale}
+		c.hintWatcher = &Watcher{Client: c.Client, Datacenter: c.Datacenter, Logger: c.Logger}
+		if c.HintKey != "" {
+			c.watcher.ReadEvery = c.FullReadInterval
+		}
 		c.hinted = map[string]Hinted{}
 	})
 }
@@ -107,6 +119,14 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 		defer c.deliverMu.Unlock()
 		deliver(out)
 	}
+	c.mu.Lock()
+	c.send = send
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.send = nil
+		c.mu.Unlock()
+	}()
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		c.watcher.Run(ctx, func(s Snapshot) {
@@ -134,12 +154,12 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 	})
 	if c.HintKey != "" {
 		wg.Go(func() {
-			hw := &Watcher{Client: c.Client, Datacenter: c.Datacenter, Logger: c.Logger}
-			hw.RunHints(ctx, c.HintKey, func(h Hint) {
+			c.hintWatcher.RunHints(ctx, c.HintKey, func(h Hint) {
 				if h.ServiceID != own && c.readHint(ctx, h) {
 					send()
 				}
-			})
+			}, c.missed)
+
 		})
 	}
 	wg.Wait()
@@ -191,7 +211,8 @@ func (c *Catalog) keepNewest(s *Snapshot) int {
 
 // readHint reads the instance a hint names, unless the list already has
 // the change, and keeps what it read until the list catches up. It reports
-// whether the view changed. A read that fails is left to the list.
+// whether the view changed. A read that fails makes the list be read
+// (missed).
 func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
 	c.mu.Lock()
 	c.hints++
@@ -206,14 +227,15 @@ func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
 	start := time.Now()
 	e, index, err := ReadInstance(ctx, c.Client, c.Service, h, q)
 	if err != nil {
-		c.Logger.Debug("hint not read; the watch brings the change", "service_id", h.ServiceID, "err", err)
+		// The change is not lost: the list read it asks for brings it.
+		c.missed(fmt.Sprintf("hint %d not read: %v", h.Seq, err))
 		return false
 	}
 	c.Logger.Debug("hint read", "service_id", h.ServiceID, "index", index, "found", e != nil, "took", time.Since(start))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.hintReads++
-	if c.list == nil || index <= c.list.Index {
+	if c.list != nil && index <= c.list.Index {
 		return false
 	}
 	hd := Hinted{Entry: e, Index: index}
@@ -225,13 +247,35 @@ func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
 	return true
 }
 
-// State is the list watch's state with the hint counters.
+// missed answers hints missed (or not read) with a read of the whole list.
+func (c *Catalog) missed(why string) {
+	c.mu.Lock()
+	c.gaps++
+	c.mu.Unlock()
+	c.Logger.Info("hints missed; reading the whole list", "why", why)
+	c.watcher.ReadNow()
+}
+
+// State is the list watch's state with the hint counters. With hints on,
+// the hint watch is the live link to the catalog (the list is read only
+// now and then): the catalog is reachable when both last succeeded, and
+// its last good read is the later of the two.
 func (c *Catalog) State() State {
 	c.init()
 	st := c.watcher.State()
 	c.mu.Lock()
 	st.Hints, st.HintReads, st.HintsApplied, st.OlderKept = c.hints, c.hintReads, c.hintsApplied, c.olderKept
+	hs := c.hintWatcher.State()
+	st.Gaps, st.RingReads = c.gaps, hs.RingReads
 	c.mu.Unlock()
+	if c.HintKey != "" {
+		if hs.LastError != "" && !hs.Reachable {
+			st.Reachable, st.LastError = false, hs.LastError
+		}
+		if hs.LastGoodRead.After(st.LastGoodRead) {
+			st.LastGoodRead = hs.LastGoodRead
+		}
+	}
 	return st
 }
 
@@ -290,7 +334,28 @@ func (c *Catalog) announce(ctx context.Context, reg Registration, shown func(*pe
 		c.Logger.Warn("no hint written: the local agent's node name is unknown", "err", err)
 		return
 	}
-	h, err := Announce(ctx, c.Client, c.HintKey, node, reg, shown, w)
+	var seen *peers.Entry
+	h, err := Announce(ctx, c.Client, c.HintKey, node, reg, func(e *peers.Entry) bool {
+		if shown(e) {
+			seen = e
+			return true
+		}
+		return false
+	}, w)
+	if seen != nil && h.Index != 0 {
+		// This node's own change, as the catalog showed it: into the view
+		// now, as a hint's read would be (the node skips its own hints),
+		// since the whole list may not be read again for a while.
+		c.mu.Lock()
+		if c.list == nil || h.Index > c.list.Index {
+			c.hinted[reg.ID()] = Hinted{Entry: seen, Index: h.Index}
+		}
+		send := c.send
+		c.mu.Unlock()
+		if send != nil {
+			send()
+		}
+	}
 	switch {
 	case errors.Is(err, context.Canceled):
 		// the agent stops

@@ -289,3 +289,45 @@ func TestWatchSurvivesConsulRestart(t *testing.T) {
 		t.Error("watch not reachable after Consul came back")
 	}
 }
+
+// TestReadEvery: a watch with ReadEvery reads the whole list once, then
+// not again within the interval (an hour here) though the list changed;
+// ReadNow reads it at once, and a second ReadNow within ReadNowEvery
+// waits.
+func TestReadEvery(t *testing.T) {
+	testlab.RequireRoot(t)
+	c, _ := clients(t, testlab.StartDevConsul(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &catalogsync.Watcher{Client: c, Service: "meshd", ReadEvery: time.Hour, ReadNowEvery: time.Hour}
+	ch := make(chan catalogsync.Snapshot, 10)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.Run(ctx, func(s catalogsync.Snapshot) { ch <- s })
+	}()
+	defer func() { cancel(); <-done }()
+	next(t, ch, "the first read", func(catalogsync.Snapshot) bool { return true })
+
+	r1 := registration(t, "h1", 1)
+	if err := catalogsync.Register(ctx, c, r1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if n := w.State().Reads; n != 1 {
+		t.Fatalf("%d reads within 2s of the first, want 1 (the next is an hour away)", n)
+	}
+	w.ReadNow()
+	if s := next(t, ch, "h1 after ReadNow", func(s catalogsync.Snapshot) bool { _, ok := ids(s)[r1.ID()]; return ok }); s.Index == 0 {
+		t.Error("a snapshot with index 0")
+	}
+
+	r2 := registration(t, "h2", 2)
+	if err := catalogsync.Register(ctx, c, r2); err != nil {
+		t.Fatal(err)
+	}
+	w.ReadNow()
+	time.Sleep(2 * time.Second)
+	if n := w.State().Reads; n != 2 {
+		t.Errorf("%d reads after a second ReadNow within ReadNowEvery, want 2", n)
+	}
+}

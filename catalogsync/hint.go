@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,21 +14,36 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"meshd.dev/meshd/internal/loop"
 	"meshd.dev/meshd/peers"
 )
 
 // A hint is a small KV key naming the last changed instance: the node
 // whose entry changed writes it once the catalog has the change, and every
 // other meshd, woken by a blocking query on that one key, reads that one
-// instance instead of waiting for the watch to deliver the whole list
-// again. A hint is only a trigger: what is applied is always read from the
-// catalog, and the watch of the whole service stays the authority (see
-// Overlay). Two changes at once may leave only the later one in the key:
-// the earlier one then comes with the list, as without hints.
+// instance instead of reading the whole list again. A hint is only a
+// trigger: what is applied is always read from the catalog, and the whole
+// list, read at most every full-read interval, stays the authority (see
+// Overlay).
+//
+// Hints are a sequence, so that a reader knows when it missed one: every
+// write takes the next number with a check-and-set on the key, and the
+// same transaction keeps the hint in a ring of HintRing keys under
+// "<key>/" (the slot is the number modulo HintRing). A reader whose wake
+// skipped numbers reads them back from the ring; when it cannot (the
+// numbers went back, more than the ring was missed, a slot was already
+// overwritten, or the key holds something that is not a hint), it knows
+// it lost changes and reads the whole list at once.
+
+// HintRing is how many of the last hints the ring under the hint key
+// keeps.
+const HintRing = 64
 
 // Hint names one instance: the Consul node it is registered on, its
 // service ID, and the catalog index at which its writer saw the change.
 type Hint struct {
+	// Seq is the hint's number in the key's sequence (WriteHint sets it).
+	Seq        uint64
 	ConsulNode string
 	ServiceID  string
 	Index      uint64
@@ -39,41 +53,41 @@ type Hint struct {
 	Withdrawal *peers.Withdrawal
 }
 
-// Value is the hint key's value: "<consul node> <service id> <index>",
-// and for a leave " <serial> <base64 signature>" of the withdrawal. The
-// index makes every hint a new value (Consul does not wake the watchers of
-// a key set to the value it has).
+// Value is the hint key's value: "<seq> <consul node> <service id>
+// <index>", and for a leave " <serial> <base64 signature>" of the
+// withdrawal.
 func (h Hint) Value() []byte {
-	v := h.ConsulNode + " " + h.ServiceID + " " + strconv.FormatUint(h.Index, 10)
+	v := strconv.FormatUint(h.Seq, 10) + " " + h.ConsulNode + " " + h.ServiceID + " " + strconv.FormatUint(h.Index, 10)
 	if w := h.Withdrawal; w != nil {
 		v += " " + strconv.FormatUint(w.Serial, 10) + " " + base64.StdEncoding.EncodeToString(w.Signature)
 	}
 	return []byte(v)
 }
 
-// ParseHint reads a hint key's value: a Consul node name, a service ID and
-// a catalog index, and optionally a withdrawal's serial and signature,
-// separated by single spaces.
+// ParseHint reads a hint key's value: a sequence number, a Consul node
+// name, a service ID and a catalog index, and optionally a withdrawal's
+// serial and signature, separated by single spaces.
 func ParseHint(b []byte) (Hint, error) {
 	f := strings.Split(string(b), " ")
 	bad := func() (Hint, error) {
-		return Hint{}, fmt.Errorf("hint %.64q: want \"<consul node> <service id> <catalog index> [<withdrawal serial> <signature>]\"", b)
+		return Hint{}, fmt.Errorf("hint %.64q: want \"<seq> <consul node> <service id> <catalog index> [<withdrawal serial> <signature>]\"", b)
 	}
-	if (len(f) != 3 && len(f) != 5) || f[0] == "" || f[1] == "" || strings.ContainsAny(string(b), "\n\r\t") || len(b) > 512 {
+	if (len(f) != 4 && len(f) != 6) || f[1] == "" || f[2] == "" || strings.ContainsAny(string(b), "\n\r\t") || len(b) > 512 {
 		return bad()
 	}
 	number := func(s string) (uint64, bool) {
 		n, err := strconv.ParseUint(s, 10, 64)
 		return n, err == nil && n != 0 && strconv.FormatUint(n, 10) == s
 	}
-	index, ok := number(f[2])
-	if !ok {
+	seq, ok1 := number(f[0])
+	index, ok2 := number(f[3])
+	if !ok1 || !ok2 {
 		return bad()
 	}
-	h := Hint{ConsulNode: f[0], ServiceID: f[1], Index: index}
-	if len(f) == 5 {
-		serial, ok := number(f[3])
-		sig, err := base64.StdEncoding.Strict().DecodeString(f[4])
+	h := Hint{Seq: seq, ConsulNode: f[1], ServiceID: f[2], Index: index}
+	if len(f) == 6 {
+		serial, ok := number(f[4])
+		sig, err := base64.StdEncoding.Strict().DecodeString(f[5])
 		if !ok || err != nil || len(sig) != ed25519.SignatureSize {
 			return bad()
 		}
@@ -82,13 +96,92 @@ func ParseHint(b []byte) (Hint, error) {
 	return h, nil
 }
 
-// WriteHint sets the hint key to h through the local agent.
-func WriteHint(ctx context.Context, c *api.Client, key string, h Hint) error {
-	q := (&api.WriteOptions{}).WithContext(ctx)
-	if _, err := c.KV().Put(&api.KVPair{Key: key, Value: h.Value()}, q); err != nil {
-		return fmt.Errorf("write hint %s: %w", key, err)
+// RingKey is the key of the ring slot that keeps hint number seq.
+func RingKey(key string, seq uint64) string {
+	return key + "/" + strconv.FormatUint(seq%HintRing, 10)
+}
+
+// maxHintWrites bounds WriteHint's attempts when other writers keep
+// taking the next number first.
+const maxHintWrites = 20
+
+// WriteHint appends h to the hint key's sequence through the local agent:
+// it reads the key, and in one transaction sets it to h numbered one
+// above what it held (check-and-set on the key's index) and puts h in its
+// ring slot; when another writer got there first it tries again. A key
+// that holds no hint starts the sequence at 1 (readers take the jump as
+// a gap). It returns h with its number.
+func WriteHint(ctx context.Context, c *api.Client, key string, h Hint) (Hint, error) {
+	for attempt := 1; ; attempt++ {
+		pair, _, err := c.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return h, fmt.Errorf("write hint %s: read the sequence: %w", key, err)
+		}
+		var cas uint64
+		h.Seq = 1
+		if pair != nil {
+			cas = pair.ModifyIndex
+			if last, err := ParseHint(pair.Value); err == nil {
+				h.Seq = last.Seq + 1
+			}
+		}
+		v := h.Value()
+		ops := api.TxnOps{
+			{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: key, Value: v, Index: cas}},
+			{KV: &api.KVTxnOp{Verb: api.KVSet, Key: RingKey(key, h.Seq), Value: v}},
+		}
+		ok, resp, _, err := c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return h, fmt.Errorf("write hint %s: %w", key, err)
+		}
+		if ok {
+			return h, nil
+		}
+		if attempt == maxHintWrites {
+			var why []string
+			if resp != nil {
+				for _, e := range resp.Errors {
+					why = append(why, e.What)
+				}
+			}
+			return h, fmt.Errorf("write hint %s: %d attempts lost the check-and-set to other writers: %s", key, attempt, strings.Join(why, "; "))
+		}
+		select {
+		case <-ctx.Done():
+			return h, ctx.Err()
+		case <-time.After(loop.Backoff(attempt, 5*time.Millisecond, 200*time.Millisecond)):
+		}
 	}
-	return nil
+}
+
+// Sequence follows hint numbers as a reader sees them: Next takes each
+// value the key showed, in order, and says which numbers the reader
+// skipped (to read back from the ring) or that it cannot know what it
+// missed.
+type Sequence struct {
+	last    uint64
+	started bool
+}
+
+// Next takes the number of the value the key holds now (0: none, or not a
+// hint) and returns the numbers skipped since the last value, from up to
+// but not including seq, and lost when what was missed cannot be read back
+// from the ring. The first value is the start: nothing before it is
+// missed (the reader reads the whole list when it starts).
+func (s *Sequence) Next(seq uint64) (from uint64, lost bool) {
+	last, started := s.last, s.started
+	s.last, s.started = seq, true
+	switch {
+	case !started:
+		return seq, false
+	case seq == 0:
+		// The key was deleted or overwritten with something else: a hint
+		// it held may never have been read. The next writer starts at 1.
+		return 0, true
+	case seq <= last, seq-last > HintRing:
+		return seq, true
+	}
+	return last + 1, false
 }
 
 // ReadInstance reads one instance of service from the catalog (stale reads
@@ -245,11 +338,12 @@ func (w *Watcher) RunRevocations(ctx context.Context, deliver func([][]byte)) er
 const maxRevocation = 1024
 
 // RunHints follows the hint key on the local agent until ctx is done,
-// calling deliver with each new hint (the value there at the first read is
-// not a hint: it is past). It uses the watch's blocking-query loop: the
-// same rate limit and backoff. A value that is not a hint is skipped and
-// logged.
-func (w *Watcher) RunHints(ctx context.Context, key string, deliver func(Hint)) error {
+// calling deliver with every hint in order: the one there at the first
+// read, then each later one, those a wake skipped read back from the ring
+// (Sequence). lost is called, with why, when hints may have been missed
+// that the ring cannot give back. It uses the watch's blocking-query loop:
+// the same rate limit and backoff.
+func (w *Watcher) RunHints(ctx context.Context, key string, deliver func(Hint), lost func(why string)) error {
 	read := func(q *api.QueryOptions) ([]byte, uint64, error) {
 		pair, meta, err := w.Client.KV().Get(key, q)
 		if err != nil {
@@ -260,21 +354,55 @@ func (w *Watcher) RunHints(ctx context.Context, key string, deliver func(Hint)) 
 		}
 		return pair.Value, meta.LastIndex, nil
 	}
-	logger := w.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	first := true
-	return follow(ctx, w, "hints "+key, read, bytes.Equal, func(value []byte, _ uint64) {
-		if first || value == nil {
-			first = false
-			return
+	var seq Sequence
+	return follow(ctx, w, "hints "+key, read, bytes.Equal, func(value []byte, index uint64) {
+		var h Hint
+		var err error
+		if value != nil {
+			h, err = ParseHint(value)
 		}
-		h, err := ParseHint(value)
-		if err != nil {
-			logger.Warn("ignoring a hint", "key", key, "err", err)
+		prev := seq.last
+		from, gap := seq.Next(h.Seq)
+		switch {
+		case gap && err != nil:
+			lost(fmt.Sprintf("the hint key holds something else: %v", err))
+			return
+		case gap && value == nil:
+			lost("the hint key was deleted")
+			return
+		case gap:
+			lost(fmt.Sprintf("hint %d came after %d", h.Seq, prev))
+		case from < h.Seq:
+			w.fill(ctx, key, index, from, h.Seq, deliver, lost)
+		}
+		if value != nil && err == nil {
+			deliver(h)
+		}
+	})
+}
+
+// fill delivers hints from up to but not including to, read from the
+// ring, or calls lost for the first one it no longer holds. index is the
+// index of the key's read: the ring read waits (briefly) for a lagging
+// server to reach it, as the same transaction wrote both.
+func (w *Watcher) fill(ctx context.Context, key string, index, from, to uint64, deliver func(Hint), lost func(string)) {
+	q := (&api.QueryOptions{AllowStale: true, Datacenter: w.Datacenter, WaitIndex: index - 1, WaitTime: hintReadWait}).WithContext(ctx)
+	pairs, _, err := w.Client.KV().List(key+"/", q)
+	if err != nil {
+		lost(fmt.Sprintf("hints %d to %d skipped, and the ring could not be read: %v", from, to-1, err))
+		return
+	}
+	ring := make(map[string][]byte, len(pairs))
+	for _, p := range pairs {
+		ring[p.Key] = p.Value
+	}
+	w.setState(func(s *State) { s.RingReads++ })
+	for n := from; n < to; n++ {
+		h, err := ParseHint(ring[RingKey(key, n)])
+		if err != nil || h.Seq != n {
+			lost(fmt.Sprintf("hint %d skipped and its ring slot already holds another", n))
 			return
 		}
 		deliver(h)
-	})
+	}
 }

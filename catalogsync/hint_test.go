@@ -3,11 +3,16 @@ package catalogsync_test
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/time/rate"
 
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/internal/testlab"
@@ -23,26 +28,30 @@ func TestParseHint(t *testing.T) {
 		want    catalogsync.Hint
 		wantErr bool
 	}{
-		{in: "node-1 meshd-h1 42", want: catalogsync.Hint{ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42}},
-		{in: "node-1 meshd-h1", wantErr: true},
-		{in: "node-1", wantErr: true},
-		{in: " meshd-h1 42", wantErr: true},
-		{in: "node-1  42", wantErr: true},
-		{in: "node-1 meshd-h1 ", wantErr: true},
-		{in: "node-1 meshd h1 42", wantErr: true},
-		{in: "node-1 meshd-h1 42\n", wantErr: true},
-		{in: "node-1 meshd-h1 0", wantErr: true},
-		{in: "node-1 meshd-h1 042", wantErr: true},
-		{in: "node-1 meshd-h1 -1", wantErr: true},
-		{in: "node-1 meshd-h1 18446744073709551616", wantErr: true},
+		{in: "7 node-1 meshd-h1 42", want: catalogsync.Hint{Seq: 7, ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42}},
+		{in: "node-1 meshd-h1 42", wantErr: true}, // no sequence number
+		{in: "0 node-1 meshd-h1 42", wantErr: true},
+		{in: "07 node-1 meshd-h1 42", wantErr: true},
+		{in: "x node-1 meshd-h1 42", wantErr: true},
+		{in: "7 node-1 meshd-h1", wantErr: true},
+		{in: "7 node-1", wantErr: true},
+		{in: "7  meshd-h1 42", wantErr: true},
+		{in: "7 node-1  42", wantErr: true},
+		{in: "7 node-1 meshd-h1 ", wantErr: true},
+		{in: "7 node-1 meshd h1 42", wantErr: true},
+		{in: "7 node-1 meshd-h1 42\n", wantErr: true},
+		{in: "7 node-1 meshd-h1 0", wantErr: true},
+		{in: "7 node-1 meshd-h1 042", wantErr: true},
+		{in: "7 node-1 meshd-h1 -1", wantErr: true},
+		{in: "7 node-1 meshd-h1 18446744073709551616", wantErr: true},
 		{in: "", wantErr: true},
-		{in: "node-1 meshd-h1 42 77 " + sig64, want: catalogsync.Hint{ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42,
+		{in: "7 node-1 meshd-h1 42 77 " + sig64, want: catalogsync.Hint{Seq: 7, ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42,
 			Withdrawal: &peers.Withdrawal{Serial: 77, Signature: make([]byte, 64)}}},
-		{in: "node-1 meshd-h1 42 77", wantErr: true},
-		{in: "node-1 meshd-h1 42 0 " + sig64, wantErr: true},
-		{in: "node-1 meshd-h1 42 77 " + sig64[:84] + "==", wantErr: true},
-		{in: "node-1 meshd-h1 42 77 not-base64!", wantErr: true},
-		{in: "node-1 meshd-h1 42 77 " + sig64 + " x", wantErr: true},
+		{in: "7 node-1 meshd-h1 42 77", wantErr: true},
+		{in: "7 node-1 meshd-h1 42 0 " + sig64, wantErr: true},
+		{in: "7 node-1 meshd-h1 42 77 " + sig64[:84] + "==", wantErr: true},
+		{in: "7 node-1 meshd-h1 42 77 not-base64!", wantErr: true},
+		{in: "7 node-1 meshd-h1 42 77 " + sig64 + " x", wantErr: true},
 	} {
 		got, err := catalogsync.ParseHint([]byte(tc.in))
 		if (err != nil) != tc.wantErr {
@@ -62,18 +71,52 @@ func TestParseHint(t *testing.T) {
 
 // FuzzParseHint: a value that parses is a hint whose value is itself.
 func FuzzParseHint(f *testing.F) {
-	f.Add([]byte("node-1 meshd-h1 42"))
-	f.Add([]byte("a b c"))
-	f.Add([]byte("node-1 meshd-h1 42 77 " + sig64))
+	f.Add([]byte("1 node-1 meshd-h1 42"))
+	f.Add([]byte("a b c d"))
+	f.Add([]byte("9 node-1 meshd-h1 42 77 " + sig64))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := catalogsync.ParseHint(b)
 		if err != nil {
 			return
 		}
-		if h.ConsulNode == "" || h.ServiceID == "" || h.Index == 0 || string(h.Value()) != string(b) {
+		if h.Seq == 0 || h.ConsulNode == "" || h.ServiceID == "" || h.Index == 0 || string(h.Value()) != string(b) {
 			t.Fatalf("ParseHint(%q) = %+v, value %q", b, h, h.Value())
 		}
 	})
+}
+
+// TestSequence: which hint numbers a reader skipped, and when it cannot
+// read them back from the ring.
+func TestSequence(t *testing.T) {
+	type step struct {
+		seq      uint64
+		wantFrom uint64
+		wantLost bool
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"in order", []step{{5, 5, false}, {6, 6, false}, {7, 7, false}}},
+		{"first is the start", []step{{900, 900, false}, {901, 901, false}}},
+		{"no key at first", []step{{0, 0, false}, {1, 1, false}}},
+		{"skipped two", []step{{5, 5, false}, {8, 6, false}}},
+		{"skipped the whole ring but one", []step{{1, 1, false}, {1 + catalogsync.HintRing, 2, false}}},
+		{"skipped more than the ring", []step{{1, 1, false}, {2 + catalogsync.HintRing, 2 + catalogsync.HintRing, true}}},
+		{"went back", []step{{10, 10, false}, {3, 3, true}, {4, 4, false}}},
+		{"same number again", []step{{10, 10, false}, {10, 10, true}}},
+		{"overwritten, then restarted", []step{{10, 10, false}, {0, 0, true}, {1, 1, false}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var s catalogsync.Sequence
+			for i, st := range tc.steps {
+				from, lost := s.Next(st.seq)
+				if from != st.wantFrom || lost != st.wantLost {
+					t.Errorf("step %d: Next(%d) = %d, %t; want %d, %t", i, st.seq, from, lost, st.wantFrom, st.wantLost)
+				}
+			}
+		})
+	}
 }
 
 func entry(id string, modify uint64, health string) peers.Entry {
@@ -136,9 +179,9 @@ func TestPrune(t *testing.T) {
 }
 
 // TestHints runs hints through a real agent: hint key values reach a
-// watcher of the key (not the one there before it started, nor values that
-// are not hints), and ReadInstance and WaitInstance see one instance come
-// and go.
+// watcher of the key (the one there when it started too), a value that is
+// not a hint is reported lost and restarts the sequence, and ReadInstance
+// and WaitInstance see one instance come and go.
 func TestHints(t *testing.T) {
 	testlab.RequireRoot(t)
 	c := testlab.StartDevConsul(t).Client(t)
@@ -149,17 +192,33 @@ func TestHints(t *testing.T) {
 		t.Fatal(err)
 	}
 	const key = "meshd/hint"
-	old := catalogsync.Hint{ConsulNode: node, ServiceID: "meshd-old", Index: 1}
-	if err := catalogsync.WriteHint(ctx, c, key, old); err != nil {
-		t.Fatal(err)
+	old, err := catalogsync.WriteHint(ctx, c, key, catalogsync.Hint{ConsulNode: node, ServiceID: "meshd-old", Index: 1})
+	if err != nil || old.Seq != 1 {
+		t.Fatalf("first WriteHint = %+v, %v; want number 1", old, err)
 	}
 	got := make(chan catalogsync.Hint, 10)
+	lost := make(chan string, 10)
 	w := &catalogsync.Watcher{Client: c}
-	go w.RunHints(ctx, key, func(h catalogsync.Hint) { got <- h })
-	testlab.Eventually(t, 10*time.Second, "the hint watch has read", func() bool { return w.State().Reads > 0 })
+	go w.RunHints(ctx, key, func(h catalogsync.Hint) { got <- h }, func(why string) { lost <- why })
+	select {
+	case g := <-got:
+		if diff := cmp.Diff(old, g); diff != "" {
+			t.Errorf("the hint there at start (-want +got):\n%s", diff)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hint there at start was not delivered within 10s")
+	}
 
 	if _, err := c.KV().Put(&api.KVPair{Key: key, Value: []byte("not a hint")}, nil); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case why := <-lost:
+		if !strings.Contains(why, "something else") {
+			t.Errorf("lost %q, want it to say the key holds something else", why)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a value that is not a hint was not reported lost within 10s")
 	}
 	r := registration(t, "h7", 7)
 	h := catalogsync.Hint{ConsulNode: node, ServiceID: r.ID()}
@@ -171,8 +230,8 @@ func TestHints(t *testing.T) {
 	if h.Index, err = catalogsync.WaitInstance(wctx, c, "meshd", h, func(e *peers.Entry) bool { return e != nil && r.Matches(*e) }); err != nil || h.Index == 0 {
 		t.Fatalf("WaitInstance (registered) = %d, %v", h.Index, err)
 	}
-	if err := catalogsync.WriteHint(ctx, c, key, h); err != nil {
-		t.Fatal(err)
+	if h, err = catalogsync.WriteHint(ctx, c, key, h); err != nil || h.Seq != 1 {
+		t.Fatalf("WriteHint over a value that is not a hint = %+v, %v; want number 1", h, err)
 	}
 	select {
 	case g := <-got:
@@ -205,6 +264,95 @@ func TestHints(t *testing.T) {
 	select {
 	case g := <-got:
 		t.Errorf("hint delivered for a value that is none, or twice: %+v", g)
+	case why := <-lost:
+		t.Errorf("lost reported for hints in order: %s", why)
 	default:
 	}
+}
+
+// TestHintRing: hints a reader's wake skipped come back from the ring, in
+// order; more than the ring holds is reported lost. Concurrent writers
+// each get their own number. The reader is made slow by its limiter (one
+// wake per 3s), so that writes pile up between its wakes.
+func TestHintRing(t *testing.T) {
+	testlab.RequireRoot(t)
+	c := testlab.StartDevConsul(t).Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const key = "meshd/hint"
+	write := func(id string) catalogsync.Hint {
+		t.Helper()
+		h, err := catalogsync.WriteHint(ctx, c, key, catalogsync.Hint{ConsulNode: "n", ServiceID: id, Index: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	write("meshd-start")
+	got := make(chan catalogsync.Hint, 4*catalogsync.HintRing)
+	lost := make(chan string, 10)
+	w := &catalogsync.Watcher{Client: c, Limiter: rate.NewLimiter(rate.Every(3*time.Second), 1)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.RunHints(ctx, key, func(h catalogsync.Hint) { got <- h }, func(why string) { lost <- why })
+	}()
+	defer func() { cancel(); <-done }()
+	if h := <-got; h.ServiceID != "meshd-start" {
+		t.Fatalf("first hint %+v", h)
+	}
+
+	// Five writers at once, three hints each: 15 distinct numbers.
+	var wg sync.WaitGroup
+	for i := range 5 {
+		wg.Go(func() {
+			for j := range 3 {
+				write(fmt.Sprintf("meshd-w%d-%d", i, j))
+			}
+		})
+	}
+	wg.Wait()
+	var seqs []uint64
+	for len(seqs) < 15 {
+		select {
+		case h := <-got:
+			seqs = append(seqs, h.Seq)
+		case why := <-lost:
+			t.Fatalf("lost with 15 hints skipped: %s", why)
+		case <-time.After(15 * time.Second):
+			t.Fatalf("after 15s, delivered %v of 15 hints", seqs)
+		}
+	}
+	if want := []uint64{2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}; !slices.Equal(seqs, want) {
+		t.Errorf("delivered numbers %v, want %v", seqs, want)
+	}
+	if w.State().RingReads == 0 {
+		t.Error("no ring read counted")
+	}
+
+	// More than the ring holds between two wakes (the first write wakes
+	// the reader, the rest come within its 3s pause): lost, and the last
+	// hint is still delivered.
+	var last catalogsync.Hint
+	for i := range 2 * catalogsync.HintRing {
+		last = write(fmt.Sprintf("meshd-x%d", i))
+	}
+	select {
+	case why := <-lost:
+		t.Logf("lost: %s", why)
+	case <-time.After(15 * time.Second):
+		t.Fatal("more hints skipped than the ring holds, and nothing reported lost")
+	}
+	testlab.Eventually(t, 10*time.Second, "the last hint delivered", func() bool {
+		for {
+			select {
+			case h := <-got:
+				if h.Seq == last.Seq {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
 }

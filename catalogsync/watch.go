@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -51,6 +52,10 @@ type State struct {
 	// already has is not read); HintsApplied the reads newer than the list
 	// they went into.
 	Hints, HintReads, HintsApplied uint64
+	// RingReads counts reads of the hint ring (a wake skipped hints);
+	// Gaps the times hints were missed that the ring could not give back,
+	// each answered by a read of the whole list.
+	RingReads, Gaps uint64
 	// OlderKept counts instance versions a list showed older than one an
 	// earlier list had, which the Catalog kept instead.
 	OlderKept uint64
@@ -76,9 +81,41 @@ type Watcher struct {
 	// MaxStale, when set, refuses a service read whose answering server
 	// last heard from the leader longer ago (ErrStale).
 	MaxStale time.Duration
+	// ReadEvery, when set, spaces the service watch's reads instead of
+	// Limiter: each blocking query waits at most ReadEvery, and the next
+	// starts ReadEvery (plus up to a tenth, random) after the last began,
+	// so the whole list is read about once per ReadEvery whether the
+	// catalog is idle or churning, and a change after a quiet spell is
+	// read at once; ReadNow reads at once between queries.
+	ReadEvery time.Duration
+	// ReadNowEvery spaces the reads ReadNow asks for (default 5s).
+	ReadNowEvery time.Duration
 
-	mu    sync.Mutex
-	state State
+	mu      sync.Mutex
+	state   State
+	readNow chan struct{}
+}
+
+// ReadNow makes a watch with ReadEvery read the whole list at once (non
+// blocking), or as soon as ReadNowEvery allows after the last such read.
+// A blocking query in flight is left to finish first: it returns as soon
+// as the list changes past the last read, so until it returns the list
+// has nothing newer; the read asked for follows it. Asks while one is
+// pending are one.
+func (w *Watcher) ReadNow() {
+	select {
+	case w.kick() <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Watcher) kick() chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.readNow == nil {
+		w.readNow = make(chan struct{}, 1)
+	}
+	return w.readNow
 }
 
 // State returns the watch's current view of the catalog.
@@ -130,6 +167,9 @@ func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 		}
 		return entries, meta.LastIndex, nil
 	}
+	if w.ReadEvery > 0 {
+		return w.spaced(ctx, read, func(entries []peers.Entry, index uint64) { deliver(Snapshot{Index: index, Entries: entries}) })
+	}
 	return follow(ctx, w, "service "+w.Service, read, sameEntries,
 		func(entries []peers.Entry, index uint64) { deliver(Snapshot{Index: index, Entries: entries}) })
 }
@@ -153,34 +193,23 @@ func (w *Watcher) RunKV(ctx context.Context, prefix string, deliver func(api.KVP
 	return follow(ctx, w, "keys "+prefix, read, same, deliver)
 }
 
-// follow is the blocking-query loop of both watches: read with the last
+// follow is the blocking-query loop of every watch: read with the last
 // index, deliver what differs from the last delivery, rate-limit wakes, back
 // off with jitter on errors.
 func follow[T any](ctx context.Context, w *Watcher, what string, read func(*api.QueryOptions) (T, uint64, error), same func(a, b T) bool, deliver func(T, uint64)) error {
-	logger := w.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
 	waitTime := cmp.Or(w.WaitTime, 5*time.Minute)
 	limiter := w.Limiter
 	if limiter == nil {
 		limiter = rate.NewLimiter(rate.Every(100*time.Millisecond), 5)
 	}
-	minBackoff, maxBackoff := cmp.Or(w.MinBackoff, 250*time.Millisecond), cmp.Or(w.MaxBackoff, 10*time.Second)
-
-	var (
-		index     uint64
-		last      T
-		delivered bool
-		failures  int
-	)
+	state := followState[T]{what: what, same: same, deliver: deliver}
 	for {
 		if err := limiter.Wait(ctx); err != nil {
 			return ctx.Err()
 		}
 		q := &api.QueryOptions{
 			AllowStale: true,
-			WaitIndex:  index,
+			WaitIndex:  state.index,
 			WaitTime:   waitTime,
 			Datacenter: w.Datacenter,
 		}
@@ -188,40 +217,142 @@ func follow[T any](ctx context.Context, w *Watcher, what string, read func(*api.
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err != nil {
-			// The servers may come back with a lower index (restored or
-			// rebuilt); a blocking query on the old index would then
-			// stall for the whole WaitTime. Read afresh.
-			index = 0
-			failures++
-			d := loop.Backoff(failures, minBackoff, maxBackoff)
-			w.setState(func(s *State) { s.Reachable = false; s.LastError = err.Error() })
-			logger.Warn("catalog read failed", "watch", what, "err", err, "retry_in", d.Round(time.Millisecond))
+		if err := state.took(ctx, w, got, lastIndex, err); err != nil {
+			return err
+		}
+	}
+}
+
+// followState is what a watch's loop remembers between reads.
+type followState[T any] struct {
+	what      string
+	same      func(a, b T) bool
+	deliver   func(T, uint64)
+	index     uint64 // the index the next read waits on
+	last      T
+	delivered bool
+	failures  int
+}
+
+// took handles one read's result: on an error it backs off (returning
+// only ctx's error), else it applies the index rules, counts the read and
+// delivers what changed.
+func (f *followState[T]) took(ctx context.Context, w *Watcher, got T, lastIndex uint64, err error) error {
+	logger := w.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err != nil {
+		// The servers may come back with a lower index (restored or
+		// rebuilt); a blocking query on the old index would then stall
+		// for the whole WaitTime. Read afresh.
+		f.index = 0
+		f.failures++
+		d := loop.Backoff(f.failures, cmp.Or(w.MinBackoff, 250*time.Millisecond), cmp.Or(w.MaxBackoff, 10*time.Second))
+		w.setState(func(s *State) { s.Reachable = false; s.LastError = err.Error() })
+		logger.Warn("catalog read failed", "watch", f.what, "err", err, "retry_in", d.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+		return nil
+	}
+	f.failures = 0
+	f.index = NextIndex(f.index, lastIndex)
+	changed := !f.delivered || !f.same(f.last, got)
+	w.setState(func(s *State) {
+		s.Reachable, s.LastIndex, s.LastGoodRead, s.LastError = true, lastIndex, time.Now(), ""
+		s.Reads++
+		if changed {
+			s.Delivered++
+		}
+	})
+	if !changed {
+		logger.Debug("catalog woke without a change", "watch", f.what, "index", lastIndex)
+		return nil
+	}
+	f.last, f.delivered = got, true
+	logger.Debug("catalog changed", "watch", f.what, "index", lastIndex)
+	f.deliver(got, lastIndex)
+	return nil
+}
+
+// spaced is follow for a watch with ReadEvery: the same index rules,
+// change detection and backoff, reads spaced by ReadEvery instead of a
+// token bucket, and ReadNow answered with a non-blocking read.
+func (w *Watcher) spaced(ctx context.Context, read func(*api.QueryOptions) ([]peers.Entry, uint64, error), deliver func([]peers.Entry, uint64)) error {
+	kick := w.kick()
+	every := w.ReadEvery
+	nowEvery := cmp.Or(w.ReadNowEvery, 5*time.Second)
+	var (
+		next      time.Time // no spaced read before
+		lastFresh time.Time // the last read ReadNow asked for
+		pending   bool      // a ReadNow not yet answered
+	)
+	// turn waits for the next read and says whether it is one ReadNow
+	// asked for.
+	turn := func() (bool, error) {
+		for {
+			now := time.Now()
+			at := next
+			if pending {
+				f := lastFresh.Add(nowEvery)
+				if !f.After(now) {
+					pending, lastFresh = false, now
+					return true, nil
+				}
+				at = minTime(at, f)
+			}
+			if !at.After(now) {
+				fresh := pending
+				if fresh {
+					pending, lastFresh = false, now
+				}
+				return fresh, nil
+			}
+			t := time.NewTimer(at.Sub(now))
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(d):
+				t.Stop()
+				return false, ctx.Err()
+			case <-t.C:
+			case <-kick:
+				t.Stop()
+				pending = true
 			}
-			continue
 		}
-		failures = 0
-		index = NextIndex(index, lastIndex)
-		changed := !delivered || !same(last, got)
-		w.setState(func(s *State) {
-			s.Reachable, s.LastIndex, s.LastGoodRead, s.LastError = true, lastIndex, time.Now(), ""
-			s.Reads++
-			if changed {
-				s.Delivered++
-			}
-		})
-		if !changed {
-			logger.Debug("catalog woke without a change", "watch", what, "index", lastIndex)
-			continue
-		}
-		last, delivered = got, true
-		logger.Debug("catalog changed", "watch", what, "index", lastIndex)
-		deliver(got, lastIndex)
 	}
+	state := followState[[]peers.Entry]{what: "service " + w.Service, same: sameEntries, deliver: deliver}
+	for {
+		fresh, err := turn()
+		if err != nil {
+			return err
+		}
+		q := &api.QueryOptions{AllowStale: true, WaitIndex: state.index, WaitTime: every, Datacenter: w.Datacenter}
+		if fresh {
+			q.WaitIndex = 0
+		}
+		start := time.Now()
+		next = start.Add(every + rand.N(every/10+1))
+		got, lastIndex, err := read(q.WithContext(ctx))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			next = time.Time{} // after the backoff, read again at once
+		}
+		if err := state.took(ctx, w, got, lastIndex, err); err != nil {
+			return err
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func (w *Watcher) setState(f func(*State)) {

@@ -69,6 +69,9 @@ type Consul struct {
 	// MaxStale refuses a catalog list from a server that last heard from
 	// its leader longer ago (key catalog.max_stale).
 	MaxStale time.Duration
+	// FullReadInterval spaces reads of the whole list when hints carry the
+	// changes (key catalog.full_read_interval).
+	FullReadInterval time.Duration
 }
 
 // Trust says whose word makes an entry a peer, and how this host signs
@@ -139,6 +142,7 @@ var Keys = []Key{
 	{"trust.authorities", "", "fleet authority public keys (base64, comma-separated or a YAML list) whose credentials make entries peers (required by run)"},
 	{"identity_key_file", "", "this host's identity key file, mode 0600 (default: <state_dir>/identity.key)"},
 	{"credential_file", "", "this host's credential from the authority (default: <state_dir>/credential)"},
+	{"catalog.full_read_interval", "60s", "with hints on, the whole list is read about this often (and at once when hints were missed); changes come as hints"},
 	{"catalog.max_stale", "30s", "a catalog list from a server that last heard from its leader longer ago is not applied"},
 	{"gateway.enabled", "false", "run the gateway link for end users' peers"},
 	{"gateway.interface", "wg-gw", "WireGuard interface for end users' peers"},
@@ -287,6 +291,8 @@ func parse(v *viper.Viper) (*Config, error) {
 			Datacenter: p.str("consul.datacenter"),
 			HintKey:    p.kvKey("consul.hint_key"),
 			MaxStale:   p.duration("catalog.max_stale", time.Second),
+			// Consul ends a blocking query after 10 minutes at most.
+			FullReadInterval: p.durationBetween("catalog.full_read_interval", time.Second, 10*time.Minute),
 		},
 		Gateway: Gateway{
 			Enabled:    p.boolean("gateway.enabled"),
@@ -489,6 +495,15 @@ func (p *parser) duration(key string, minimum time.Duration) time.Duration {
 	d, err := time.ParseDuration(s)
 	if err != nil || d < minimum {
 		p.fail(key, s, fmt.Sprintf("a duration of at least %s, like 30s or 5m", minimum))
+	}
+	return d
+}
+
+func (p *parser) durationBetween(key string, lo, hi time.Duration) time.Duration {
+	s := p.raw(key)
+	d, err := time.ParseDuration(s)
+	if err != nil || d < lo || d > hi {
+		p.fail(key, s, fmt.Sprintf("a duration from %s to %s, like 60s", lo, hi))
 	}
 	return d
 }

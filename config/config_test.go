@@ -43,7 +43,7 @@ func TestDefaults(t *testing.T) {
 		StatusSocket: "/run/meshd/meshd.sock", MetricsAddress: "127.0.0.1:9474",
 		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, MaxPeers: 25000, ResyncInterval: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text", WireGuard: "auto",
-		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint", MaxStale: 30 * time.Second},
+		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint", MaxStale: 30 * time.Second, FullReadInterval: time.Minute},
 		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key"},
 		Trust:   Trust{IdentityKeyFile: "/var/lib/meshd/identity.key", CredentialFile: "/var/lib/meshd/credential"},
 	}
@@ -131,6 +131,8 @@ func TestBadValues(t *testing.T) {
 		{"max_removal_fraction: 1.5", "max_removal_fraction", "1.5", "fraction"},
 		{"max_peers: 0", "max_peers", "0", "1 to 1000000"},
 		{"catalog:\n  max_stale: 10ms", "catalog.max_stale", "10ms", "duration"},
+		{"catalog:\n  full_read_interval: 500ms", "catalog.full_read_interval", "500ms", "from 1s to 10m0s"},
+		{"catalog:\n  full_read_interval: 11m", "catalog.full_read_interval", "11m", "from 1s to 10m0s"},
 		{"node_name: Host_1", "node_name", "Host_1", "DNS label"},
 		{"interface: this-name-is-far-too-long", "interface", "this-name-is-far-too-long", "1-15 characters"},
 		{"key_file: relative/key", "key_file", "relative/key", "absolute path"},

@@ -127,11 +127,7 @@ func TestSurvivesConsul(t *testing.T) {
 	h1 := newNode(t, lab, servers, 1, "removal_grace: 1m\n")
 	h2 := newNode(t, lab, servers, 2, "removal_grace: 1m\n")
 	nodes := []*node{h1, h2}
-	for _, n := range nodes {
-		n.start(t)
-	}
-	defer checkNoRace(t, nodes)
-	converged(t, nodes)
+	startAll(t, nodes...)
 	pingAll(t, nodes)
 	linkBefore, err := linkIndex(h1)
 	if err != nil {

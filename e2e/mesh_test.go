@@ -78,7 +78,11 @@ func (n *node) meshAddr() netip.Addr { return n.prefix.Addr().Next() }
 
 // newNode adds host hN with a Consul client agent joined to servers and a
 // meshd configuration; extra is YAML appended to it (keys the base
-// configuration has may not be repeated).
+// configuration has may not be repeated). The base reads the whole list
+// every 3 s (catalog.full_read_interval), so that what an attacker writes
+// without a hint shows in status within the tests' waits; extra with a
+// catalog section of its own replaces that (TestMissedHints runs on hints
+// alone).
 func newNode(t *testing.T, lab *testlab.Lab, servers []*testlab.Consul, n int, extra string) *node {
 	t.Helper()
 	h := lab.AddHost(fmt.Sprintf("h%d", n))
@@ -106,6 +110,9 @@ consul:
 trust:
   authorities: %s
 `, h.Name, nd.iface, h.Addr, nd.prefix, filepath.Join(h.Dir, "state"), nd.sock, trusttest.PublicKey()) + extra
+	if !strings.Contains(extra, "catalog:") {
+		cfg += "catalog:\n  full_read_interval: 3s\n"
+	}
 	if err := os.WriteFile(nd.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -213,43 +220,54 @@ func pingAll(t *testing.T, nodes []*node) {
 // as peers, each with its prefix, and a tagged route for each.
 func converged(t *testing.T, nodes []*node) {
 	t.Helper()
-	keys := map[*node]wgtypes.Key{}
 	for _, n := range nodes {
-		keys[n] = n.publicKey(t)
+		n.publicKey(t) // waits for the link
 		checkLink(t, n.Host, n.iface, n.mode)
 	}
 	for _, a := range nodes {
-		var why string
-		testlab.Eventually(t, 30*time.Second, a.Name+" holds every other node as a peer with a route", func() bool {
-			d, err := a.device(t)
-			if err != nil {
-				why = err.Error()
-				return false
-			}
-			if len(d.Peers) != len(nodes)-1 {
-				why = fmt.Sprintf("%d peers", len(d.Peers))
-				return false
-			}
-			routes := a.meshRoutes(t)
-			for _, b := range nodes {
-				if a == b {
-					continue
-				}
-				if !a.hasPeer(t, keys[b], b.prefix) {
-					why = fmt.Sprintf("no peer %s (%s %s); peers:", b.Name, keys[b], b.prefix)
-					for _, p := range d.Peers {
-						why += fmt.Sprintf(" %s %v", p.PublicKey, p.AllowedIPs)
-					}
-					return false
-				}
-				if !strings.Contains(routes, b.prefix.String()) {
-					why = "no route to " + b.Name + " in " + routes
-					return false
-				}
-			}
-			return true
-		}, &why)
+		holds(t, a, nodes, 30*time.Second)
 	}
+}
+
+// holds waits (at most within) until a's device holds exactly the other
+// nodes of nodes as peers, each with its prefix, and a tagged route for
+// each.
+func holds(t *testing.T, a *node, nodes []*node, within time.Duration) {
+	t.Helper()
+	keys := map[*node]wgtypes.Key{}
+	for _, n := range nodes {
+		keys[n] = n.publicKey(t)
+	}
+	var why string
+	testlab.Eventually(t, within, a.Name+" holds every other node as a peer with a route", func() bool {
+		d, err := a.device(t)
+		if err != nil {
+			why = err.Error()
+			return false
+		}
+		if len(d.Peers) != len(nodes)-1 {
+			why = fmt.Sprintf("%d peers", len(d.Peers))
+			return false
+		}
+		routes := a.meshRoutes(t)
+		for _, b := range nodes {
+			if a == b {
+				continue
+			}
+			if !a.hasPeer(t, keys[b], b.prefix) {
+				why = fmt.Sprintf("no peer %s (%s %s); peers:", b.Name, keys[b], b.prefix)
+				for _, p := range d.Peers {
+					why += fmt.Sprintf(" %s %v", p.PublicKey, p.AllowedIPs)
+				}
+				return false
+			}
+			if !strings.Contains(routes, b.prefix.String()) {
+				why = "no route to " + b.Name + " in " + routes
+				return false
+			}
+		}
+		return true
+	}, &why)
 }
 
 func checkNoRace(t *testing.T, nodes []*node) {
@@ -273,12 +291,19 @@ func startHosts(t *testing.T, n int, extra string) (*testlab.Lab, *testlab.Consu
 	for i := 1; i <= n; i++ {
 		nodes = append(nodes, newNode(t, lab, []*testlab.Consul{server}, i, extra))
 	}
+	startAll(t, nodes...)
+	return lab, server, nodes
+}
+
+// startAll starts meshd on every node, checks their logs for data races
+// when the test ends, and waits until they are converged.
+func startAll(t *testing.T, nodes ...*node) {
+	t.Helper()
 	for _, n := range nodes {
 		n.start(t)
 	}
 	t.Cleanup(func() { checkNoRace(t, nodes) })
 	converged(t, nodes)
-	return lab, server, nodes
 }
 
 // TestMesh is the walking skeleton end to end: three hosts converge and

@@ -161,7 +161,7 @@ func TestTrustAttacks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := catalogsync.WriteHint(ctx, c, "meshd/hint", catalogsync.Hint{ConsulNode: h1Node, ServiceID: "meshd-h2", Index: meta.LastIndex, Withdrawal: forged}); err != nil {
+			if _, err := catalogsync.WriteHint(ctx, c, "meshd/hint", catalogsync.Hint{ConsulNode: h1Node, ServiceID: "meshd-h2", Index: meta.LastIndex, Withdrawal: forged}); err != nil {
 				t.Fatalf("h1 writing a hint: %v", err)
 			}
 			time.Sleep(500 * time.Millisecond)
@@ -188,7 +188,7 @@ func TestTrustAttacks(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range []string{h1Node, "nowhere"} {
-			if err := catalogsync.WriteHint(ctx, c, "meshd/hint", catalogsync.Hint{ConsulNode: n, ServiceID: "meshd-h2", Index: 1 << 40}); err != nil {
+			if _, err := catalogsync.WriteHint(ctx, c, "meshd/hint", catalogsync.Hint{ConsulNode: n, ServiceID: "meshd-h2", Index: 1 << 40}); err != nil {
 				t.Fatalf("h1 writing a hint: %v", err)
 			}
 			time.Sleep(time.Second)

@@ -156,11 +156,7 @@ func TestMixedFleet(t *testing.T) {
 	h2 := newNode(t, lab, servers, 2, "wireguard: userspace\n")
 	h2.mode = netlinkx.ModeUserspace
 	nodes := []*node{h1, h2}
-	for _, n := range nodes {
-		n.start(t)
-	}
-	defer checkNoRace(t, nodes)
-	converged(t, nodes)
+	startAll(t, nodes...)
 	pingAll(t, nodes)
 	for _, n := range nodes {
 		st, err := n.status(t)

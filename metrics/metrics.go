@@ -28,6 +28,7 @@ var (
 	hintsDesc         = desc("catalog_hints_total", "Hints naming another node's entry, since start.")
 	hintReadsDesc     = desc("catalog_hint_reads_total", "Instances read because a hint named them (and the list did not have the change yet), since start.")
 	hintsAppliedDesc  = desc("catalog_hints_applied_total", "Hint reads newer than the watch's list, put into the desired state, since start.")
+	hintGapsDesc      = desc("catalog_hint_gaps_total", "Times hints were missed that the hint ring could not give back, each answered by a read of the whole list, since start.")
 	rejectedDesc      = desc("rejected_entries", "Catalog entries rejected, by reason code.", "reason")
 	breakerDesc       = desc("breaker_tripped", "1 while the mass-removal circuit breaker is tripped.")
 	breakerHeldDesc   = desc("breaker_held_removals", "Removals held by the circuit breaker.")
@@ -110,6 +111,7 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(hintsDesc, float64(st.Catalog.Hints))
 	counter(hintReadsDesc, float64(st.Catalog.HintReads))
 	counter(hintsAppliedDesc, float64(st.Catalog.HintsApplied))
+	counter(hintGapsDesc, float64(st.Catalog.HintGaps))
 	gauge(breakerDesc, b2f(st.Breaker.Tripped))
 	gauge(breakerHeldDesc, float64(st.Breaker.Held))
 	if !st.Catalog.SnapshotSaved.IsZero() {

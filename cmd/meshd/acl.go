@@ -16,8 +16,8 @@ import (
 // on its own node (where its instance lives: the agent registers services on
 // its own node only, and another node's instances need write on that node),
 // on the meshd service name, on its own prefix claim, its own gateway
-// records and its health summary, and on the hint key (written on its own
-// changes); read on everything else meshd watches.
+// records and its health summary, and on the hint key and its ring
+// (written on its own changes); read on everything else meshd watches.
 func aclPolicy(node, service, hintKey string, prefix netip.Prefix) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Consul ACL policy for meshd on node %s (meshd acl-policy).\n", node)
@@ -33,6 +33,8 @@ func aclPolicy(node, service, hintKey string, prefix netip.Prefix) string {
 		// A hint names the local agent's node, which meshd asks its agent.
 		fmt.Fprintf(&b, "agent %q {\n  policy = \"read\"\n}\n", node)
 		fmt.Fprintf(&b, "key %q {\n  policy = \"write\"\n}\n", hintKey)
+		// The ring of the last hints, written in the same transaction.
+		fmt.Fprintf(&b, "key_prefix %q {\n  policy = \"write\"\n}\n", hintKey+"/")
 	}
 	return b.String()
 }
@@ -42,8 +44,8 @@ func newACLPolicyCmd() *cobra.Command {
 		Use:   "acl-policy",
 		Short: "Print the least-privilege Consul ACL policy for this host's token",
 		Long: "Print, as HCL, the Consul ACL policy a host's token needs: write on its own node, on\n" +
-			"the meshd service, on its own prefix claim and gateway records, on the hint key;\n" +
-			"read on the rest.\n" +
+			"the meshd service, on its own prefix claim and gateway records, on the hint key and\n" +
+			"its ring; read on the rest.\n" +
 			"The prefix must be known: run it after `meshd init` (which claims the prefix with a\n" +
 			"bootstrap token), e.g.\n" +
 			"  consul acl policy create -name meshd-$(hostname) -rules \"$(meshd acl-policy)\"",

@@ -79,7 +79,8 @@ func newLogger(cfg *config.Config) *slog.Logger {
 // it; http, when set, reads the list watch's responses.
 func newCatalog(cfg *config.Config, consul *api.Client, http *catalogsync.HTTP, logger *slog.Logger) *catalogsync.Catalog {
 	return &catalogsync.Catalog{Client: consul, HTTP: http, Service: cfg.Consul.Service,
-		Datacenter: cfg.Consul.Datacenter, HintKey: cfg.Consul.HintKey, MaxStale: cfg.Consul.MaxStale, Logger: logger}
+		Datacenter: cfg.Consul.Datacenter, HintKey: cfg.Consul.HintKey, MaxStale: cfg.Consul.MaxStale,
+		FullReadInterval: cfg.Consul.FullReadInterval, Logger: logger}
 }
 
 // consulClient builds a client from the standard CONSUL_HTTP_* variables

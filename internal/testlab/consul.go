@@ -177,6 +177,17 @@ func (c *Consul) Start(t testing.TB) {
 	c.cmd, c.done = cmd, done
 }
 
+// Pid is the agent's process ID (ip netns exec runs it in its own
+// process), or 0 while it is not running.
+func (c *Consul) Pid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil {
+		return 0
+	}
+	return c.cmd.Process.Pid
+}
+
 // Stop ends the agent with SIGTERM and waits.
 func (c *Consul) Stop() { c.signal(syscall.SIGTERM) }
 
