@@ -39,6 +39,8 @@ var (
 	plotFlag     = flag.String("plot", "", "write the latency CDF of the largest size (PNG) to this file")
 	profileFlag  = flag.String("cpuprofile", "", "save a CPU profile of the first meshd host during the events of the largest size")
 	hintFlag     = flag.String("hint-key", "meshd/hint", "meshd's consul.hint_key, written for each event by its writer (empty: no hints)")
+	paceFlag     = flag.Duration("pace", 0, "events start at least this far apart")
+	floorFlag    = flag.Bool("floor", true, "run the floor (and the hint key's timing) on every meshd host's agent; off when measuring the agent's CPU, which they would add to")
 	fullReadFlag = flag.Duration("full-read-interval", time.Minute, "meshd's catalog.full_read_interval (the catalog's fill, unhinted, shows at the next full read)")
 	logLevelFlag = flag.String("meshd-log-level", "warn", "log_level of the meshd hosts (their logs stay in the lab directory)")
 )

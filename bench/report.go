@@ -48,6 +48,9 @@ type Point struct {
 	// hosts). EventsWindow and IdleWindow are the two windows.
 	HostCPUPerChange, HostIdlePerMinute time.Duration
 	EventsWindow, IdleWindow            time.Duration
+	// FullReadCPU is what one read of the whole list, asked for as a gap
+	// asks, cost a host (meshd and its agent; max over hosts).
+	FullReadCPU time.Duration
 	// RxPerEvent is what each host received per event on its underlay
 	// link, meshd hosts and the classic host.
 	RxPerEvent map[string]float64
@@ -109,9 +112,9 @@ func WriteTables(w io.Writer, points []Point) {
 		}
 		m50 := Quantile(p.Latency[Meshd], 0.5)
 		fmt.Fprintf(w, "\nmeshd/classic p50: %s; meshd/floor p50: %s. ", ratio(m50, Quantile(p.Latency[Classic], 0.5)), ratio(m50, Quantile(p.Latency[Floor], 0.5)))
-		fmt.Fprintf(w, "meshd CPU per event: %s ms; its Consul agent's: %s ms; host (meshd + agent): %s ms; host per change, minus an idle window as long: %s ms (events over %s, idle %s: %s ms a minute); meshd peak RSS: %.1f MB. ",
+		fmt.Fprintf(w, "meshd CPU per event: %s ms; its Consul agent's: %s ms; host (meshd + agent): %s ms; host per change, minus an idle window as long: %s ms (events over %s, idle %s: %s ms a minute); one read of the whole list: %s ms; meshd peak RSS: %.1f MB. ",
 			ms(p.CPUPerEvent), ms(p.AgentCPUPerEvent), ms(p.HostCPUPerEvent), ms(p.HostCPUPerChange),
-			p.EventsWindow.Round(time.Second), p.IdleWindow.Round(time.Second), ms(p.HostIdlePerMinute), float64(p.PeakRSS)/(1<<20))
+			p.EventsWindow.Round(time.Second), p.IdleWindow.Round(time.Second), ms(p.HostIdlePerMinute), ms(p.FullReadCPU), float64(p.PeakRSS)/(1<<20))
 		var rx []string
 		for _, h := range slices.Sorted(mapKeys(p.RxPerEvent)) {
 			rx = append(rx, fmt.Sprintf("%s %.0f", h, p.RxPerEvent[h]))

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -75,6 +76,9 @@ func TestBench(t *testing.T) {
 	// and the hint key, the same way.
 	var floors, hints []*blockingQuery
 	for _, h := range hosts {
+		if !*floorFlag {
+			break
+		}
 		floor := &blockingQuery{path: floorPath}
 		floors = append(floors, floor)
 		go floor.run(ctx, h.Netns)
@@ -113,6 +117,12 @@ func TestBench(t *testing.T) {
 		inCatalog := len(sims)
 		if probeIn {
 			inCatalog++
+		}
+		if *hintFlag != "" {
+			// The fill wrote no hints: make every meshd host read the whole
+			// list now, as any value out of sequence in the hint key does,
+			// instead of at its next full read.
+			askFullRead(ctx, t, c)
 		}
 		waitCount(t, targets, inCatalog, len(hosts))
 		t.Logf("N=%d: every kernel holds every node after %s", n, time.Since(start).Round(time.Millisecond))
@@ -153,7 +163,10 @@ func TestBench(t *testing.T) {
 			close(profiled)
 		}
 		eventsStart := time.Now()
-		for range *eventsFlag {
+		for i := range *eventsFlag {
+			// Events start -pace apart at least (one a second makes the
+			// window of changes the "about one a second").
+			time.Sleep(time.Until(eventsStart.Add(time.Duration(i) * *paceFlag)))
 			// The probe's events go round across sizes: join, rotate,
 			// endpoint, leave.
 			kind := kinds[cycle%4]
@@ -181,7 +194,7 @@ func TestBench(t *testing.T) {
 				}
 				worst[tg.system] = max(worst[tg.system], d)
 			}
-			for time.Now().Before(acked.Add(*timeoutFlag)) && floorWake(sent).IsZero() {
+			for len(floors) > 0 && time.Now().Before(acked.Add(*timeoutFlag)) && floorWake(sent).IsZero() {
 				time.Sleep(5 * time.Millisecond)
 			}
 			for sys, d := range worst {
@@ -191,7 +204,7 @@ func TestBench(t *testing.T) {
 			if w := floorWake(sent); !w.IsZero() {
 				p.Latency[Floor] = append(p.Latency[Floor], max(w.Sub(acked), 0))
 				p.FloorByKind[kind] = append(p.FloorByKind[kind], max(w.Sub(acked), 0))
-			} else {
+			} else if len(floors) > 0 {
 				p.Unconverged[Floor]++
 			}
 			var floorWakes []string
@@ -214,7 +227,7 @@ func TestBench(t *testing.T) {
 			}
 			// The hint meshd follows: written by the event's writer once
 			// it has read the change in the catalog, as a node does.
-			if !ev.hinted.IsZero() {
+			if !ev.hinted.IsZero() && len(hints) > 0 {
 				for time.Now().Before(ev.hinted.Add(5*time.Second)) && lastWake(hints, ev.hinted).IsZero() {
 					time.Sleep(5 * time.Millisecond)
 				}
@@ -260,6 +273,25 @@ func TestBench(t *testing.T) {
 			p.HostCPUPerChange = max(p.HostCPUPerChange, max(busy[h.Name]-scaled, 0)/time.Duration(*eventsFlag))
 		}
 		p.EventsWindow = eventsWindow
+		if *hintFlag != "" {
+			// What one read of the whole list costs the host (meshd and its
+			// agent): asked for, as a gap does, and timed until every host
+			// counted it and a second more.
+			reads := map[string]uint64{}
+			for _, h := range hosts {
+				reads[h.Name] = status(t, h).Catalog.Reads
+			}
+			cpu0 := hostCPU(t, hosts)
+			askFullRead(ctx, t, c)
+			for _, h := range hosts {
+				testlab.Eventually(t, time.Minute, h.Name+" read the whole list", func() bool { return status(t, h).Catalog.Reads > reads[h.Name] })
+			}
+			time.Sleep(time.Second)
+			cpu1 := hostCPU(t, hosts)
+			for _, h := range hosts {
+				p.FullReadCPU = max(p.FullReadCPU, cpu1[h.Name]-cpu0[h.Name])
+			}
+		}
 		for _, tg := range targets {
 			if tg.system == Meshd {
 				p.RoutePeriod = max(p.RoutePeriod, tg.medianPeriod())
@@ -395,6 +427,15 @@ func maxTime(a, b time.Time) time.Time {
 
 // waitCount waits until every meshd device holds the n simulated nodes and
 // the other meshd hosts, and the classic device the n nodes.
+// askFullRead writes a value that is not a hint to the hint key: every
+// meshd host takes it as hints it may have missed and reads the whole list.
+func askFullRead(ctx context.Context, t *testing.T, c *api.Client) {
+	t.Helper()
+	if _, err := c.KV().Put(&api.KVPair{Key: *hintFlag, Value: []byte("bench: read the whole list")}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // hostCPU reads, per meshd host, the CPU time of meshd and of its Consul
 // client agent together.
 func hostCPU(t *testing.T, hosts []*meshHost) map[string]time.Duration {
@@ -619,7 +660,7 @@ func machine() []string {
 		"Consul: " + run(consul, "version"),
 		"consul-template: " + run(consulTemplatePath, "-v"),
 		"meshd: " + run("git", "-C", "..", "describe", "--always", "--dirty"),
-		fmt.Sprintf("Flags: -sizes %s -events %d -hosts %d -idle %s -full-read-interval %s -hint-key %q", *sizesFlag, *eventsFlag, *hostsFlag, *idleFlag, *fullReadFlag, *hintFlag),
+		fmt.Sprintf("Flags: -sizes %s -events %d -hosts %d -idle %s -full-read-interval %s -hint-key %q -classic=%t -floor=%t -pace %s", *sizesFlag, *eventsFlag, *hostsFlag, *idleFlag, *fullReadFlag, *hintFlag, *classicFlag, *floorFlag, *paceFlag),
 	}
 }
 
