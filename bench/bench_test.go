@@ -278,7 +278,8 @@ func buildMeshd(t *testing.T) string {
 
 // startMeshHost runs meshd on a new host. removal_grace is 0 so that a
 // leave shows in the kernel as soon as meshd applies it (with the default
-// 5m it would measure the grace); the breaker stays on.
+// 5m it would measure the grace); the breaker stays on. max_peers is
+// above any size (its default, 25,000, would cap the largest).
 func startMeshHost(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin, name string, n int) *meshHost {
 	h := lab.AddHost(name)
 	h.StartConsulClient(server)
@@ -296,7 +297,7 @@ func startMeshHostOn(t *testing.T, h *testlab.Host, bin string, n int) *meshHost
 	name := h.Name
 	mh := &meshHost{Host: h, iface: fmt.Sprintf("wb%d%s", os.Getpid()%1000, name),
 		config: filepath.Join(h.Dir, "meshd.yaml"), sock: filepath.Join(h.Dir, "meshd.sock")}
-	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nlog_level: %s\ncatalog:\n  full_read_interval: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_key: %q\ntrust:\n  authorities: %s\n",
+	cfg := fmt.Sprintf("node_name: %s\ninterface: %s\nendpoint: %s:51820\nprefix: %s\nstate_dir: %s\nstatus_socket: %s\nremoval_grace: 0s\nmax_peers: 1000000\nlog_level: %s\ncatalog:\n  full_read_interval: %s\nconsul:\n  address: 127.0.0.1:8500\n  hint_key: %q\ntrust:\n  authorities: %s\n",
 		name, mh.iface, h.Addr, hostPrefix(n), filepath.Join(h.Dir, "state"), mh.sock, *logLevelFlag, *fullReadFlag, *hintFlag, trusttest.PublicKey())
 	if err := os.WriteFile(mh.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
