@@ -82,14 +82,26 @@ func TestTrustAttacks(t *testing.T) {
 		forged := maps.Clone(h2Entry.Service.Meta)
 		forged[peers.MetaPublicKey] = fake.PublicKey().String()
 		forged[peers.MetaEndpoint] = h1.Addr.String() + ":51820"
-		// The attacker rewrites it again whenever h2 puts its own back.
-		deadline := time.Now().Add(4 * time.Second)
+		// The attacker rewrites it again whenever h2 puts its own back,
+		// and hints every rewrite so that every host reads it at once
+		// (a rewrite alone is read with the whole list, now and then),
+		// for 4 s and until h3 has read one.
+		start := time.Now()
 		var seen bool
-		for time.Now().Before(deadline) {
+		for i := 0; time.Since(start) < 4*time.Second || !seen && time.Since(start) < 30*time.Second; i++ {
 			_, err := c.Catalog().Register(&api.CatalogRegistration{Node: "h2", SkipNodeUpdate: true,
 				Service: &api.AgentService{ID: "meshd-h2", Service: "meshd", Tags: h2Entry.Service.Tags, Meta: forged}}, nil)
 			if err != nil {
 				t.Fatalf("Consul refused the rewrite with h1's token (%v); TestACL shows it allowed: has Consul changed?", err)
+			}
+			if i%2 == 0 {
+				_, meta, err := c.Catalog().NodeServiceList("h2", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := catalogsync.WriteHint(ctx, c, "meshd/hint", catalogsync.Hint{ConsulNode: "h2", ServiceID: "meshd-h2", Index: meta.LastIndex}); err != nil {
+					t.Fatalf("h1 writing a hint: %v", err)
+				}
 			}
 			seen = seen || rejected(t, h3, "meshd-h2", "signature")
 			checkH3("while h2's instance is rewritten")
