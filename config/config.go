@@ -96,6 +96,10 @@ type Gateway struct {
 	// Pool is where users' addresses come from; zero until the prefix is
 	// known, then the default when not set.
 	Pool netip.Prefix
+	// JIT holds in the kernel only the users that handshook within
+	// IdleTimeout (gateway.jit, gateway.idle_timeout).
+	JIT         bool
+	IdleTimeout time.Duration
 }
 
 // Key is one configuration key.
@@ -149,6 +153,8 @@ var Keys = []Key{
 	{"gateway.listen_port", "51821", "UDP listen port of the gateway interface"},
 	{"gateway.key_file", "", "private key file of the gateway interface, mode 0600 (default: <state_dir>/gateway.key)"},
 	{"gateway.pool", "", "IPv6 CIDR inside prefix that users' addresses come from (default: the upper half of prefix)"},
+	{"gateway.jit", "true", "hold a user's peer in the kernel only from its handshake until it is idle for gateway.idle_timeout (records stay in Consul)"},
+	{"gateway.idle_timeout", "10m", "with gateway.jit, a user peer that received nothing (not even a keepalive) for this long leaves the kernel (10s-24h)"},
 }
 
 // Error is a bad configuration value.
@@ -295,10 +301,12 @@ func parse(v *viper.Viper) (*Config, error) {
 			FullReadInterval: p.durationBetween("catalog.full_read_interval", time.Second, 10*time.Minute),
 		},
 		Gateway: Gateway{
-			Enabled:    p.boolean("gateway.enabled"),
-			Interface:  p.ifname("gateway.interface"),
-			ListenPort: p.port("gateway.listen_port"),
-			KeyFile:    p.path("gateway.key_file"),
+			Enabled:     p.boolean("gateway.enabled"),
+			Interface:   p.ifname("gateway.interface"),
+			ListenPort:  p.port("gateway.listen_port"),
+			KeyFile:     p.path("gateway.key_file"),
+			JIT:         p.boolean("gateway.jit"),
+			IdleTimeout: p.durationBetween("gateway.idle_timeout", 10*time.Second, 24*time.Hour),
 		},
 	}
 	c.Endpoint = p.endpoint("endpoint")

@@ -68,7 +68,10 @@ func benchApplyOnePeer(b *testing.B, wg netlinkx.Mode, n int, full bool) {
 		b.Fatal(err)
 	}
 	defer fw.Remove()
-	r := NewRunner(Options{Node: "gw", Pool: pool, Supernet: supernet, Link: link, Firewall: fw, ResyncInterval: time.Minute})
+	r, err := NewRunner(Options{Node: "gw", Pool: pool, Supernet: supernet, Link: link, Firewall: fw, ResyncInterval: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
 	all := benchPairs(b, n+b.N)
 	r.pairs, r.synced = all[:n], true
 	start := time.Now()

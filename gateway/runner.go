@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -14,9 +16,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/firewall"
+	"meshd.dev/meshd/handshake"
 	"meshd.dev/meshd/internal/loop"
 	"meshd.dev/meshd/netlinkx"
 	"meshd.dev/meshd/peers"
@@ -49,7 +53,13 @@ type Options struct {
 	// at start until Consul answers; empty: nothing is saved, and until
 	// Consul answers the kernel stays as it was.
 	SavedPath string
-	Logger    *slog.Logger
+	// JIT puts a user peer in the kernel only when its handshake arrives
+	// and takes it out after IdleTimeout without one (jit.go); ListenPort
+	// is the user link's port, where initiations are watched for.
+	JIT         bool
+	IdleTimeout time.Duration
+	ListenPort  int
+	Logger      *slog.Logger
 }
 
 // Status is what the gateway reports in `meshd status`.
@@ -63,6 +73,8 @@ type Status struct {
 	// Writes counts kernel writes to the user link and the firewall.
 	Writes    uint64 `json:"writes"`
 	LastError string `json:"last_error,omitempty"`
+	// JIT is the just-in-time state, when on.
+	JIT *JITStatus `json:"jit,omitempty"`
 }
 
 // Runner keeps a gateway's user link, routes and firewall in line with its
@@ -91,20 +103,30 @@ type Runner struct {
 	// in Consul from them (it is not answering, and they may be old).
 	fromDisk bool
 	status   Status
+	// jit is the just-in-time state (Options.JIT), else nil.
+	jit *jit
 }
 
 // NewRunner returns a runner; Run starts it.
-func NewRunner(opts Options) *Runner {
+func NewRunner(opts Options) (*Runner, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	opts.Logger = opts.Logger.With("link", opts.Link.Name())
-	return &Runner{
+	r := &Runner{
 		opts:    opts,
 		watcher: &catalogsync.Watcher{Client: opts.Consul, Datacenter: opts.Datacenter, Logger: opts.Logger},
 		decoder: NewDecoder(opts.Node),
 		status:  Status{Interface: opts.Link.Name()},
 	}
+	if opts.JIT {
+		j, err := newJIT(opts.Link.PrivateKey(), cmp.Or(opts.IdleTimeout, DefaultIdleTimeout))
+		if err != nil {
+			return nil, err
+		}
+		r.jit = j
+	}
+	return r, nil
 }
 
 // SetGateways tells the runner which host prefixes belong to the other
@@ -132,6 +154,11 @@ func (r *Runner) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Writes = r.opts.Link.Writes() + r.opts.Firewall.Writes()
+	if r.jit != nil {
+		js := r.jit.status
+		js.Refused = maps.Clone(js.Refused)
+		s.JIT = &js
+	}
 	return s
 }
 
@@ -169,6 +196,9 @@ func (r *Runner) Run(ctx context.Context) error {
 		})
 	})
 	wg.Go(func() { r.watchFirewall(ctx, l) })
+	if r.jit != nil {
+		wg.Go(func() { r.sniff(ctx, l) })
+	}
 	if err := enableForwarding(); err != nil {
 		r.opts.Logger.Error("gateway cannot forward", "err", err)
 	}
@@ -204,6 +234,33 @@ func (r *Runner) watchFirewall(ctx context.Context, l *loop.Loop) {
 	}
 }
 
+// sniff hands the initiations arriving at the user link's port to the
+// JIT state, and has the loop install a peer when one activates it. A
+// failing packet socket is retried after a pause: until then users whose
+// peer is not in the kernel cannot connect, which status shows.
+func (r *Runner) sniff(ctx context.Context, l *loop.Loop) {
+	for ctx.Err() == nil {
+		err := handshake.Sniff(ctx, uint16(r.opts.ListenPort), nil, func(p handshake.Packet) {
+			r.mu.Lock()
+			activated := r.jit.initiation(p, time.Now())
+			r.mu.Unlock()
+			if activated {
+				r.opts.Logger.Debug("user peer activated by its handshake", "from", p.Source)
+				l.Mark()
+			}
+		})
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		r.opts.Logger.Error("cannot watch the user link's port for handshakes; users not in the kernel cannot connect", "err", err)
+		r.setStatus(func(s *Status) { s.LastError = errString(err) })
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
 // reconcile applies the records once and returns when to look again (the
 // next expiry), or zero, and what failed.
 func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error) {
@@ -218,6 +275,15 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 		return time.Time{}, err
 	}
 	st := Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
+	wake := st.NextExpiry
+	if r.jit != nil {
+		kick, err := r.jitFilter(&st, now)
+		if err != nil {
+			r.setStatus(func(s *Status) { s.LastError = errString(err) })
+			return time.Time{}, err
+		}
+		wake = earliest(wake, kick)
+	}
 	if r.firewallBroken.Swap(false) {
 		r.opts.Firewall.Forget()
 	}
@@ -267,7 +333,54 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 	if err != nil {
 		r.opts.Logger.Error("gateway reconcile failed; retrying after a backoff", "err", err)
 	}
-	return st.NextExpiry, err
+	return wake, err
+}
+
+// jitFilter narrows st to the active peers (jit.go): it takes the records
+// in, checks for idle peers when due, and returns when to reconcile again
+// (the end of a kick, or the next idle check).
+func (r *Runner) jitFilter(st *State, now time.Time) (time.Time, error) {
+	r.mu.Lock()
+	r.jit.sync(st.Records)
+	due := !now.Before(r.jit.nextCheck)
+	r.mu.Unlock()
+	if due {
+		hs, err := r.handshakes()
+		if err != nil {
+			return time.Time{}, err
+		}
+		r.mu.Lock()
+		r.jit.idleCheck(hs, now)
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return earliest(r.jit.filter(st, now), r.jit.nextCheck), nil
+}
+
+// handshakes reads the user link's peers' last handshakes and bytes
+// received.
+func (r *Runner) handshakes() (map[wgtypes.Key]heard, error) {
+	if err := r.opts.Link.Ensure(); err != nil {
+		return nil, err
+	}
+	ds, err := netlinkx.ReadDevice(r.opts.Link.Name())
+	if err != nil {
+		return nil, err
+	}
+	hs := make(map[wgtypes.Key]heard, len(ds.Peers))
+	for _, p := range ds.Peers {
+		hs[p.PublicKey] = heard{handshake: p.LastHandshake, rx: p.RxBytes}
+	}
+	return hs, nil
+}
+
+// earliest is the earlier of two wake times, zero meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || !b.IsZero() && b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // loadSaved takes the records saved before a restart, until Consul

@@ -4,22 +4,18 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"fmt"
-	"net"
-	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/blake2s"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/internal/testlab"
 )
 
 // A handshake initiation that wireguard-go sent (captured once with
-// realInitiation), with the keys it was made for.
+// testlab.Initiation), with the keys it was made for.
 var vector = struct {
 	responderPriv, initiatorPub string
 	sender                      uint32
@@ -137,7 +133,7 @@ func TestConsumeWireGuardGo(t *testing.T) {
 		resp, _ := wgtypes.GeneratePrivateKey()
 		init, _ := wgtypes.GeneratePrivateKey()
 		before := time.Now()
-		msg := realInitiation(t, init, resp.PublicKey())
+		msg := testlab.Initiation(t, init, resp.PublicKey())
 		r, err := NewResponder(resp)
 		if err != nil {
 			t.Fatal(err)
@@ -159,55 +155,6 @@ func TestConsumeWireGuardGo(t *testing.T) {
 		if testing.Verbose() && i == 0 {
 			t.Logf("vector: responderPriv %s initiatorPub %s sender %d timestamp %x\nmsg %x",
 				base64.StdEncoding.EncodeToString(resp[:]), init.PublicKey(), got.Sender, got.Timestamp, msg)
-		}
-	}
-}
-
-// realInitiation has wireguard-go (its device over a channel TUN, its
-// real UDP socket on loopback) initiate a handshake with a peer of public
-// key resp at a UDP socket of the test, and returns the datagram.
-func realInitiation(t *testing.T, priv wgtypes.Key, resp wgtypes.Key) []byte {
-	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	defer initiate(t, priv, resp, pc.LocalAddr().(*net.UDPAddr).AddrPort())()
-	return readInitiation(t, pc)
-}
-
-// initiate starts a wireguard-go device (over a channel TUN, with its
-// real UDP socket) that initiates handshakes with a peer of public key
-// resp at ep, once a second, until the returned function stops it.
-func initiate(t *testing.T, priv, resp wgtypes.Key, ep netip.AddrPort) func() {
-	t.Helper()
-	dev := device.NewDevice(tuntest.NewChannelTUN().TUN(), conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
-	cfg := fmt.Sprintf("private_key=%x\nlisten_port=0\npublic_key=%x\nendpoint=%s\nallowed_ip=10.0.0.2/32\npersistent_keepalive_interval=1\n",
-		priv[:], resp[:], ep)
-	if err := dev.IpcSet(cfg); err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
-	if err := dev.Up(); err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
-	return dev.Close
-}
-
-// readInitiation reads datagrams from pc until an initiation comes.
-func readInitiation(t *testing.T, pc *net.UDPConn) []byte {
-	t.Helper()
-	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 2048)
-	for {
-		n, _, err := pc.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			t.Fatalf("no initiation from wireguard-go: %v", err)
-		}
-		if n == InitiationSize && buf[0] == InitiationType {
-			return append([]byte(nil), buf[:n]...)
 		}
 	}
 }

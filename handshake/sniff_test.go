@@ -158,7 +158,7 @@ func TestSniff(t *testing.T) {
 
 	resp, _ := wgtypes.GeneratePrivateKey()
 	init, _ := wgtypes.GeneratePrivateKey()
-	stop := initiate(t, init, resp.PublicKey(), port)
+	stop := testlab.Initiate(t, init, resp.PublicKey(), port)
 	var got []byte
 	for got == nil {
 		// The owner of the port gets the datagrams too (skip the junk).

@@ -249,7 +249,7 @@ func newGateway(cfg *config.Config, consul *api.Client, logger *slog.Logger, exe
 		return nil, nil, err
 	}
 	info := gatewayInfo(cfg, key)
-	r := gateway.NewRunner(gateway.Options{
+	r, err := gateway.NewRunner(gateway.Options{
 		Node:           cfg.NodeName,
 		Prefix:         cfg.Prefix,
 		Pool:           cfg.Gateway.Pool,
@@ -261,8 +261,15 @@ func newGateway(cfg *config.Config, consul *api.Client, logger *slog.Logger, exe
 		Datacenter:     cfg.Consul.Datacenter,
 		ResyncInterval: cfg.ResyncInterval,
 		SavedPath:      filepath.Join(cfg.StateDir, "gateway-records.json"),
+		JIT:            cfg.Gateway.JIT,
+		IdleTimeout:    cfg.Gateway.IdleTimeout,
+		ListenPort:     cfg.Gateway.ListenPort,
 		Logger:         logger.With("role", "gateway"),
 	})
+	if err != nil {
+		link.Close()
+		return nil, nil, err
+	}
 	return r, info, nil
 }
 

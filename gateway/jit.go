@@ -1,0 +1,275 @@
+package gateway
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/handshake"
+)
+
+// Just-in-time user peers (Options.JIT): the user link holds only the
+// peers that handshook within IdleTimeout. Every valid record is known
+// (by public key), but a peer goes into the kernel only when an
+// initiation from its key arrives (Sniff sees it beside the device, which
+// drops it), and leaves it after IdleTimeout without a handshake; its
+// record stays.
+
+// Defaults of the JIT options.
+const (
+	DefaultIdleTimeout = 10 * time.Minute
+	// kickWindow is how long a freshly installed peer carries the
+	// initiation's source as its endpoint and a persistent keepalive:
+	// setting the keepalive makes the device send one at once, that is, a
+	// handshake initiation back to the user, so that the user's first
+	// attempt completes (the user's own initiation was dropped). After the
+	// window both are taken off again; the user roams and keeps its own
+	// keepalive.
+	kickWindow = 3 * time.Second
+	// perSourceRate and perSourceBurst bound the initiations read per
+	// source address (a second each, then the rest are dropped unread);
+	// totalRate bounds all of them: a flood costs at most totalRate
+	// decryptions a second.
+	perSourceRate  = 5
+	perSourceBurst = 10
+	totalRate      = 2000
+	// maxSources bounds the per-source buckets kept (a flood from spoofed
+	// addresses would grow them): past it, new sources share the total.
+	maxSources = 65536
+)
+
+// Reasons an initiation installs nothing (Status.JIT.Refused, the
+// metric meshd_gateway_initiations_refused_total).
+const (
+	RefusedRateLimited = "rate_limited"
+	RefusedMAC1        = "bad_mac1"
+	RefusedDecrypt     = "undecryptable"
+	RefusedUnknownKey  = "unknown_key"
+	RefusedReplay      = "replay"
+)
+
+// JITStatus is the just-in-time state in `meshd status`.
+type JITStatus struct {
+	IdleTimeout string `json:"idle_timeout"`
+	// Records is how many valid, unexpired records the gateway knows;
+	// Active how many of them the kernel holds.
+	Records int `json:"records"`
+	Active  int `json:"active"`
+	// Installs and Evictions count peers put in for an initiation and
+	// taken out for being idle.
+	Installs  uint64 `json:"installs"`
+	Evictions uint64 `json:"evictions"`
+	// Refused counts initiations that installed nothing, by reason.
+	Refused map[string]uint64 `json:"refused,omitempty"`
+}
+
+// activePeer is a user peer the kernel holds (or is about to).
+type activePeer struct {
+	since     time.Time      // installed
+	seen      time.Time      // when it was last heard from: a handshake or bytes received
+	rx        int64          // bytes received, at the last check
+	endpoint  netip.AddrPort // where its initiation came from
+	kickUntil time.Time
+}
+
+// jit is a runner's just-in-time state, guarded by Runner.mu.
+type jit struct {
+	idle      time.Duration
+	responder *handshake.Responder
+	limit     limiter
+	// records are the valid, unexpired records by key, as the last
+	// reconcile found them.
+	records map[wgtypes.Key]Stored
+	active  map[wgtypes.Key]*activePeer
+	// last is the newest initiation timestamp read per known key.
+	last      map[wgtypes.Key]handshake.Timestamp
+	nextCheck time.Time // the next idle check
+	adopted   bool      // the kernel's peers were looked at once
+	status    JITStatus
+}
+
+func newJIT(priv wgtypes.Key, idle time.Duration) (*jit, error) {
+	r, err := handshake.NewResponder(priv)
+	if err != nil {
+		return nil, err
+	}
+	return &jit{idle: idle, responder: r, limit: limiter{per: map[netip.Addr]*bucket{}},
+		active: map[wgtypes.Key]*activePeer{}, last: map[wgtypes.Key]handshake.Timestamp{},
+		status: JITStatus{IdleTimeout: idle.String(), Refused: map[string]uint64{}}}, nil
+}
+
+// initiation judges one initiation seen at now and reports whether it
+// activated a peer. The caller holds the lock (the decryption runs under
+// it: the rate limit bounds how often).
+func (j *jit) initiation(p handshake.Packet, now time.Time) bool {
+	if !j.limit.allow(p.Source.Addr(), now) {
+		j.status.Refused[RefusedRateLimited]++
+		return false
+	}
+	in, err := j.responder.Consume(p.Payload)
+	switch {
+	case errors.Is(err, handshake.ErrMAC1), errors.Is(err, handshake.ErrNotInitiation):
+		j.status.Refused[RefusedMAC1]++
+		return false
+	case err != nil:
+		j.status.Refused[RefusedDecrypt]++
+		return false
+	}
+	key := wgtypes.Key(in.Static)
+	rec, ok := j.records[key]
+	if !ok || rec.Expired(now) {
+		// Unknown, removed or expired: one decryption, and nothing kept.
+		j.status.Refused[RefusedUnknownKey]++
+		return false
+	}
+	if last, ok := j.last[key]; ok && !in.Timestamp.After(last) {
+		j.status.Refused[RefusedReplay]++
+		return false
+	}
+	j.last[key] = in.Timestamp
+	if a, ok := j.active[key]; ok {
+		a.seen = now
+		return false // the device holds it and answers itself
+	}
+	j.active[key] = &activePeer{since: now, seen: now, endpoint: p.Source, kickUntil: now.Add(kickWindow)}
+	j.status.Installs++
+	return true
+}
+
+// sync takes the records of a reconcile: active peers whose record is
+// gone (removed, expired, rejected, or its key changed) leave the active
+// set.
+func (j *jit) sync(recs []Stored) {
+	j.records = make(map[wgtypes.Key]Stored, len(recs))
+	for _, s := range recs {
+		j.records[s.Key()] = s
+	}
+	for k := range j.active {
+		if _, ok := j.records[k]; !ok {
+			delete(j.active, k)
+		}
+	}
+	for k := range j.last {
+		if _, ok := j.records[k]; !ok {
+			delete(j.last, k)
+		}
+	}
+	j.status.Records = len(j.records)
+}
+
+// heard is what the device reports of a peer: its last handshake and the
+// bytes received from it.
+type heard struct {
+	handshake time.Time
+	rx        int64
+}
+
+// idleCheck takes the device's report at now: a peer heard from (a
+// handshake, or any bytes received: keepalives included) is not idle;
+// peers idle for the timeout are evicted. On the first check, peers the
+// kernel already holds that handshook within the timeout (meshd
+// restarted) are kept active. It returns when to check again.
+func (j *jit) idleCheck(dev map[wgtypes.Key]heard, now time.Time) time.Time {
+	if !j.adopted {
+		j.adopted = true
+		for k, h := range dev {
+			if _, ok := j.records[k]; ok && !h.handshake.IsZero() && now.Sub(h.handshake) < j.idle {
+				if _, ok := j.active[k]; !ok {
+					j.active[k] = &activePeer{since: h.handshake, seen: h.handshake, rx: h.rx}
+				}
+			}
+		}
+	}
+	for k, a := range j.active {
+		h, ok := dev[k]
+		if ok && h.handshake.After(a.seen) {
+			a.seen = h.handshake
+		}
+		if ok && h.rx != a.rx {
+			a.seen, a.rx = now, h.rx
+		}
+		if now.Sub(a.seen) >= j.idle && now.Sub(a.since) >= j.idle {
+			delete(j.active, k)
+			j.status.Evictions++
+		}
+	}
+	j.nextCheck = now.Add(max(j.idle/10, time.Second))
+	return j.nextCheck
+}
+
+// filter keeps the records and peers of st that are active, kicking the
+// fresh ones (kickWindow), and returns the earliest end of a kick.
+func (j *jit) filter(st *State, now time.Time) time.Time {
+	var wake time.Time
+	recs, ps := st.Records[:0], st.Peers[:0]
+	for i, s := range st.Records {
+		a, ok := j.active[s.Key()]
+		if !ok {
+			continue
+		}
+		p := st.Peers[i]
+		if now.Before(a.kickUntil) && a.endpoint.IsValid() {
+			p.Endpoint, p.Keepalive = a.endpoint, UserKeepalive
+			if wake.IsZero() || a.kickUntil.Before(wake) {
+				wake = a.kickUntil
+			}
+		}
+		recs, ps = append(recs, s), append(ps, p)
+	}
+	st.Records, st.Peers = recs, ps
+	j.status.Active = len(ps)
+	return wake
+}
+
+// limiter is a token bucket per source address and one for all.
+type limiter struct {
+	mu    sync.Mutex
+	per   map[netip.Addr]*bucket
+	total bucket
+	swept time.Time
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+func (b *bucket) take(now time.Time, rate, burst float64) bool {
+	if b.at.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+now.Sub(b.at).Seconds()*rate)
+	}
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func (l *limiter) allow(src netip.Addr, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.swept) > time.Minute {
+		// Full buckets need not be kept: a fresh one is the same.
+		for a, b := range l.per {
+			if now.Sub(b.at) > perSourceBurst*time.Second/perSourceRate {
+				delete(l.per, a)
+			}
+		}
+		l.swept = now
+	}
+	b, ok := l.per[src]
+	if !ok {
+		if len(l.per) >= maxSources {
+			return l.total.take(now, totalRate, totalRate)
+		}
+		b = &bucket{}
+		l.per[src] = b
+	}
+	return b.take(now, perSourceRate, perSourceBurst) && l.total.take(now, totalRate, totalRate)
+}

@@ -1,0 +1,120 @@
+package gateway
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/handshake"
+	"meshd.dev/meshd/internal/testlab"
+	"meshd.dev/meshd/peers"
+)
+
+// TestJIT walks the just-in-time state through a user's life with real
+// initiations from wireguard-go: unknown until its record is there, then
+// installed on its first initiation (kicked back at its source), a replay
+// refused, kept while heard from, evicted when idle, back on demand, and
+// gone with its record; the rest of the refusals by reason.
+func TestJIT(t *testing.T) {
+	gwPriv, _ := wgtypes.GeneratePrivateKey()
+	user, _ := wgtypes.GeneratePrivateKey()
+	j, err := newJIT(gwPriv, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := testlab.Initiation(t, user, gwPriv.PublicKey())
+	second := testlab.Initiation(t, user, gwPriv.PublicKey())
+	src := netip.MustParseAddrPort("198.18.5.5:40000")
+	t0 := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	pkt := func(b []byte) handshake.Packet { return handshake.Packet{Source: src, Payload: b} }
+	rec := Stored{Record: Record{Org: "acme", Name: "laptop", PublicKey: user.PublicKey().String(),
+		Address: netip.MustParseAddr("fdaa:0:1:8000::5"), Allow: []netip.Prefix{netip.MustParsePrefix("fdaa::/16")}, Created: t0}}
+	st := func() State {
+		return State{Records: []Stored{rec}, Peers: []peers.Peer{{Node: rec.ID(), PublicKey: user.PublicKey(), Prefix: netip.PrefixFrom(rec.Address, 128)}}}
+	}
+
+	j.sync(nil)
+	if j.initiation(pkt(first), at(0)) {
+		t.Fatal("an initiation without a record activated a peer")
+	}
+	j.sync([]Stored{rec})
+	j.idleCheck(nil, at(0))
+	if !j.initiation(pkt(first), at(time.Second)) {
+		t.Fatal("the first initiation with a record did not activate its peer")
+	}
+	if j.initiation(pkt(first), at(2*time.Second)) {
+		t.Error("a replayed initiation activated again")
+	}
+	s := st()
+	wake := j.filter(&s, at(2*time.Second))
+	if len(s.Peers) != 1 || s.Peers[0].Endpoint != src || s.Peers[0].Keepalive != UserKeepalive || !wake.Equal(at(time.Second+kickWindow)) {
+		t.Errorf("fresh peer: %+v, wake %v; want it kicked at %s until %v", s.Peers, wake, src, at(time.Second+kickWindow))
+	}
+	s = st()
+	j.filter(&s, at(5*time.Second))
+	if len(s.Peers) != 1 || s.Peers[0].Endpoint.IsValid() || s.Peers[0].Keepalive != 0 {
+		t.Errorf("after the kick: %+v; want no endpoint and no keepalive", s.Peers)
+	}
+	// Heard from (bytes received) at 50 s: not idle at 90 s; idle at 111 s.
+	j.idleCheck(map[wgtypes.Key]heard{user.PublicKey(): {handshake: at(time.Second), rx: 100}}, at(50*time.Second))
+	j.idleCheck(map[wgtypes.Key]heard{user.PublicKey(): {handshake: at(time.Second), rx: 100}}, at(90*time.Second))
+	if _, ok := j.active[user.PublicKey()]; !ok {
+		t.Fatal("a peer heard from 40 s ago was evicted")
+	}
+	j.idleCheck(map[wgtypes.Key]heard{user.PublicKey(): {handshake: at(time.Second), rx: 100}}, at(111*time.Second))
+	s = st()
+	j.filter(&s, at(111*time.Second))
+	if len(s.Peers) != 0 {
+		t.Fatalf("an idle peer stayed: %+v", s.Peers)
+	}
+	// Back on demand, with a newer initiation.
+	if !j.initiation(pkt(second), at(200*time.Second)) {
+		t.Fatal("a newer initiation did not bring the evicted peer back")
+	}
+	// Its record goes: so does the peer, and its initiations install
+	// nothing.
+	j.sync(nil)
+	s = State{}
+	j.filter(&s, at(201*time.Second))
+	if len(j.active) != 0 {
+		t.Errorf("a peer without a record stayed active")
+	}
+	if j.initiation(pkt(second), at(202*time.Second)) {
+		t.Error("an initiation of a removed record activated")
+	}
+	// Junk and a flood from one source.
+	junk := append([]byte(nil), first...)
+	junk[120] ^= 1
+	j.initiation(handshake.Packet{Source: netip.MustParseAddrPort("198.18.6.6:1"), Payload: junk}, at(300*time.Second))
+	for range 20 {
+		j.initiation(handshake.Packet{Source: netip.MustParseAddrPort("198.18.7.7:1"), Payload: junk}, at(400*time.Second))
+	}
+	want := JITStatus{IdleTimeout: "1m0s", Records: 0, Active: 0, Installs: 2, Evictions: 1,
+		Refused: map[string]uint64{RefusedUnknownKey: 2, RefusedReplay: 1, RefusedMAC1: 1 + perSourceBurst, RefusedRateLimited: 20 - perSourceBurst}}
+	if diff := cmp.Diff(want, j.status); diff != "" {
+		t.Errorf("status (-want +got):\n%s", diff)
+	}
+}
+
+// TestJITAdopts: a restarted gateway keeps the peers its kernel holds that
+// handshook within the idle timeout and have records, and no others.
+func TestJITAdopts(t *testing.T) {
+	gwPriv, _ := wgtypes.GeneratePrivateKey()
+	j, _ := newJIT(gwPriv, time.Minute)
+	k := func() wgtypes.Key { p, _ := wgtypes.GeneratePrivateKey(); return p.PublicKey() }
+	fresh, stale, noRecord := k(), k(), k()
+	now := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	j.sync([]Stored{{Record: Record{PublicKey: fresh.String()}}, {Record: Record{PublicKey: stale.String()}}})
+	j.idleCheck(map[wgtypes.Key]heard{fresh: {handshake: now.Add(-30 * time.Second)}, stale: {handshake: now.Add(-2 * time.Minute)}, noRecord: {handshake: now}}, now)
+	var got []wgtypes.Key
+	for k := range j.active {
+		got = append(got, k)
+	}
+	if diff := cmp.Diff([]wgtypes.Key{fresh}, got); diff != "" {
+		t.Errorf("adopted (-want +got):\n%s", diff)
+	}
+}
