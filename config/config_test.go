@@ -44,7 +44,7 @@ func TestDefaults(t *testing.T) {
 		RemovalGrace: 5 * time.Minute, MaxRemovalFraction: 0.5, MaxPeers: 25000, ResyncInterval: 30 * time.Second,
 		LogLevel: "info", LogFormat: "text", WireGuard: "auto",
 		Consul:  Consul{Service: "meshd", HintKey: "meshd/hint", MaxStale: 30 * time.Second, FullReadInterval: time.Minute},
-		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key"},
+		Gateway: Gateway{Interface: "wg-gw", ListenPort: 51821, KeyFile: "/var/lib/meshd/gateway.key", JIT: true, IdleTimeout: 10 * time.Minute},
 		Trust:   Trust{IdentityKeyFile: "/var/lib/meshd/identity.key", CredentialFile: "/var/lib/meshd/credential"},
 	}
 	cfg.File = ""
@@ -146,6 +146,8 @@ func TestBadValues(t *testing.T) {
 		{"gateway:\n  enabled: true\n  interface: wg0", "gateway.interface", "wg0", "other than interface"},
 		{"gateway:\n  enabled: true\n  listen_port: 51820", "gateway.listen_port", "51820", "other than listen_port"},
 		{"gateway:\n  pool: fdaa:0:1::1/64", "gateway.pool", "fdaa:0:1::1/64", "without host bits"},
+		{"gateway:\n  jit: sometimes", "gateway.jit", "sometimes", "true or false"},
+		{"gateway:\n  idle_timeout: 5s", "gateway.idle_timeout", "5s", "from 10s to 24h"},
 		{"prefix: fdaa:0:1::/48\ngateway:\n  pool: fdaa:0:2::/64", "gateway.pool", "fdaa:0:2::/64", "not inside the gateway's prefix"},
 		{"prefix: fdaa:0:1::/48\ngateway:\n  pool: fdaa:0:1::/64", "gateway.pool", "fdaa:0:1::/64", "holds the gateway's mesh address"},
 		{"listen_port: [1, 2]", "listen_port", "[1 2]", "single value"},

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"meshd.dev/meshd/agent"
+	"meshd.dev/meshd/gateway"
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -39,6 +40,10 @@ var (
 	gwPeersDesc       = desc("gateway_peers", "User peers a gateway holds (gateway nodes only).")
 	gwRejectedDesc    = desc("gateway_rejected_records", "Gateway peer records rejected (gateway nodes only).")
 	gwSyncedDesc      = desc("gateway_synced", "1 once the gateway has read its peer records (gateway nodes only).")
+	gwRecordsDesc     = desc("gateway_records", "Valid, unexpired user peer records a just-in-time gateway knows (the kernel holds only the active ones).")
+	gwInstallsDesc    = desc("gateway_jit_installs_total", "User peers a just-in-time gateway put into the kernel for a handshake initiation, since start.")
+	gwEvictionsDesc   = desc("gateway_jit_evictions_total", "Idle user peers a just-in-time gateway took out of the kernel (records kept), since start.")
+	gwRefusedDesc     = desc("gateway_initiations_refused_total", "Handshake initiations a just-in-time gateway installed nothing for, by reason, since start.", "reason")
 	credExpiryDesc    = desc("credential_expiry_timestamp_seconds", "When this host's credential expires (Unix time).")
 	revokedDesc       = desc("revoked", "Nodes and identities the authority revoked.")
 	impersonatedDesc  = desc("impersonation_seen_total", "Reconciles that saw an entry for this node that it did not publish.")
@@ -136,5 +141,13 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(gwPeersDesc, float64(g.Peers))
 		gauge(gwRejectedDesc, float64(len(g.Rejected)))
 		gauge(gwSyncedDesc, b2f(g.Synced))
+		if j := g.JIT; j != nil {
+			gauge(gwRecordsDesc, float64(j.Records))
+			counter(gwInstallsDesc, float64(j.Installs))
+			counter(gwEvictionsDesc, float64(j.Evictions))
+			for _, r := range []string{gateway.RefusedRateLimited, gateway.RefusedMAC1, gateway.RefusedDecrypt, gateway.RefusedUnknownKey, gateway.RefusedReplay} {
+				counter(gwRefusedDesc, float64(j.Refused[r]), r)
+			}
+		}
 	}
 }

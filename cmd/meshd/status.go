@@ -148,6 +148,14 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	if g := st.Gateway; g != nil {
 		fmt.Fprintf(w, "gateway: interface %s, %d user peers, %d rejected records, synced: %v, kernel writes %d\n",
 			g.Interface, g.Peers, len(g.Rejected), g.Synced, g.Writes)
+		if j := g.JIT; j != nil {
+			refused := 0
+			for _, n := range j.Refused {
+				refused += int(n)
+			}
+			fmt.Fprintf(w, "  just in time: %d of %d records in the kernel (idle after %s), %d installs, %d evictions, %d initiations refused\n",
+				j.Active, j.Records, j.IdleTimeout, j.Installs, j.Evictions, refused)
+		}
 		if g.LastError != "" {
 			fmt.Fprintln(w, clipText("  last error: "+g.LastError, 100))
 		}
