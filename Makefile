@@ -77,7 +77,7 @@ test: lint licenses unit kernel fuzz bench-quick
 # end-to-end tests below with MESHD_E2E_WIREGUARD=kernel: every link must be
 # a kernel wireguard link and no userspace device process may exist. The
 # binaries are built here (the VM's root is the host's, read-only).
-KERNEL_TESTS ?= ^(TestMesh|TestSurvivesConsul|TestGateway|TestMixedFleet)$$
+KERNEL_TESTS ?= ^(TestMesh|TestSurvivesConsul|TestGateway|TestGatewayJIT|TestMixedFleet)$$
 kernel: deps consul promtool
 	mkdir -p .cache/vm/bin
 	$(GO) build -race -o .cache/vm/bin/meshd ./cmd/meshd

@@ -186,7 +186,9 @@ func configKey(t *testing.T, conf string) wgtypes.Key {
 // the printed configuration alone reach mesh hosts through the gateway,
 // seen with their assigned address; allow lists, source addresses, removal,
 // expiry and address reuse are enforced in the kernel; concurrent creates
-// get distinct addresses; bad input writes nothing.
+// get distinct addresses; bad input writes nothing. It runs the gateway
+// with gateway.jit off (every record in the kernel); TestGatewayJIT runs
+// the default.
 func TestGateway(t *testing.T) {
 	lab := testlab.NewLab(t)
 	server := lab.StartConsulServer("consul")
@@ -194,7 +196,7 @@ func TestGateway(t *testing.T) {
 	gwIface := fmt.Sprintf("wg%dgw", os.Getpid()%10000)
 	// A pool of 32 addresses (31 usable: the first is never handed out),
 	// small enough to run out of.
-	gw := newNode(t, lab, servers, 1, fmt.Sprintf("gateway:\n  enabled: true\n  interface: %s\n  pool: fdaa:0:1:ffff::/123\n", gwIface))
+	gw := newNode(t, lab, servers, 1, fmt.Sprintf("gateway:\n  enabled: true\n  interface: %s\n  pool: fdaa:0:1:ffff::/123\n  jit: false\n", gwIface))
 	b := newNode(t, lab, servers, 2, "")
 	c := newNode(t, lab, servers, 3, "")
 	nodes := []*node{gw, b, c}

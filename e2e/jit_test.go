@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/gateway"
+	"meshd.dev/meshd/internal/testlab"
+)
+
+// TestGatewayJIT: a just-in-time gateway (the default) knows every record
+// but holds in its kernel only the users that connect. A laptop whose peer
+// is not in the kernel reaches a mesh host on its first wg-quick up and
+// ping; idle for gateway.idle_timeout, it leaves the kernel (its record
+// stays) and comes back on demand; removing its record cuts it off within
+// 2 s. Forged initiations sent from another host (bad mac1, an unknown
+// key, a replay, a valid key whose record was removed) install nothing,
+// and status and metrics count them by reason.
+func TestGatewayJIT(t *testing.T) {
+	lab := testlab.NewLab(t)
+	server := lab.StartConsulServer("consul")
+	servers := []*testlab.Consul{server}
+	gwIface := fmt.Sprintf("wj%dgw", os.Getpid()%10000)
+	gw := newNode(t, lab, servers, 1, fmt.Sprintf("gateway:\n  enabled: true\n  interface: %s\n  idle_timeout: 10s\n", gwIface))
+	b := newNode(t, lab, servers, 2, "")
+	nodes := []*node{gw, b}
+	for _, n := range nodes {
+		n.start(t)
+	}
+	defer checkNoRace(t, nodes)
+	converged(t, nodes)
+	pingAll(t, nodes)
+	kv := server.Client(t)
+	var info gateway.Info
+	testlab.Eventually(t, 30*time.Second, "the gateway is in the catalog with its role", func() bool {
+		var err error
+		info, err = gateway.Lookup(context.Background(), kv, "meshd", gw.Name, meshRules)
+		return err == nil
+	})
+	checkLink(t, gw.Host, gwIface, gw.mode)
+	jit := func() gateway.JITStatus {
+		t.Helper()
+		st, err := gw.status(t)
+		if err != nil || st.Gateway == nil || st.Gateway.JIT == nil {
+			t.Fatalf("gateway status without its JIT state: %+v, %v", st.Gateway, err)
+		}
+		return *st.Gateway.JIT
+	}
+
+	// Records of users who never connect, and one laptop's.
+	const others = 20
+	for i := range others {
+		createPeer(t, b, "--gateway", gw.Name, "--org", "ci", "--name", fmt.Sprintf("job%d", i))
+	}
+	lap := &laptop{Host: lab.AddHost("lap1"), iface: fmt.Sprintf("wj%dlap", os.Getpid()%10000)}
+	res := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "laptop")
+	lapKey := configKey(t, res.Config)
+	testlab.Eventually(t, 10*time.Second, "the gateway knows every record", func() bool { return jit().Records == others+1 })
+	if n := len(userPeers(t, gw, gwIface)); n != 0 {
+		t.Fatalf("the gateway's kernel holds %d user peers before anyone connected, want 0", n)
+	}
+
+	// First wg-quick up and ping.
+	up := time.Now()
+	lap.up(t, res.Config)
+	if !lap.pingWithin(b.meshAddr(), budget(3*time.Second)) {
+		t.Fatalf("the laptop did not reach %s within %s of wg-quick up; gateway log:\n%s", b.Name, budget(3*time.Second), tail(gw.proc.Log(), 30))
+	}
+	t.Logf("first echo %s after wg-quick up (WireGuard itself retries an unanswered handshake after 5 s)", time.Since(up).Round(time.Millisecond))
+	if got := userPeers(t, gw, gwIface); len(got) != 1 || got[lapKey] == "" {
+		t.Errorf("the gateway's kernel holds %v, want only the laptop %s", got, lapKey)
+	}
+	if j := jit(); j.Active != 1 || j.Installs != 1 {
+		t.Errorf("JIT status %+v, want 1 active, 1 install", j)
+	}
+
+	// Idle: the laptop goes down; its peer leaves the kernel, the record
+	// stays; it comes back on demand.
+	if out, err := lap.Exec("wg-quick", "down", lap.conf); err != nil {
+		t.Fatalf("wg-quick down: %v: %s", err, out)
+	}
+	down := time.Now()
+	testlab.Eventually(t, 10*time.Second+budget(10*time.Second), "the idle laptop leaves the gateway's kernel", func() bool {
+		_, ok := userPeers(t, gw, gwIface)[lapKey]
+		return !ok
+	})
+	t.Logf("evicted %s after the laptop went down (idle_timeout 10s)", time.Since(down).Round(time.Millisecond))
+	if _, ok := gatewayKV(t, kv)[gateway.RecordKey(gw.Name, "acme", "laptop")]; !ok {
+		t.Errorf("eviction removed the laptop's record")
+	}
+	if j := jit(); j.Evictions != 1 || j.Active != 0 {
+		t.Errorf("JIT status %+v, want 1 eviction, none active", j)
+	}
+	lap.up(t, res.Config)
+	if !lap.pingWithin(b.meshAddr(), budget(3*time.Second)) {
+		t.Fatalf("the evicted laptop did not reconnect on demand")
+	}
+
+	// Removal cuts the active laptop off within 2 s.
+	if out, err := gatewayPeerCmd(b, t, "remove", "--gateway", gw.Name, "--org", "acme", "--name", "laptop").CombinedOutput(); err != nil {
+		t.Fatalf("remove: %v: %s", err, out)
+	}
+	testlab.Eventually(t, budget(2*time.Second), "the removed laptop leaves the gateway's kernel", func() bool {
+		_, ok := userPeers(t, gw, gwIface)[lapKey]
+		return !ok
+	})
+	if !lap.cannotPing(b.meshAddr()) {
+		t.Errorf("the removed laptop still reaches %s", b.Name)
+	}
+
+	// Forged initiations from another host on the underlay.
+	mallory := lab.AddHost("mallory")
+	send := func(msg []byte) {
+		t.Helper()
+		err := testlab.InNetns(mallory.Netns, func() error {
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(info.Endpoint))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write(msg)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("send from mallory: %v", err)
+		}
+	}
+	before := jit()
+	// A key the test holds, with a record, and two of its initiations.
+	stolen, _ := wgtypes.GeneratePrivateKey()
+	createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "stolen", "--public-key", stolen.PublicKey().String())
+	testlab.Eventually(t, 10*time.Second, "the gateway knows the new record", func() bool { return jit().Records == before.Records+1 })
+	first := testlab.Initiation(t, stolen, info.PublicKey)
+	later := testlab.Initiation(t, stolen, info.PublicKey)
+	junk := make([]byte, 148)
+	rand.Read(junk)
+	junk[0], junk[1], junk[2], junk[3] = 1, 0, 0, 0
+	stranger, _ := wgtypes.GeneratePrivateKey()
+
+	send(junk) // bad mac1
+	send(testlab.Initiation(t, stranger, info.PublicKey))
+	send(first) // valid: installs
+	testlab.Eventually(t, budget(2*time.Second), "a valid initiation installs its peer", func() bool {
+		_, ok := userPeers(t, gw, gwIface)[stolen.PublicKey()]
+		return ok
+	})
+	send(first) // the same again: a replay
+	if out, err := gatewayPeerCmd(b, t, "remove", "--gateway", gw.Name, "--org", "acme", "--name", "stolen").CombinedOutput(); err != nil {
+		t.Fatalf("remove: %v: %s", err, out)
+	}
+	testlab.Eventually(t, budget(2*time.Second), "the removed record's peer leaves the kernel", func() bool {
+		_, ok := userPeers(t, gw, gwIface)[stolen.PublicKey()]
+		return !ok
+	})
+	send(later) // a valid key whose record is gone
+	want := map[string]uint64{gateway.RefusedMAC1: 1, gateway.RefusedUnknownKey: 2, gateway.RefusedReplay: 1}
+	testlab.Eventually(t, 5*time.Second, "the gateway counts each forged initiation by reason", func() bool {
+		j := jit()
+		for r, n := range want {
+			if j.Refused[r]-before.Refused[r] < n {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(time.Second)
+	if _, ok := userPeers(t, gw, gwIface)[stolen.PublicKey()]; ok {
+		t.Errorf("an initiation of a removed record's key installed it")
+	}
+	j := jit()
+	if j.Installs != before.Installs+1 {
+		t.Errorf("installs went from %d to %d during the forgeries, want exactly the one valid initiation", before.Installs, j.Installs)
+	}
+	t.Logf("refused initiations by reason: %v", j.Refused)
+	values := scrape(t, gw)
+	if got := values[`meshd_gateway_initiations_refused_total{reason="replay"}`]; got < 1 {
+		t.Errorf("meshd_gateway_initiations_refused_total{reason=\"replay\"} = %v, want at least 1", got)
+	}
+}
