@@ -73,7 +73,8 @@ func benchApplyOnePeer(b *testing.B, wg netlinkx.Mode, n int, full bool) {
 		b.Fatal(err)
 	}
 	all := benchPairs(b, n+b.N)
-	r.pairs, r.synced = all[:n], true
+	r.records.list(all[:n], 1)
+	r.synced = true
 	start := time.Now()
 	if _, err := r.reconcile(b.Context(), t0); err != nil {
 		b.Fatalf("initial sync failed: %v", err)
@@ -82,7 +83,8 @@ func benchApplyOnePeer(b *testing.B, wg netlinkx.Mode, n int, full bool) {
 	writes := link.Writes()
 	b.ResetTimer()
 	for i := range b.N {
-		r.pairs = all[:n+i+1]
+		p := all[n+i]
+		r.records.one(p.Key, &p, uint64(2+i))
 		if full {
 			r.applied = nil
 		}

@@ -49,6 +49,9 @@ type Options struct {
 	// Datacenter is passed to the watch.
 	Datacenter     string
 	ResyncInterval time.Duration
+	// FullReadInterval is how often the whole records folder is read
+	// (default DefaultFullReadInterval); changes come as hints between.
+	FullReadInterval time.Duration
 	// SavedPath is where the records last read are kept, and applied from
 	// at start until Consul answers; empty: nothing is saved, and until
 	// Consul answers the kernel stays as it was.
@@ -73,6 +76,11 @@ type Status struct {
 	// Writes counts kernel writes to the user link and the firewall.
 	Writes    uint64 `json:"writes"`
 	LastError string `json:"last_error,omitempty"`
+	// FullReads and RecordReads count reads of every record (at start,
+	// now and then, and after missed hints) and of single records (one
+	// per change hint).
+	FullReads   uint64 `json:"full_reads"`
+	RecordReads uint64 `json:"record_reads"`
 	// JIT is the just-in-time state, when on.
 	JIT *JITStatus `json:"jit,omitempty"`
 }
@@ -90,8 +98,13 @@ type Runner struct {
 	// failure (applied is then nil). Owned by the loop.
 	applied *peers.Observed
 
-	mu    sync.Mutex
-	pairs []Pair
+	mu sync.Mutex
+	// records are the records as last read (follow.go).
+	records *recordSet
+	// fullReads and recordReads count reads of the whole folder and of
+	// single records; savedAt is the last save of the records.
+	fullReads, recordReads uint64
+	savedAt                time.Time
 	// others are the other gateways' host prefixes (SetGateways).
 	others []netip.Prefix
 	loop   *loop.Loop // set by Run
@@ -117,6 +130,7 @@ func NewRunner(opts Options) (*Runner, error) {
 		opts:    opts,
 		watcher: &catalogsync.Watcher{Client: opts.Consul, Datacenter: opts.Datacenter, Logger: opts.Logger},
 		decoder: NewDecoder(opts.Node),
+		records: newRecordSet(),
 		status:  Status{Interface: opts.Link.Name()},
 	}
 	if opts.JIT {
@@ -154,6 +168,7 @@ func (r *Runner) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Writes = r.opts.Link.Writes() + r.opts.Firewall.Writes()
+	s.FullReads, s.RecordReads = r.fullReads, r.recordReads
 	if r.jit != nil {
 		js := r.jit.status
 		js.Refused = maps.Clone(js.Refused)
@@ -181,20 +196,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.loop = l
 	r.mu.Unlock()
 	r.loadSaved()
-	wg.Go(func() {
-		r.watcher.RunKV(ctx, PeersKey(r.opts.Node), func(kvs api.KVPairs, _ uint64) {
-			read := pairs(kvs)
-			r.mu.Lock()
-			r.pairs, r.synced, r.fromDisk = read, true, false
-			r.mu.Unlock()
-			if r.opts.SavedPath != "" {
-				if err := saveRecords(r.opts.SavedPath, read, time.Now()); err != nil {
-					r.opts.Logger.Error("save gateway records", "err", err)
-				}
-			}
-			l.Mark()
-		})
-	})
+	wg.Go(func() { r.followRecords(ctx, l) })
 	wg.Go(func() { r.watchFirewall(ctx, l) })
 	if r.jit != nil {
 		wg.Go(func() { r.sniff(ctx, l) })
@@ -265,7 +267,7 @@ func (r *Runner) sniff(ctx context.Context, l *loop.Loop) {
 // next expiry), or zero, and what failed.
 func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error) {
 	r.mu.Lock()
-	pairs, synced, fromDisk := r.pairs, r.synced, r.fromDisk
+	pairs, synced, fromDisk := r.records.slice(), r.synced, r.fromDisk
 	r.mu.Unlock()
 	if !synced {
 		// Nothing read yet (Consul is slow or down): keep what the kernel
@@ -317,7 +319,11 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 		if fromDisk {
 			break // deleted once Consul answers
 		}
-		if err := Delete(ctx, r.opts.Consul, r.opts.Node, s); err != nil {
+		if err := Delete(ctx, r.opts.Consul, r.opts.Node, s); errors.Is(err, ErrNotAnnounced) {
+			// This gateway holds the change already (its next read of the
+			// record or the folder shows it gone).
+			r.opts.Logger.Warn("deleted an expired peer without a hint", "peer", s.ID(), "err", err)
+		} else if err != nil {
 			errs = append(errs, fmt.Errorf("delete expired peer %s: %w", s.ID(), err))
 			continue
 		}
@@ -395,7 +401,8 @@ func (r *Runner) loadSaved() {
 		r.opts.Logger.Error("ignoring unreadable saved gateway records; the user link stays as it is until Consul answers", "err", err)
 	case saved != nil:
 		r.mu.Lock()
-		r.pairs, r.synced, r.fromDisk = saved, true, true
+		r.records.list(saved, 0) // any read from Consul is newer
+		r.synced, r.fromDisk = true, true
 		r.mu.Unlock()
 		r.opts.Logger.Info("applying saved gateway records until Consul answers", "records", len(saved))
 	}

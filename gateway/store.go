@@ -23,6 +23,10 @@ var (
 	ErrNameTaken      = errors.New("a peer of that name exists on this gateway (use --replace to replace it)")
 	ErrExhausted      = errors.New("the gateway's address pool is exhausted")
 	ErrNotFound       = errors.New("no such peer on this gateway")
+	// ErrNotAnnounced is a change written but not hinted to the gateway:
+	// not a failure (the record is written, and the gateway's next full
+	// read brings it), returned with the record so callers can warn.
+	ErrNotAnnounced = errors.New("record written, but its gateway was not told")
 )
 
 // Lookup reads gateway gw's entry from the catalog.
@@ -150,7 +154,7 @@ func Create(ctx context.Context, c *api.Client, gw Info, req Request, now time.T
 		}
 		return Record{}, fmt.Errorf("%s (%s): %w", gw.Node, gw.Pool, ErrExhausted)
 	}
-	return rec, nil
+	return rec, announce(ctx, c, gw.Node, rec.ID(), 0)
 }
 
 // replace writes rec over the record old, keeping old's address, if old is
@@ -165,7 +169,7 @@ func replace(ctx context.Context, c *api.Client, gw Info, old *api.KVPair, rec R
 	if _, err := txn(ctx, c, ops); err != nil {
 		return Record{}, fmt.Errorf("replace %s: %w", old.Key, err)
 	}
-	return rec, nil
+	return rec, announce(ctx, c, gw.Node, rec.ID(), 0)
 }
 
 // takenAddresses reads the gateway's address claims inside its pool.
@@ -247,14 +251,17 @@ func Remove(ctx context.Context, c *api.Client, gw, org, name string) (Record, e
 		// until an operator looks.
 		s.Record = Record{Org: org, Name: name}
 	}
-	if err := Delete(ctx, c, gw, s); err != nil {
+	if err := Delete(ctx, c, gw, s); err != nil && !errors.Is(err, ErrNotAnnounced) {
 		return Record{}, err
+	} else if err != nil {
+		return s.Record, err
 	}
 	return s.Record, nil
 }
 
 // Delete removes a stored record, if it is unchanged since it was read,
-// together with its address claim, if the claim is the record's.
+// together with its address claim, if the claim is the record's, and
+// hints the change to the gateway.
 func Delete(ctx context.Context, c *api.Client, gw string, s Stored) error {
 	key := RecordKey(gw, s.Org, s.Name)
 	ops := api.TxnOps{{KV: &api.KVTxnOp{Verb: api.KVDeleteCAS, Key: key, Index: s.ModifyIndex}}}
@@ -270,7 +277,7 @@ func Delete(ctx context.Context, c *api.Client, gw string, s Stored) error {
 	if _, err := txn(ctx, c, ops); err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
-	return nil
+	return announce(ctx, c, gw, s.ID(), 0)
 }
 
 // RemoveAll deletes everything gateway gw owns in KV: records and address

@@ -12,9 +12,12 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/internal/testlab"
 )
 
+// kvTree is every record and address claim under KVRoot (the change
+// hints left out), key -> value.
 func kvTree(t *testing.T, c *api.Client) map[string]string {
 	t.Helper()
 	pairs, _, err := c.KV().List(KVRoot, nil)
@@ -23,6 +26,9 @@ func kvTree(t *testing.T, c *api.Client) map[string]string {
 	}
 	out := map[string]string{}
 	for _, p := range pairs {
+		if strings.HasPrefix(p.Key, ChangesKey("gw")) {
+			continue
+		}
 		out[p.Key] = string(p.Value)
 	}
 	return out
@@ -62,6 +68,22 @@ func TestStore(t *testing.T) {
 	if won != 1 || len(tree) != 2 {
 		t.Fatalf("racing creates: %d won, KV holds %v; want 1 winner with one record and one claim", won, tree)
 	}
+	// The winner hinted its change to the gateway, the losers nothing.
+	lastChange := func() catalogsync.Hint {
+		t.Helper()
+		p, _, err := c.KV().Get(ChangesKey("gw"), nil)
+		if err != nil || p == nil {
+			t.Fatalf("no change hint: %v", err)
+		}
+		h, err := catalogsync.ParseHint(p.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if h := lastChange(); h.Seq != 1 || h.ConsulNode != "gw" || h.ServiceID != "acme/same" {
+		t.Errorf("change hint after the racing creates: %+v, want number 1 naming acme/same on gw", h)
+	}
 
 	// Concurrent creates of distinct names get distinct addresses.
 	addrs := make([]netip.Addr, 20)
@@ -96,9 +118,13 @@ func TestStore(t *testing.T) {
 		t.Errorf("replace: %+v, %v; want address %s and the new key", replaced, err, prev.Address)
 	}
 
-	// Remove frees the address; removing again is ErrNotFound.
+	// Remove frees the address (and hints it); removing again is
+	// ErrNotFound.
 	if _, err := Remove(ctx, c, "gw", "burst", "p1"); err != nil {
 		t.Fatal(err)
+	}
+	if h := lastChange(); h.Seq != 23 || h.ServiceID != "burst/p1" {
+		t.Errorf("change hint after 1 + 20 creates, a replace and a remove: %+v, want number 23 naming burst/p1", h)
 	}
 	if _, ok := kvTree(t, c)[AddressKey("gw", addrs[1])]; ok {
 		t.Errorf("address %s still claimed after remove", addrs[1])

@@ -176,7 +176,9 @@ func newGatewayPeerCreateCmd() *cobra.Command {
 				return gatewayError(err)
 			}
 			rec, err := gateway.Create(ctx, consul, info, req, time.Now())
-			if err != nil {
+			if errors.Is(err, gateway.ErrNotAnnounced) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", err)
+			} else if err != nil {
 				return gatewayError(err)
 			}
 			conf := gateway.WGQuick(rec, info, priv)
@@ -303,7 +305,9 @@ func newGatewayPeerRemoveCmd() *cobra.Command {
 				return err
 			}
 			rec, err := gateway.Remove(cmd.Context(), consul, f.gateway, f.org, f.name)
-			if err != nil {
+			if errors.Is(err, gateway.ErrNotAnnounced) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", err)
+			} else if err != nil {
 				return gatewayError(err)
 			}
 			if asJSON {
