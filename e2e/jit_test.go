@@ -3,9 +3,13 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +70,7 @@ func TestGatewayJIT(t *testing.T) {
 	if n := len(userPeers(t, gw, gwIface)); n != 0 {
 		t.Fatalf("the gateway's kernel holds %d user peers before anyone connected, want 0", n)
 	}
+	pagesOfRecords(t, b, gw, others)
 
 	// First wg-quick up and ping.
 	up := time.Now()
@@ -182,5 +187,60 @@ func TestGatewayJIT(t *testing.T) {
 	values := scrape(t, gw)
 	if got := values[`meshd_gateway_initiations_refused_total{reason="replay"}`]; got < 1 {
 		t.Errorf("meshd_gateway_initiations_refused_total{reason=\"replay\"} = %v, want at least 1", got)
+	}
+}
+
+// pagesOfRecords lists the gateway's n "ci" records 7 at a time: each page
+// continues where the last ended (ORG/NAME order), stderr says how to get
+// the next, and the pages together are every record once. A bad --limit
+// or --after is bad input.
+func pagesOfRecords(t *testing.T, b, gw *node, n int) {
+	t.Helper()
+	var all []string
+	after := ""
+	for page := 0; ; page++ {
+		args := []string{"--gateway", gw.Name, "--org", "ci", "--limit", "7", "--json"}
+		if after != "" {
+			args = append(args, "--after", after)
+		}
+		cmd := gatewayPeerCmd(b, t, "list", args...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("list page %d: %v: %s", page, err, stderr.String())
+		}
+		var rows []struct{ Org, Name string }
+		if err := json.Unmarshal(out, &rows); err != nil {
+			t.Fatalf("list --json: %v: %s", err, out)
+		}
+		if len(rows) > 7 {
+			t.Fatalf("page %d has %d rows, want at most 7", page, len(rows))
+		}
+		for _, r := range rows {
+			all = append(all, r.Org+"/"+r.Name)
+		}
+		if len(all) == n {
+			if stderr.Len() != 0 {
+				t.Errorf("the last page says there is more: %s", stderr.String())
+			}
+			break
+		}
+		after = rows[len(rows)-1].Org + "/" + rows[len(rows)-1].Name
+		if want := fmt.Sprintf("%d more peers: --after %s for the next page", n-len(all), after); !strings.Contains(stderr.String(), want) {
+			t.Errorf("page %d: stderr %q, want %q", page, stderr.String(), want)
+		}
+		if page > n {
+			t.Fatalf("paging does not end: %v", all)
+		}
+	}
+	if !slices.IsSorted(all) || len(slices.Compact(slices.Clone(all))) != n {
+		t.Errorf("the pages list %v, want %d distinct records in order", all, n)
+	}
+	for _, bad := range [][]string{{"--limit", "-1"}, {"--after", "no-slash"}} {
+		out, err := gatewayPeerCmd(b, t, "list", append([]string{"--gateway", gw.Name}, bad...)...).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), bad[0]) {
+			t.Errorf("list %v: %v %q, want exit 2 naming %s", bad, err, out, bad[0])
+		}
 	}
 }

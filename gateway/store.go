@@ -31,7 +31,9 @@ var (
 
 // Lookup reads gateway gw's entry from the catalog.
 func Lookup(ctx context.Context, c *api.Client, service, gw string, rules peers.Rules) (Info, error) {
-	q := (&api.QueryOptions{}).WithContext(ctx)
+	// Only gw's instances: the servers filter, so a create reads O(1)
+	// bytes whatever the size of the mesh.
+	q := (&api.QueryOptions{Filter: fmt.Sprintf("ServiceID == %q", catalogsync.ServiceID(gw))}).WithContext(ctx)
 	svcs, _, err := c.Catalog().Service(service, "", q)
 	if err != nil {
 		return Info{}, fmt.Errorf("read service %s: %w", service, err)
@@ -80,6 +82,10 @@ type Request struct {
 // creates took first.
 const maxConflicts = 256
 
+// smallPool is the largest pool (in usable addresses) whose claims Create
+// reads before it picks an address.
+const smallPool = 4096
+
 // Create writes a new peer record on gateway gw, with an address claimed
 // from its pool. The claim and the record are written in one Consul
 // transaction with check-and-set index 0 on both: two creates can never get
@@ -104,13 +110,21 @@ func Create(ctx context.Context, c *api.Client, gw Info, req Request, now time.T
 		}
 		return replace(ctx, c, gw, old, rec)
 	}
-	taken, err := takenAddresses(kv, gw, q)
-	if err != nil {
-		return Record{}, err
-	}
+	// A small pool can run out: its claims are read first, to know. In a
+	// large one (the default is half a /48) the candidates, spread by the
+	// record's ID, almost never collide, and a collision is a failed
+	// check-and-set that moves on: a create reads O(1), whatever the
+	// number of records.
+	taken := map[netip.Addr]bool{}
 	usable := prefixalloc.Usable(gw.Pool, 128)
-	if big.NewInt(int64(len(taken))).Cmp(usable) >= 0 {
-		return Record{}, fmt.Errorf("%s (%s, %d addresses): %w", gw.Node, gw.Pool, len(taken), ErrExhausted)
+	if usable.Cmp(big.NewInt(smallPool)) <= 0 {
+		taken, err = takenAddresses(kv, gw, q)
+		if err != nil {
+			return Record{}, err
+		}
+		if big.NewInt(int64(len(taken))).Cmp(usable) >= 0 {
+			return Record{}, fmt.Errorf("%s (%s, %d addresses): %w", gw.Node, gw.Pool, len(taken), ErrExhausted)
+		}
 	}
 	var (
 		conflicts int
@@ -217,7 +231,17 @@ func txn(ctx context.Context, c *api.Client, ops api.TxnOps) ([]int, error) {
 
 // List reads gateway gw's peers folder.
 func List(ctx context.Context, c *api.Client, gw string) ([]Pair, error) {
-	kvs, _, err := c.KV().List(PeersKey(gw), (&api.QueryOptions{}).WithContext(ctx))
+	return ListOrg(ctx, c, gw, "")
+}
+
+// ListOrg reads gateway gw's records of organization org (all when org is
+// empty), in key order.
+func ListOrg(ctx context.Context, c *api.Client, gw, org string) ([]Pair, error) {
+	prefix := PeersKey(gw)
+	if org != "" {
+		prefix += org + "/"
+	}
+	kvs, _, err := c.KV().List(prefix, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("read peers of gateway %s: %w", gw, err)
 	}

@@ -227,40 +227,60 @@ func newGatewayPeerListCmd() *cobra.Command {
 	var (
 		f      peerFlags
 		asJSON bool
+		limit  int
+		after  string
 	)
 	cmd := &cobra.Command{
-		Use:   "list --gateway NODE [--org ORG]",
+		Use:   "list --gateway NODE [--org ORG] [--limit N] [--after ORG/NAME]",
 		Short: "List the user peers of a gateway",
 		Long: "List the user peers of a gateway from their records: address, key, allowed destinations,\n" +
-			"expiry, and whether each is active, expired (the gateway deletes it) or rejected (and why).",
+			"expiry, and whether each is active, expired (the gateway deletes it) or rejected (and why).\n" +
+			"Peers come in ORG/NAME order, --limit at a time (default 100; 0 lists all); --after\n" +
+			"ORG/NAME starts after that peer (the next page).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if limit < 0 {
+				return usage(fmt.Errorf("--limit %d: expected 0 (all) or a positive number of peers", limit))
+			}
+			if org, name, ok := strings.Cut(after, "/"); after != "" && (!ok || !peers.IsDNSLabel(org) || !peers.IsDNSLabel(name)) {
+				return usage(fmt.Errorf("--after %q: expected ORG/NAME of a peer, like acme/laptop", after))
+			}
 			_, consul, err := f.open(cmd, false)
 			if err != nil {
 				return err
 			}
-			pairs, err := gateway.List(cmd.Context(), consul, f.gateway)
+			pairs, err := gateway.ListOrg(cmd.Context(), consul, f.gateway, f.org)
 			if err != nil {
 				return err
 			}
 			now := time.Now()
 			rows := []peerJSON{}
+			more := 0
 			for _, p := range pairs {
+				id := strings.TrimPrefix(p.Key, gateway.PeersKey(f.gateway))
+				if after != "" && id <= after {
+					continue
+				}
+				if limit > 0 && len(rows) == limit {
+					more++
+					continue
+				}
 				r, err := gateway.Decode(f.gateway, p.Key, p.Value)
 				row := toJSON(f.gateway, r)
 				switch {
 				case err != nil:
-					org, name, _ := strings.Cut(strings.TrimPrefix(p.Key, gateway.PeersKey(f.gateway)), "/")
+					org, name, _ := strings.Cut(id, "/")
 					row.Org, row.Name, row.State = org, name, "rejected: "+err.Error()
 				case r.Expired(now):
 					row.State = "expired"
 				default:
 					row.State = "active"
 				}
-				if f.org != "" && row.Org != f.org {
-					continue
-				}
 				rows = append(rows, row)
+			}
+			if more > 0 {
+				last := rows[len(rows)-1]
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d more peers: --after %s/%s for the next page, --limit 0 for all\n", more, last.Org, last.Name)
 			}
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), rows)
@@ -271,6 +291,8 @@ func newGatewayPeerListCmd() *cobra.Command {
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the peers as a JSON array")
+	cmd.Flags().IntVar(&limit, "limit", 100, "most peers to list (0: all)")
+	cmd.Flags().StringVar(&after, "after", "", "list the peers after ORG/NAME (the next page)")
 	return cmd
 }
 
