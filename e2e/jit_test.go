@@ -120,6 +120,23 @@ func TestGatewayJIT(t *testing.T) {
 		t.Errorf("the removed laptop still reaches %s", b.Name)
 	}
 
+	// A record deleted without its hint (its writer died after the
+	// delete): the active peer is read again every resync_interval and
+	// cut off.
+	quiet := &laptop{Host: lab.AddHost("lap2"), iface: fmt.Sprintf("wj%dlq", os.Getpid()%10000)}
+	resQ := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "quiet")
+	quiet.up(t, resQ.Config)
+	if !quiet.pingWithin(b.meshAddr(), budget(3*time.Second)) {
+		t.Fatalf("the second laptop did not reach %s", b.Name)
+	}
+	if _, err := kv.KV().Delete(gateway.RecordKey(gw.Name, "acme", "quiet"), nil); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, budget(5*time.Second), "a peer whose record went without a hint leaves the kernel", func() bool {
+		_, ok := userPeers(t, gw, gwIface)[configKey(t, resQ.Config)]
+		return !ok
+	})
+
 	// Forged initiations from another host on the underlay.
 	mallory := lab.AddHost("mallory")
 	send := func(msg []byte) {

@@ -243,3 +243,38 @@ func orDefault(d, def time.Duration) time.Duration {
 	}
 	return def
 }
+
+// revalidate reads the records of the active peers again every
+// ResyncInterval (a JIT gateway): a removal or expiry whose hint was lost
+// cuts its user off within that, not at the next full read. It costs one
+// read per active peer, nothing per idle record.
+func (r *Runner) revalidate(ctx context.Context, l *loop.Loop) {
+	every := orDefault(r.opts.ResyncInterval, 30*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		ids := make([]string, 0, len(r.jit.active))
+		for k := range r.jit.active {
+			if s, ok := r.jit.records[k]; ok {
+				ids = append(ids, s.ID())
+			}
+		}
+		r.mu.Unlock()
+		changed := false
+		for _, id := range ids {
+			if r.readRecord(ctx, catalogsync.Hint{ConsulNode: r.opts.Node, ServiceID: id}, func(string) {}) {
+				changed = true
+			}
+		}
+		if changed {
+			r.opts.Logger.Info("active user peers' records changed without a hint", "active", len(ids))
+			l.Mark()
+		}
+	}
+}

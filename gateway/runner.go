@@ -200,6 +200,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	wg.Go(func() { r.watchFirewall(ctx, l) })
 	if r.jit != nil {
 		wg.Go(func() { r.sniff(ctx, l) })
+		wg.Go(func() { r.revalidate(ctx, l) })
 	}
 	if err := enableForwarding(); err != nil {
 		r.opts.Logger.Error("gateway cannot forward", "err", err)
