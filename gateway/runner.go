@@ -72,7 +72,10 @@ type Status struct {
 	// the kernel is left as it was.
 	Synced   bool        `json:"synced"`
 	Peers    int         `json:"peers"`
-	Rejected []Rejection `json:"rejected,omitempty"`
+	// Rejected are the first MaxStatusRejections rejected records (by
+	// key), and RejectedCount how many there are.
+	Rejected      []Rejection `json:"rejected,omitempty"`
+	RejectedCount int         `json:"rejected_count"`
 	// Writes counts kernel writes to the user link and the firewall.
 	Writes    uint64 `json:"writes"`
 	LastError string `json:"last_error,omitempty"`
@@ -84,6 +87,10 @@ type Status struct {
 	// JIT is the just-in-time state, when on.
 	JIT *JITStatus `json:"jit,omitempty"`
 }
+
+// MaxStatusRejections bounds the rejected records status lists (`meshd
+// gateway peer list` shows them all).
+const MaxStatusRejections = 100
 
 // Runner keeps a gateway's user link, routes and firewall in line with its
 // peer records, and deletes expired records.
@@ -335,7 +342,8 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 	}
 	err = errors.Join(errs...)
 	r.setStatus(func(s *Status) {
-		s.Synced, s.Peers, s.Rejected, s.LastError = !fromDisk, len(st.Peers), st.Rejected, errString(err)
+		s.Synced, s.Peers, s.LastError = !fromDisk, len(st.Peers), errString(err)
+		s.Rejected, s.RejectedCount = st.Rejected[:min(len(st.Rejected), MaxStatusRejections)], len(st.Rejected)
 	})
 	if err != nil {
 		r.opts.Logger.Error("gateway reconcile failed; retrying after a backoff", "err", err)

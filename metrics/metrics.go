@@ -139,7 +139,7 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(withdrawalsDesc, float64(st.Withdrawals.Refused), "refused")
 	if g := st.Gateway; g != nil {
 		gauge(gwPeersDesc, float64(g.Peers))
-		gauge(gwRejectedDesc, float64(len(g.Rejected)))
+		gauge(gwRejectedDesc, float64(g.RejectedCount))
 		gauge(gwSyncedDesc, b2f(g.Synced))
 		if j := g.JIT; j != nil {
 			gauge(gwRecordsDesc, float64(j.Records))

@@ -147,7 +147,7 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 	tw.Flush()
 	if g := st.Gateway; g != nil {
 		fmt.Fprintf(w, "gateway: interface %s, %d user peers, %d rejected records, synced: %v, kernel writes %d\n",
-			g.Interface, g.Peers, len(g.Rejected), g.Synced, g.Writes)
+			g.Interface, g.Peers, g.RejectedCount, g.Synced, g.Writes)
 		if j := g.JIT; j != nil {
 			refused := 0
 			for _, n := range j.Refused {
@@ -161,6 +161,9 @@ func printStatus(w io.Writer, st agent.Status, now time.Time) {
 		}
 		for _, r := range g.Rejected {
 			fmt.Fprintln(w, clipText("  "+r.Key+": "+r.Reason, 100))
+		}
+		if more := g.RejectedCount - len(g.Rejected); more > 0 {
+			fmt.Fprintf(w, "  ... and %d more rejected records (meshd gateway peer list --limit 0 shows them)\n", more)
 		}
 	}
 	if len(rejected) > 0 {
