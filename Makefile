@@ -20,7 +20,7 @@ PKG_VERSION ?= $(shell v=$$(git describe --tags --exact-match 2>/dev/null) && ec
 # changelog and its copyright file.
 MAINTAINER := $(shell cat packaging/maintainer)
 
-.PHONY: all build deps consul promtool lint licenses test unit kernel fuzz bench bench-kernel bench-quick demo package clean
+.PHONY: all build deps consul promtool lint licenses test unit kernel fuzz bench bench-kernel bench-gateway bench-quick demo package clean
 
 all: build
 
@@ -107,6 +107,30 @@ bench: deps consul
 	    | grep -E '^(Benchmark|ok)'; \
 	  echo '```'; } >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-kernel >> BENCHMARKS.md
+	$(MAKE) --no-print-directory bench-gateway >> BENCHMARKS.md
+
+# The just-in-time gateway at scale (e2e TestGatewayScale, which make test
+# runs small): GATEWAY_RECORDS records, GATEWAY_LAPTOPS real wg-quick
+# laptops per phase, a flood of GATEWAY_FLOOD initiations a second; meshd
+# built without the race detector, as shipped. Prints a BENCHMARKS.md
+# section.
+GATEWAY_RECORDS ?= 100000
+GATEWAY_LAPTOPS ?= 30
+GATEWAY_FLOOD   ?= 10000
+bench-gateway: deps consul
+	@mkdir -p .cache/bench
+	@$(GO) build -o .cache/bench/meshd ./cmd/meshd
+	@MESHD_CONSUL_BIN=$$(scripts/consul-bin) MESHD_E2E_MESHD=$(CURDIR)/.cache/bench/meshd \
+	  MESHD_BENCH_RECORDS=$(GATEWAY_RECORDS) MESHD_BENCH_LAPTOPS=$(GATEWAY_LAPTOPS) MESHD_BENCH_FLOOD=$(GATEWAY_FLOOD) \
+	  MESHD_BENCH_REPORT=$(CURDIR)/.cache/bench/gateway.md \
+	  $(GO) test -count=1 -run '^TestGatewayScale$$' -timeout 30m ./e2e > .cache/bench/gateway.out 2>&1 || { tail -50 .cache/bench/gateway.out >&2; exit 1; }
+	@echo; echo '## Just-in-time gateway at scale (make bench-gateway, same make bench)'; echo; \
+	  echo 'One gateway, its records written into Consul KV, real wg-quick laptops (one namespace and'; \
+	  echo 'device each) created and brought up one after another with few records, with all of them,'; \
+	  echo 'and during a flood of initiations from keys without records (real ones, from wireguard-go;'; \
+	  echo '20 source addresses). CPU and RSS are those of the gateway host'"'"'s meshd and its userspace'; \
+	  echo 'WireGuard devices (/proc); bytes read per create are their rchar (Consul and UAPI reads).'; echo; \
+	  cat .cache/bench/gateway.md
 
 # Kernel WireGuard beside userspace, in one VM (scripts/vm, TCG: both run
 # slower than on the host, so the ratio is the figure): one changed peer,

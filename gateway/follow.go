@@ -272,6 +272,10 @@ func (r *Runner) revalidate(ctx context.Context, l *loop.Loop) {
 				changed = true
 			}
 		}
+		r.mu.Lock()
+		r.recordReads -= uint64(len(ids)) // counted as revalidations instead
+		r.revalidations += uint64(len(ids))
+		r.mu.Unlock()
 		if changed {
 			r.opts.Logger.Info("active user peers' records changed without a hint", "active", len(ids))
 			l.Mark()

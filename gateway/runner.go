@@ -82,8 +82,10 @@ type Status struct {
 	// FullReads and RecordReads count reads of every record (at start,
 	// now and then, and after missed hints) and of single records (one
 	// per change hint).
-	FullReads   uint64 `json:"full_reads"`
-	RecordReads uint64 `json:"record_reads"`
+	// Revalidations count reads of active peers' records every resync.
+	FullReads     uint64 `json:"full_reads"`
+	RecordReads   uint64 `json:"record_reads"`
+	Revalidations uint64 `json:"revalidations"`
 	// JIT is the just-in-time state, when on.
 	JIT *JITStatus `json:"jit,omitempty"`
 }
@@ -110,8 +112,8 @@ type Runner struct {
 	records *recordSet
 	// fullReads and recordReads count reads of the whole folder and of
 	// single records; savedAt is the last save of the records.
-	fullReads, recordReads uint64
-	savedAt                time.Time
+	fullReads, recordReads, revalidations uint64
+	savedAt                               time.Time
 	// others are the other gateways' host prefixes (SetGateways).
 	others []netip.Prefix
 	loop   *loop.Loop // set by Run
@@ -175,7 +177,7 @@ func (r *Runner) Status() Status {
 	defer r.mu.Unlock()
 	s := r.status
 	s.Writes = r.opts.Link.Writes() + r.opts.Firewall.Writes()
-	s.FullReads, s.RecordReads = r.fullReads, r.recordReads
+	s.FullReads, s.RecordReads, s.Revalidations = r.fullReads, r.recordReads, r.revalidations
 	if r.jit != nil {
 		js := r.jit.status
 		js.Refused = maps.Clone(js.Refused)
