@@ -70,8 +70,8 @@ type Status struct {
 	Interface string `json:"interface"`
 	// Synced is false until the peers folder was read once; until then
 	// the kernel is left as it was.
-	Synced   bool        `json:"synced"`
-	Peers    int         `json:"peers"`
+	Synced bool `json:"synced"`
+	Peers  int  `json:"peers"`
 	// Rejected are the first MaxStatusRejections rejected records (by
 	// key), and RejectedCount how many there are.
 	Rejected      []Rejection `json:"rejected,omitempty"`
