@@ -92,6 +92,12 @@ func TestGatewayScale(t *testing.T) {
 				t.Fatalf("%s: laptop %d got no echo from %s within %s of create; gateway log:\n%s", phase, i, b.Name, within, tail(gw.proc.Log(), 20))
 			}
 			toEcho[phase] = append(toEcho[phase], time.Since(created))
+			// Connected: from now on the laptop keeps its session, as a
+			// user's configuration does (every 25 s there; here 5 s, well
+			// inside the test's short idle timeout).
+			if out, err := l.Exec("wg", "set", l.iface, "peer", info.PublicKey.String(), "persistent-keepalive", "5"); err != nil {
+				t.Fatalf("wg set keepalive: %v: %s", err, out)
+			}
 			rtts[phase] = append(rtts[phase], rtt)
 			perRead[phase] = append(perRead[phase], float64(procs.rchar(t)-rchar))
 		}

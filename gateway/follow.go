@@ -58,6 +58,9 @@ func announce(ctx context.Context, c *api.Client, gw, id string, index uint64) e
 type recordSet struct {
 	pairs map[string]Pair
 	at    map[string]uint64
+	// version grows with every change of pairs: a reconcile whose records
+	// did not change reuses the last desired state.
+	version uint64
 }
 
 func newRecordSet() *recordSet {
@@ -70,11 +73,17 @@ func (s *recordSet) list(pairs []Pair, index uint64) {
 	for _, p := range pairs {
 		seen[p.Key] = true
 		if s.at[p.Key] <= index {
+			if old, ok := s.pairs[p.Key]; !ok || old.ModifyIndex != p.ModifyIndex || p.ModifyIndex == 0 {
+				s.version++
+			}
 			s.pairs[p.Key], s.at[p.Key] = p, index
 		}
 	}
 	for k, at := range s.at {
 		if !seen[k] && at <= index {
+			if _, ok := s.pairs[k]; ok {
+				s.version++
+			}
 			delete(s.pairs, k)
 			delete(s.at, k) // absent at index: nothing newer to keep
 		}
@@ -87,12 +96,22 @@ func (s *recordSet) one(key string, p *Pair, index uint64) {
 		return
 	}
 	s.at[key] = index
+	old, had := s.pairs[key]
 	if p == nil {
+		if had {
+			s.version++
+		}
 		delete(s.pairs, key)
 		return
 	}
+	if !had || old.ModifyIndex != p.ModifyIndex {
+		s.version++
+	}
 	s.pairs[key] = *p
 }
+
+// drop forgets key (this gateway deleted it), as of the newest read of it.
+func (s *recordSet) drop(key string) { s.one(key, nil, s.at[key]) }
 
 // slice is the pairs in key order.
 func (s *recordSet) slice() []Pair {
@@ -194,6 +213,11 @@ func (r *Runner) readRecord(ctx context.Context, h catalogsync.Hint, miss func(s
 	r.records.one(key, p, meta.LastIndex)
 	after, ok := r.records.pairs[key]
 	r.recordReads++
+	if r.jit != nil {
+		// Known at once, not at the next reconcile: the user may connect
+		// the moment create returns.
+		r.jit.provisional(r.opts.Node, h.ServiceID, after, ok, r.opts.Pool, r.opts.Supernet)
+	}
 	r.mu.Unlock()
 	changed := !ok && before.Key != "" || ok && after.ModifyIndex != before.ModifyIndex
 	if changed {

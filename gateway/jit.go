@@ -9,6 +9,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/handshake"
+	"meshd.dev/meshd/peers"
 )
 
 // Just-in-time user peers (Options.JIT): the user link holds only the
@@ -83,6 +84,7 @@ type jit struct {
 	// records are the valid, unexpired records by key, as the last
 	// reconcile found them.
 	records map[wgtypes.Key]Stored
+	ids     map[string]wgtypes.Key // record ID -> its key in records
 	active  map[wgtypes.Key]*activePeer
 	// last is the newest initiation timestamp read per known key.
 	last      map[wgtypes.Key]handshake.Timestamp
@@ -97,6 +99,7 @@ func newJIT(priv wgtypes.Key, idle time.Duration) (*jit, error) {
 		return nil, err
 	}
 	return &jit{idle: idle, responder: r, limit: limiter{per: map[netip.Addr]*bucket{}},
+		records: map[wgtypes.Key]Stored{}, ids: map[string]wgtypes.Key{},
 		active: map[wgtypes.Key]*activePeer{}, last: map[wgtypes.Key]handshake.Timestamp{},
 		status: JITStatus{IdleTimeout: idle.String(), Refused: map[string]uint64{}}}, nil
 }
@@ -139,13 +142,39 @@ func (j *jit) initiation(p handshake.Packet, now time.Time) bool {
 	return true
 }
 
+// provisional takes one record as a hint's read found it (ok false: gone)
+// until the next reconcile decides with every record (sync): a valid,
+// unexpired one is known at once, a gone one forgotten.
+func (j *jit) provisional(gw, id string, p Pair, ok bool, pool, supernet netip.Prefix) {
+	if k, had := j.ids[id]; had {
+		delete(j.records, k)
+		delete(j.ids, id)
+	}
+	if !ok {
+		return
+	}
+	rec, err := Decode(gw, p.Key, p.Value)
+	if err == nil {
+		err = checkRecord(rec, pool, supernet)
+	}
+	if err != nil || rec.Expired(time.Now()) {
+		return
+	}
+	if _, taken := j.records[rec.Key()]; !taken {
+		j.records[rec.Key()] = Stored{Record: rec, ModifyIndex: p.ModifyIndex}
+		j.ids[id] = rec.Key()
+	}
+}
+
 // sync takes the records of a reconcile: active peers whose record is
 // gone (removed, expired, rejected, or its key changed) leave the active
 // set.
 func (j *jit) sync(recs []Stored) {
 	j.records = make(map[wgtypes.Key]Stored, len(recs))
+	j.ids = make(map[string]wgtypes.Key, len(recs))
 	for _, s := range recs {
 		j.records[s.Key()] = s
+		j.ids[s.ID()] = s.Key()
 	}
 	for k := range j.active {
 		if _, ok := j.records[k]; !ok {
@@ -201,10 +230,11 @@ func (j *jit) idleCheck(dev map[wgtypes.Key]heard, now time.Time) time.Time {
 }
 
 // filter keeps the records and peers of st that are active, kicking the
-// fresh ones (kickWindow), and returns the earliest end of a kick.
+// fresh ones (kickWindow), and returns the earliest end of a kick. It
+// makes new slices: st's may be shared with a cached state.
 func (j *jit) filter(st *State, now time.Time) time.Time {
 	var wake time.Time
-	recs, ps := st.Records[:0], st.Peers[:0]
+	recs, ps := make([]Stored, 0, len(j.active)), make([]peers.Peer, 0, len(j.active))
 	for i, s := range st.Records {
 		a, ok := j.active[s.Key()]
 		if !ok {

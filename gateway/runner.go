@@ -127,6 +127,15 @@ type Runner struct {
 	status   Status
 	// jit is the just-in-time state (Options.JIT), else nil.
 	jit *jit
+	// desired is the last desired state and the records' version it was
+	// computed from. Owned by the loop.
+	desired desiredCache
+}
+
+type desiredCache struct {
+	valid   bool
+	version uint64
+	st      State
 }
 
 // NewRunner returns a runner; Run starts it.
@@ -277,7 +286,12 @@ func (r *Runner) sniff(ctx context.Context, l *loop.Loop) {
 // next expiry), or zero, and what failed.
 func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error) {
 	r.mu.Lock()
-	pairs, synced, fromDisk := r.records.slice(), r.synced, r.fromDisk
+	synced, fromDisk, version := r.synced, r.fromDisk, r.records.version
+	var pairs []Pair
+	cached := r.desired.valid && r.desired.version == version && (r.desired.st.NextExpiry.IsZero() || now.Before(r.desired.st.NextExpiry))
+	if !cached {
+		pairs = r.records.slice()
+	}
 	r.mu.Unlock()
 	if !synced {
 		// Nothing read yet (Consul is slow or down): keep what the kernel
@@ -286,10 +300,17 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 		r.setStatus(func(s *Status) { s.LastError = errString(err) })
 		return time.Time{}, err
 	}
-	st := Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
+	// The records decide the desired state; a reconcile for anything else
+	// (an activation, an idle check, a resync) reuses it until the next
+	// expiry: with many records, Desire is most of a reconcile's cost.
+	st := r.desired.st
+	if !cached {
+		st = Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
+		r.desired = desiredCache{valid: true, version: version, st: st}
+	}
 	wake := st.NextExpiry
 	if r.jit != nil {
-		kick, err := r.jitFilter(&st, now)
+		kick, err := r.jitFilter(&st, !cached, now)
 		if err != nil {
 			r.setStatus(func(s *Status) { s.LastError = errString(err) })
 			return time.Time{}, err
@@ -337,6 +358,9 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 			errs = append(errs, fmt.Errorf("delete expired peer %s: %w", s.ID(), err))
 			continue
 		}
+		r.mu.Lock()
+		r.records.drop(RecordKey(r.opts.Node, s.Org, s.Name))
+		r.mu.Unlock()
 		r.opts.Logger.Info("deleted expired peer", "peer", s.ID(), "address", s.Address, "expired", s.Expires)
 	}
 	for _, rej := range st.Rejected {
@@ -354,11 +378,13 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 }
 
 // jitFilter narrows st to the active peers (jit.go): it takes the records
-// in, checks for idle peers when due, and returns when to reconcile again
+// in (when they changed), checks for idle peers when due, and returns when to reconcile again
 // (the end of a kick, or the next idle check).
-func (r *Runner) jitFilter(st *State, now time.Time) (time.Time, error) {
+func (r *Runner) jitFilter(st *State, changed bool, now time.Time) (time.Time, error) {
 	r.mu.Lock()
-	r.jit.sync(st.Records)
+	if changed {
+		r.jit.sync(st.Records)
+	}
 	due := !now.Before(r.jit.nextCheck)
 	r.mu.Unlock()
 	if due {
