@@ -62,6 +62,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseCredential$$' -fuzztime $(FUZZTIME) ./trust
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSignature$$' -fuzztime $(FUZZTIME) ./trust
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRevocation$$' -fuzztime $(FUZZTIME) ./trust
+	$(GO) test -run '^$$' -fuzz '^FuzzConsume$$' -fuzztime $(FUZZTIME) ./handshake
 
 # Every module linked into bin/meshd must carry a licence from the allow list
 # (internal/licenses): it prints each module with its licence, and fails on

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -119,6 +120,28 @@ func TestGatewayJIT(t *testing.T) {
 	if !lap.cannotPing(b.meshAddr()) {
 		t.Errorf("the removed laptop still reaches %s", b.Name)
 	}
+
+	// Expiry cuts an active laptop off as removal does: within 2 s of it.
+	brief := &laptop{Host: lab.AddHost("lap3"), iface: fmt.Sprintf("wj%dlb", os.Getpid()%10000)}
+	lifetime := budget(6 * time.Second)
+	resB := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "brief", "--expires", lifetime.String())
+	m := regexp.MustCompile(`expires (\S+)\n`).FindStringSubmatch(resB.Config)
+	if m == nil {
+		t.Fatalf("the configuration of an expiring peer says nothing of its expiry:\n%s", resB.Config)
+	}
+	expires, err := time.Parse(time.RFC3339, m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	brief.up(t, resB.Config)
+	if !brief.pingWithin(b.meshAddr(), budget(3*time.Second)) {
+		t.Fatalf("the expiring laptop did not reach %s", b.Name)
+	}
+	testlab.Eventually(t, time.Until(expires)+budget(2*time.Second), "the expired laptop leaves the gateway's kernel", func() bool {
+		_, ok := userPeers(t, gw, gwIface)[configKey(t, resB.Config)]
+		return !ok
+	})
+	t.Logf("expired laptop out of the kernel %s after its expiry", time.Since(expires).Round(time.Millisecond))
 
 	// A record deleted without its hint (its writer died after the
 	// delete): the active peer is read again every resync_interval and

@@ -3,6 +3,7 @@ package gateway
 import (
 	"cmp"
 	"fmt"
+	"hash/maphash"
 	"net/netip"
 	"slices"
 	"strings"
@@ -56,29 +57,33 @@ type State struct {
 type Decoder struct {
 	gw   string
 	prev map[string]decoded
+	seed maphash.Seed
 }
 
 type decoded struct {
 	modify uint64
-	value  string
+	sum    uint64 // the value's hash (not a copy: records can be many)
 	rec    Record
 	key    wgtypes.Key
 	err    error
 }
 
 // NewDecoder returns a decoder for gateway gw's records.
-func NewDecoder(gw string) *Decoder { return &Decoder{gw: gw, prev: map[string]decoded{}} }
+func NewDecoder(gw string) *Decoder {
+	return &Decoder{gw: gw, prev: map[string]decoded{}, seed: maphash.MakeSeed()}
+}
 
 func (d *Decoder) decode(p Pair, next map[string]decoded) decoded {
 	// A pair read from Consul changes its ModifyIndex with every write;
 	// the value is compared too, so pairs made up without indexes (tests)
 	// are never confused.
-	if c, ok := d.prev[p.Key]; ok && p.ModifyIndex != 0 && c.modify == p.ModifyIndex && c.value == string(p.Value) {
+	sum := maphash.Bytes(d.seed, p.Value)
+	if c, ok := d.prev[p.Key]; ok && p.ModifyIndex != 0 && c.modify == p.ModifyIndex && c.sum == sum {
 		next[p.Key] = c
 		return c
 	}
 	r, err := Decode(d.gw, p.Key, p.Value)
-	c := decoded{modify: p.ModifyIndex, value: string(p.Value), rec: r, err: err}
+	c := decoded{modify: p.ModifyIndex, sum: sum, rec: r, err: err}
 	if err == nil {
 		c.key = r.Key()
 	}

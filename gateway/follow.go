@@ -138,7 +138,7 @@ func (r *Runner) followRecords(ctx context.Context, l *loop.Loop) {
 	go func() {
 		defer close(done)
 		r.watcher.RunHints(ctx, ChangesKey(r.opts.Node), func(h catalogsync.Hint) {
-			if r.readRecord(ctx, h, miss) {
+			if r.readRecord(ctx, h, miss, &r.recordReads) {
 				l.Mark()
 			}
 		}, miss)
@@ -189,9 +189,10 @@ func (r *Runner) readAll(ctx context.Context) error {
 }
 
 // readRecord reads the record hint h names and reports whether the view
-// changed. A hint naming anything but one of this gateway's records is
-// ignored; a failed read asks for a full one (miss).
-func (r *Runner) readRecord(ctx context.Context, h catalogsync.Hint, miss func(string)) bool {
+// changed; count (guarded by r.mu) counts the read. A hint naming anything
+// but one of this gateway's records is ignored; a failed read asks for a
+// full one (miss).
+func (r *Runner) readRecord(ctx context.Context, h catalogsync.Hint, miss func(string), count *uint64) bool {
 	org, name, ok := strings.Cut(h.ServiceID, "/")
 	if h.ConsulNode != r.opts.Node || !ok || !peers.IsDNSLabel(org) || !peers.IsDNSLabel(name) {
 		r.opts.Logger.Debug("ignoring a change hint that names no record of this gateway", "node", h.ConsulNode, "record", h.ServiceID)
@@ -212,7 +213,7 @@ func (r *Runner) readRecord(ctx context.Context, h catalogsync.Hint, miss func(s
 	before := r.records.pairs[key]
 	r.records.one(key, p, meta.LastIndex)
 	after, ok := r.records.pairs[key]
-	r.recordReads++
+	(*count)++
 	if r.jit != nil {
 		// Known at once, not at the next reconcile: the user may connect
 		// the moment create returns.
@@ -292,14 +293,10 @@ func (r *Runner) revalidate(ctx context.Context, l *loop.Loop) {
 		r.mu.Unlock()
 		changed := false
 		for _, id := range ids {
-			if r.readRecord(ctx, catalogsync.Hint{ConsulNode: r.opts.Node, ServiceID: id}, func(string) {}) {
+			if r.readRecord(ctx, catalogsync.Hint{ConsulNode: r.opts.Node, ServiceID: id}, func(string) {}, &r.revalidations) {
 				changed = true
 			}
 		}
-		r.mu.Lock()
-		r.recordReads -= uint64(len(ids)) // counted as revalidations instead
-		r.revalidations += uint64(len(ids))
-		r.mu.Unlock()
 		if changed {
 			r.opts.Logger.Info("active user peers' records changed without a hint", "active", len(ids))
 			l.Mark()

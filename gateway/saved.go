@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"time"
@@ -24,12 +26,16 @@ type savedRecords struct {
 // maxSaved bounds what loadSaved reads: 100,000 records are about 40 MB.
 const maxSaved = 256 << 20
 
+// saveRecords writes the file through a buffer (100,000 records are tens
+// of megabytes: not marshalled in memory first).
 func saveRecords(path string, pairs []Pair, now time.Time) error {
-	b, err := json.Marshal(savedRecords{Version: 1, SavedAt: now.UTC(), Pairs: pairs})
-	if err != nil {
-		return err
-	}
-	return atomicfile.WriteFile(path, b, 0o600)
+	return atomicfile.Write(path, 0o600, func(w io.Writer) error {
+		bw := bufio.NewWriterSize(w, 1<<16)
+		if err := json.NewEncoder(bw).Encode(savedRecords{Version: 1, SavedAt: now.UTC(), Pairs: pairs}); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
 }
 
 // loadSaved reads the saved records; a missing file is (nil, nil).
