@@ -112,7 +112,7 @@ func TestGatewayScale(t *testing.T) {
 		}
 	}
 
-	connect("few", laptops, budget(5*time.Second))
+	connect("few", laptops, budget(8*time.Second))
 	// Every other record, written straight into KV (as a restore would);
 	// the gateway reads them all when told its hints were lost.
 	bulk := time.Now()
@@ -124,7 +124,7 @@ func TestGatewayScale(t *testing.T) {
 	read := time.Now()
 	testlab.Eventually(t, 120*time.Second, "the gateway knows every record", func() bool { return jit().JIT.Records == records+laptops })
 	fullRead := time.Since(read)
-	connect("many", laptops, budget(5*time.Second))
+	connect("many", laptops, budget(8*time.Second))
 	if got := len(userPeers(t, gw, gwIface)); got != 2*laptops {
 		t.Errorf("the gateway's kernel holds %d peers with %d laptops connected and %d records, want %d", got, 2*laptops, records+2*laptops, 2*laptops)
 	}

@@ -73,11 +73,15 @@ func TestGatewayJIT(t *testing.T) {
 	}
 	pagesOfRecords(t, b, gw, others)
 
-	// First wg-quick up and ping.
+	// First wg-quick up and ping. The gateway initiates back at once, so
+	// the first attempt usually completes in well under a second (the
+	// unit tests check the kick; TestGatewayScale reports the spread);
+	// the bound here leaves room for one more attempt of the laptop's own
+	// (WireGuard retries after 5 s) on a loaded machine.
 	up := time.Now()
 	lap.up(t, res.Config)
-	if !lap.pingWithin(b.meshAddr(), budget(3*time.Second)) {
-		t.Fatalf("the laptop did not reach %s within %s of wg-quick up; gateway log:\n%s", b.Name, budget(3*time.Second), tail(gw.proc.Log(), 30))
+	if !lap.pingWithin(b.meshAddr(), budget(8*time.Second)) {
+		t.Fatalf("the laptop did not reach %s within %s of wg-quick up; gateway log:\n%s", b.Name, budget(8*time.Second), tail(gw.proc.Log(), 30))
 	}
 	t.Logf("first echo %s after wg-quick up (WireGuard itself retries an unanswered handshake after 5 s)", time.Since(up).Round(time.Millisecond))
 	if got := userPeers(t, gw, gwIface); len(got) != 1 || got[lapKey] == "" {
@@ -105,7 +109,7 @@ func TestGatewayJIT(t *testing.T) {
 		t.Errorf("JIT status %+v, want 1 eviction, none active", j)
 	}
 	lap.up(t, res.Config)
-	if !lap.pingWithin(b.meshAddr(), budget(3*time.Second)) {
+	if !lap.pingWithin(b.meshAddr(), budget(8*time.Second)) {
 		t.Fatalf("the evicted laptop did not reconnect on demand")
 	}
 
@@ -134,7 +138,7 @@ func TestGatewayJIT(t *testing.T) {
 		t.Fatal(err)
 	}
 	brief.up(t, resB.Config)
-	if !brief.pingWithin(b.meshAddr(), budget(3*time.Second)) {
+	if !brief.pingWithin(b.meshAddr(), budget(8*time.Second)) {
 		t.Fatalf("the expiring laptop did not reach %s", b.Name)
 	}
 	testlab.Eventually(t, time.Until(expires)+budget(2*time.Second), "the expired laptop leaves the gateway's kernel", func() bool {
@@ -149,7 +153,7 @@ func TestGatewayJIT(t *testing.T) {
 	quiet := &laptop{Host: lab.AddHost("lap2"), iface: fmt.Sprintf("wj%dlq", os.Getpid()%10000)}
 	resQ := createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "quiet")
 	quiet.up(t, resQ.Config)
-	if !quiet.pingWithin(b.meshAddr(), budget(3*time.Second)) {
+	if !quiet.pingWithin(b.meshAddr(), budget(8*time.Second)) {
 		t.Fatalf("the second laptop did not reach %s", b.Name)
 	}
 	if _, err := kv.KV().Delete(gateway.RecordKey(gw.Name, "acme", "quiet"), nil); err != nil {

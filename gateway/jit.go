@@ -3,6 +3,8 @@ package gateway
 import (
 	"errors"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -150,6 +152,7 @@ func (j *jit) provisional(gw, id string, p Pair, ok bool, pool, supernet netip.P
 		delete(j.records, k)
 		delete(j.ids, id)
 	}
+	j.status.Records = len(j.records)
 	if !ok {
 		return
 	}
@@ -164,6 +167,7 @@ func (j *jit) provisional(gw, id string, p Pair, ok bool, pool, supernet netip.P
 		j.records[rec.Key()] = Stored{Record: rec, ModifyIndex: p.ModifyIndex}
 		j.ids[id] = rec.Key()
 	}
+	j.status.Records = len(j.records)
 }
 
 // sync takes the records of a reconcile: active peers whose record is
@@ -229,29 +233,37 @@ func (j *jit) idleCheck(dev map[wgtypes.Key]heard, now time.Time) time.Time {
 	return j.nextCheck
 }
 
-// filter keeps the records and peers of st that are active, kicking the
-// fresh ones (kickWindow), and returns the earliest end of a kick. It
-// makes new slices: st's may be shared with a cached state.
-func (j *jit) filter(st *State, now time.Time) time.Time {
-	var wake time.Time
-	recs, ps := make([]Stored, 0, len(j.active)), make([]peers.Peer, 0, len(j.active))
-	for i, s := range st.Records {
-		a, ok := j.active[s.Key()]
-		if !ok {
+// state is the desired state of the user link: the active peers whose
+// records are known and unexpired (an active peer whose record went or
+// expired leaves the active set), the fresh ones kicked (kickWindow), in
+// record ID order. It returns when to look again: the end of a kick or an
+// active record's expiry. It costs O(active), whatever the number of
+// records.
+func (j *jit) state(now time.Time) (State, time.Time) {
+	var (
+		st   State
+		wake time.Time
+	)
+	for k, a := range j.active {
+		s, ok := j.records[k]
+		if !ok || s.Expired(now) {
+			delete(j.active, k)
 			continue
 		}
-		p := st.Peers[i]
+		p := peers.Peer{Node: s.ID(), PublicKey: k, Prefix: netip.PrefixFrom(s.Address, 128)}
 		if now.Before(a.kickUntil) && a.endpoint.IsValid() {
 			p.Endpoint, p.Keepalive = a.endpoint, UserKeepalive
-			if wake.IsZero() || a.kickUntil.Before(wake) {
-				wake = a.kickUntil
-			}
+			wake = earliest(wake, a.kickUntil)
 		}
-		recs, ps = append(recs, s), append(ps, p)
+		if s.Expires != nil {
+			wake = earliest(wake, *s.Expires)
+		}
+		st.Records, st.Peers = append(st.Records, s), append(st.Peers, p)
 	}
-	st.Records, st.Peers = recs, ps
-	j.status.Active = len(ps)
-	return wake
+	slices.SortFunc(st.Records, func(a, b Stored) int { return strings.Compare(a.ID(), b.ID()) })
+	slices.SortFunc(st.Peers, func(a, b peers.Peer) int { return strings.Compare(a.Node, b.Node) })
+	j.status.Active = len(st.Peers)
+	return st, wake
 }
 
 // limiter is a token bucket per source address and one for all.

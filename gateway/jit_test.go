@@ -10,7 +10,6 @@ import (
 
 	"meshd.dev/meshd/handshake"
 	"meshd.dev/meshd/internal/testlab"
-	"meshd.dev/meshd/peers"
 )
 
 // TestJIT walks the just-in-time state through a user's life with real
@@ -33,9 +32,6 @@ func TestJIT(t *testing.T) {
 	pkt := func(b []byte) handshake.Packet { return handshake.Packet{Source: src, Payload: b} }
 	rec := Stored{Record: Record{Org: "acme", Name: "laptop", PublicKey: user.PublicKey().String(),
 		Address: netip.MustParseAddr("fdaa:0:1:8000::5"), Allow: []netip.Prefix{netip.MustParsePrefix("fdaa::/16")}, Created: t0}}
-	st := func() State {
-		return State{Records: []Stored{rec}, Peers: []peers.Peer{{Node: rec.ID(), PublicKey: user.PublicKey(), Prefix: netip.PrefixFrom(rec.Address, 128)}}}
-	}
 
 	j.sync(nil)
 	if j.initiation(pkt(first), at(0)) {
@@ -49,13 +45,11 @@ func TestJIT(t *testing.T) {
 	if j.initiation(pkt(first), at(2*time.Second)) {
 		t.Error("a replayed initiation activated again")
 	}
-	s := st()
-	wake := j.filter(&s, at(2*time.Second))
+	s, wake := j.state(at(2 * time.Second))
 	if len(s.Peers) != 1 || s.Peers[0].Endpoint != src || s.Peers[0].Keepalive != UserKeepalive || !wake.Equal(at(time.Second+kickWindow)) {
 		t.Errorf("fresh peer: %+v, wake %v; want it kicked at %s until %v", s.Peers, wake, src, at(time.Second+kickWindow))
 	}
-	s = st()
-	j.filter(&s, at(5*time.Second))
+	s, _ = j.state(at(5 * time.Second))
 	if len(s.Peers) != 1 || s.Peers[0].Endpoint.IsValid() || s.Peers[0].Keepalive != 0 {
 		t.Errorf("after the kick: %+v; want no endpoint and no keepalive", s.Peers)
 	}
@@ -66,8 +60,7 @@ func TestJIT(t *testing.T) {
 		t.Fatal("a peer heard from 40 s ago was evicted")
 	}
 	j.idleCheck(map[wgtypes.Key]heard{user.PublicKey(): {handshake: at(time.Second), rx: 100}}, at(111*time.Second))
-	s = st()
-	j.filter(&s, at(111*time.Second))
+	s, _ = j.state(at(111 * time.Second))
 	if len(s.Peers) != 0 {
 		t.Fatalf("an idle peer stayed: %+v", s.Peers)
 	}
@@ -78,8 +71,7 @@ func TestJIT(t *testing.T) {
 	// Its record goes: so does the peer, and its initiations install
 	// nothing.
 	j.sync(nil)
-	s = State{}
-	j.filter(&s, at(201*time.Second))
+	j.state(at(201 * time.Second))
 	if len(j.active) != 0 {
 		t.Errorf("a peer without a record stayed active")
 	}
@@ -116,5 +108,47 @@ func TestJITAdopts(t *testing.T) {
 	}
 	if diff := cmp.Diff([]wgtypes.Key{fresh}, got); diff != "" {
 		t.Errorf("adopted (-want +got):\n%s", diff)
+	}
+}
+
+// TestJITProvisional: a record a hint brings is known at once (before any
+// reconcile), its removal takes its active peer out, and an active peer
+// leaves when its record expires.
+func TestJITProvisional(t *testing.T) {
+	gwPriv, _ := wgtypes.GeneratePrivateKey()
+	user, _ := wgtypes.GeneratePrivateKey()
+	j, _ := newJIT(gwPriv, time.Minute)
+	now := time.Now()
+	exp := now.Add(time.Hour)
+	rec := Record{Org: "acme", Name: "laptop", PublicKey: user.PublicKey().String(), Address: netip.MustParseAddr("fdaa:0:1:8000::5"),
+		Allow: []netip.Prefix{supernet}, Created: now.UTC().Truncate(time.Second), Expires: &exp}
+	key := RecordKey("gw", "acme", "laptop")
+	j.provisional("gw", rec.ID(), Pair{Key: key, Value: rec.Encode(), ModifyIndex: 7}, true, pool, supernet)
+	src := netip.MustParseAddrPort("198.18.5.5:40000")
+	if !j.initiation(handshake.Packet{Source: src, Payload: testlab.Initiation(t, user, gwPriv.PublicKey())}, now) {
+		t.Fatal("a record a hint brought did not let its user in")
+	}
+	if st, wake := j.state(now.Add(5 * time.Second)); len(st.Peers) != 1 || !wake.Equal(exp) {
+		t.Errorf("state %+v, wake %v; want the peer, and a wake at its expiry %v", st.Peers, wake, exp)
+	}
+	if st, _ := j.state(exp); len(st.Peers) != 0 || len(j.active) != 0 {
+		t.Errorf("an expired record's peer stayed: %+v", st.Peers)
+	}
+	// Back (a fresh record), then removed by a hint.
+	j.provisional("gw", rec.ID(), Pair{Key: key, Value: func() []byte { r := rec; r.Expires = nil; return r.Encode() }(), ModifyIndex: 8}, true, pool, supernet)
+	j.active[user.PublicKey()] = &activePeer{since: now, seen: now}
+	if st, _ := j.state(now); len(st.Peers) != 1 {
+		t.Fatalf("state %+v, want the peer", st.Peers)
+	}
+	j.provisional("gw", rec.ID(), Pair{}, false, pool, supernet)
+	if st, _ := j.state(now); len(st.Peers) != 0 {
+		t.Errorf("a removed record's peer stayed: %+v", st.Peers)
+	}
+	// An invalid record (outside the pool) is not known.
+	bad := rec
+	bad.Address = netip.MustParseAddr("fdaa:0:2::5")
+	j.provisional("gw", rec.ID(), Pair{Key: key, Value: bad.Encode(), ModifyIndex: 9}, true, pool, supernet)
+	if len(j.records) != 0 {
+		t.Errorf("an invalid record is known: %v", j.records)
 	}
 }

@@ -135,6 +135,7 @@ type Runner struct {
 type desiredCache struct {
 	valid   bool
 	version uint64
+	at      time.Time
 	st      State
 }
 
@@ -282,14 +283,25 @@ func (r *Runner) sniff(ctx context.Context, l *loop.Loop) {
 	}
 }
 
+// desireSpacing is, with JIT, the least time between two computations of
+// the whole desired state (Desire: expiry deletions, conflicts, rejected
+// records), which cost O(records): the active set takes each record as a
+// hint brings it (jit.provisional), so a user never waits for it.
+const desireSpacing = 10 * time.Second
+
 // reconcile applies the records once and returns when to look again (the
 // next expiry), or zero, and what failed.
 func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error) {
 	r.mu.Lock()
 	synced, fromDisk, version := r.synced, r.fromDisk, r.records.version
+	d := r.desired
+	expiryPassed := d.valid && !d.st.NextExpiry.IsZero() && !now.Before(d.st.NextExpiry)
+	fresh := d.valid && d.version == version && !expiryPassed
+	// Desire again when the records changed (with JIT: at most every
+	// desireSpacing) or a record expired.
+	due := !fresh && (r.jit == nil || !d.valid || expiryPassed || now.Sub(d.at) >= desireSpacing)
 	var pairs []Pair
-	cached := r.desired.valid && r.desired.version == version && (r.desired.st.NextExpiry.IsZero() || now.Before(r.desired.st.NextExpiry))
-	if !cached {
+	if due {
 		pairs = r.records.slice()
 	}
 	r.mu.Unlock()
@@ -300,22 +312,22 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 		r.setStatus(func(s *Status) { s.LastError = errString(err) })
 		return time.Time{}, err
 	}
-	// The records decide the desired state; a reconcile for anything else
-	// (an activation, an idle check, a resync) reuses it until the next
-	// expiry: with many records, Desire is most of a reconcile's cost.
-	st := r.desired.st
-	if !cached {
+	st := d.st
+	if due {
 		st = Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
-		r.desired = desiredCache{valid: true, version: version, st: st}
+		r.desired = desiredCache{valid: true, version: version, at: now, st: st}
 	}
 	wake := st.NextExpiry
+	if !fresh && !due {
+		wake = earliest(wake, d.at.Add(desireSpacing))
+	}
 	if r.jit != nil {
-		kick, err := r.jitFilter(&st, !cached, now)
+		jst, next, err := r.jitState(st, due, now)
 		if err != nil {
 			r.setStatus(func(s *Status) { s.LastError = errString(err) })
 			return time.Time{}, err
 		}
-		wake = earliest(wake, kick)
+		st, wake = jst, earliest(wake, next)
 	}
 	if r.firewallBroken.Swap(false) {
 		r.opts.Firewall.Forget()
@@ -377,20 +389,22 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 	return wake, err
 }
 
-// jitFilter narrows st to the active peers (jit.go): it takes the records
-// in (when they changed), checks for idle peers when due, and returns when to reconcile again
-// (the end of a kick, or the next idle check).
-func (r *Runner) jitFilter(st *State, changed bool, now time.Time) (time.Time, error) {
+// jitState is the desired state with JIT (jit.go): it takes the records
+// of a new Desire (all is that one, else nil) in, checks for idle peers
+// when due, and returns the active peers' state (with all's expired
+// records, for deletion, and its rejections) and when to reconcile again
+// (the end of a kick, an active record's expiry, or the next idle check).
+func (r *Runner) jitState(all State, desired bool, now time.Time) (State, time.Time, error) {
 	r.mu.Lock()
-	if changed {
-		r.jit.sync(st.Records)
+	if desired {
+		r.jit.sync(all.Records)
 	}
 	due := !now.Before(r.jit.nextCheck)
 	r.mu.Unlock()
 	if due {
 		hs, err := r.handshakes()
 		if err != nil {
-			return time.Time{}, err
+			return State{}, time.Time{}, err
 		}
 		r.mu.Lock()
 		r.jit.idleCheck(hs, now)
@@ -398,7 +412,12 @@ func (r *Runner) jitFilter(st *State, changed bool, now time.Time) (time.Time, e
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return earliest(r.jit.filter(st, now), r.jit.nextCheck), nil
+	st, wake := r.jit.state(now)
+	st.Rejected = all.Rejected
+	if desired {
+		st.Expired = all.Expired
+	}
+	return st, earliest(wake, r.jit.nextCheck), nil
 }
 
 // handshakes reads the user link's peers' last handshakes and bytes
