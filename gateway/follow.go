@@ -217,7 +217,7 @@ func (r *Runner) readRecord(ctx context.Context, h catalogsync.Hint, miss func(s
 	if r.jit != nil {
 		// Known at once, not at the next reconcile: the user may connect
 		// the moment create returns.
-		r.jit.provisional(r.opts.Node, h.ServiceID, after, ok, r.opts.Pool, r.opts.Supernet)
+		r.jit.provisional(h.ServiceID, after, ok, r.records.version)
 	}
 	r.mu.Unlock()
 	changed := !ok && before.Key != "" || ok && after.ModifyIndex != before.ModifyIndex

@@ -87,6 +87,12 @@ type jit struct {
 	// reconcile found them.
 	records map[wgtypes.Key]Stored
 	ids     map[string]wgtypes.Key // record ID -> its key in records
+	// pending are the records hints brought since the records' version a
+	// reconcile's Desire was computed from: sync takes them in again.
+	pending []pendingRecord
+	gw      string
+	pool    netip.Prefix
+	super   netip.Prefix
 	active  map[wgtypes.Key]*activePeer
 	// last is the newest initiation timestamp read per known key.
 	last      map[wgtypes.Key]handshake.Timestamp
@@ -95,12 +101,12 @@ type jit struct {
 	status    JITStatus
 }
 
-func newJIT(priv wgtypes.Key, idle time.Duration) (*jit, error) {
+func newJIT(priv wgtypes.Key, idle time.Duration, gw string, pool, supernet netip.Prefix) (*jit, error) {
 	r, err := handshake.NewResponder(priv)
 	if err != nil {
 		return nil, err
 	}
-	return &jit{idle: idle, responder: r, limit: limiter{per: map[netip.Addr]*bucket{}},
+	return &jit{idle: idle, gw: gw, pool: pool, super: supernet, responder: r, limit: limiter{per: map[netip.Addr]*bucket{}},
 		records: map[wgtypes.Key]Stored{}, ids: map[string]wgtypes.Key{},
 		active: map[wgtypes.Key]*activePeer{}, last: map[wgtypes.Key]handshake.Timestamp{},
 		status: JITStatus{IdleTimeout: idle.String(), Refused: map[string]uint64{}}}, nil
@@ -144,10 +150,26 @@ func (j *jit) initiation(p handshake.Packet, now time.Time) bool {
 	return true
 }
 
-// provisional takes one record as a hint's read found it (ok false: gone)
-// until the next reconcile decides with every record (sync): a valid,
-// unexpired one is known at once, a gone one forgotten.
-func (j *jit) provisional(gw, id string, p Pair, ok bool, pool, supernet netip.Prefix) {
+// pendingRecord is one record as a hint's read found it, at the records'
+// version it made.
+type pendingRecord struct {
+	version uint64
+	id      string
+	pair    Pair
+	ok      bool
+}
+
+// provisional takes one record as a hint's read found it (ok false: gone),
+// the records being at version after it, until a reconcile decides with
+// every record (sync): a valid, unexpired one is known at once, a gone one
+// forgotten.
+func (j *jit) provisional(id string, p Pair, ok bool, version uint64) {
+	j.pending = append(j.pending, pendingRecord{version, id, p, ok})
+	j.take(id, p, ok)
+}
+
+func (j *jit) take(id string, p Pair, ok bool) {
+	gw, pool, supernet := j.gw, j.pool, j.super
 	if k, had := j.ids[id]; had {
 		delete(j.records, k)
 		delete(j.ids, id)
@@ -170,16 +192,24 @@ func (j *jit) provisional(gw, id string, p Pair, ok bool, pool, supernet netip.P
 	j.status.Records = len(j.records)
 }
 
-// sync takes the records of a reconcile: active peers whose record is
-// gone (removed, expired, rejected, or its key changed) leave the active
-// set.
-func (j *jit) sync(recs []Stored) {
+// sync takes the records of a Desire computed from the records at
+// version (and the hints read since): active peers whose record is gone
+// (removed, expired, rejected, or its key changed) leave the active set.
+func (j *jit) sync(recs []Stored, version uint64) {
 	j.records = make(map[wgtypes.Key]Stored, len(recs))
 	j.ids = make(map[string]wgtypes.Key, len(recs))
 	for _, s := range recs {
 		j.records[s.Key()] = s
 		j.ids[s.ID()] = s.Key()
 	}
+	kept := j.pending[:0]
+	for _, p := range j.pending {
+		if p.version > version {
+			j.take(p.id, p.pair, p.ok)
+			kept = append(kept, p)
+		}
+	}
+	j.pending = kept
 	for k := range j.active {
 		if _, ok := j.records[k]; !ok {
 			delete(j.active, k)

@@ -20,7 +20,7 @@ import (
 func TestJIT(t *testing.T) {
 	gwPriv, _ := wgtypes.GeneratePrivateKey()
 	user, _ := wgtypes.GeneratePrivateKey()
-	j, err := newJIT(gwPriv, time.Minute)
+	j, err := newJIT(gwPriv, time.Minute, "gw", pool, supernet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,11 +33,11 @@ func TestJIT(t *testing.T) {
 	rec := Stored{Record: Record{Org: "acme", Name: "laptop", PublicKey: user.PublicKey().String(),
 		Address: netip.MustParseAddr("fdaa:0:1:8000::5"), Allow: []netip.Prefix{netip.MustParsePrefix("fdaa::/16")}, Created: t0}}
 
-	j.sync(nil)
+	j.sync(nil, 0)
 	if j.initiation(pkt(first), at(0)) {
 		t.Fatal("an initiation without a record activated a peer")
 	}
-	j.sync([]Stored{rec})
+	j.sync([]Stored{rec}, 0)
 	j.idleCheck(nil, at(0))
 	if !j.initiation(pkt(first), at(time.Second)) {
 		t.Fatal("the first initiation with a record did not activate its peer")
@@ -70,7 +70,7 @@ func TestJIT(t *testing.T) {
 	}
 	// Its record goes: so does the peer, and its initiations install
 	// nothing.
-	j.sync(nil)
+	j.sync(nil, 0)
 	j.state(at(201 * time.Second))
 	if len(j.active) != 0 {
 		t.Errorf("a peer without a record stayed active")
@@ -96,11 +96,11 @@ func TestJIT(t *testing.T) {
 // handshook within the idle timeout and have records, and no others.
 func TestJITAdopts(t *testing.T) {
 	gwPriv, _ := wgtypes.GeneratePrivateKey()
-	j, _ := newJIT(gwPriv, time.Minute)
+	j, _ := newJIT(gwPriv, time.Minute, "gw", pool, supernet)
 	k := func() wgtypes.Key { p, _ := wgtypes.GeneratePrivateKey(); return p.PublicKey() }
 	fresh, stale, noRecord := k(), k(), k()
 	now := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
-	j.sync([]Stored{{Record: Record{PublicKey: fresh.String()}}, {Record: Record{PublicKey: stale.String()}}})
+	j.sync([]Stored{{Record: Record{PublicKey: fresh.String()}}, {Record: Record{PublicKey: stale.String()}}}, 0)
 	j.idleCheck(map[wgtypes.Key]heard{fresh: {handshake: now.Add(-30 * time.Second)}, stale: {handshake: now.Add(-2 * time.Minute)}, noRecord: {handshake: now}}, now)
 	var got []wgtypes.Key
 	for k := range j.active {
@@ -117,13 +117,13 @@ func TestJITAdopts(t *testing.T) {
 func TestJITProvisional(t *testing.T) {
 	gwPriv, _ := wgtypes.GeneratePrivateKey()
 	user, _ := wgtypes.GeneratePrivateKey()
-	j, _ := newJIT(gwPriv, time.Minute)
+	j, _ := newJIT(gwPriv, time.Minute, "gw", pool, supernet)
 	now := time.Now()
 	exp := now.Add(time.Hour)
 	rec := Record{Org: "acme", Name: "laptop", PublicKey: user.PublicKey().String(), Address: netip.MustParseAddr("fdaa:0:1:8000::5"),
 		Allow: []netip.Prefix{supernet}, Created: now.UTC().Truncate(time.Second), Expires: &exp}
 	key := RecordKey("gw", "acme", "laptop")
-	j.provisional("gw", rec.ID(), Pair{Key: key, Value: rec.Encode(), ModifyIndex: 7}, true, pool, supernet)
+	j.provisional(rec.ID(), Pair{Key: key, Value: rec.Encode(), ModifyIndex: 7}, true, 1)
 	src := netip.MustParseAddrPort("198.18.5.5:40000")
 	if !j.initiation(handshake.Packet{Source: src, Payload: testlab.Initiation(t, user, gwPriv.PublicKey())}, now) {
 		t.Fatal("a record a hint brought did not let its user in")
@@ -135,20 +135,40 @@ func TestJITProvisional(t *testing.T) {
 		t.Errorf("an expired record's peer stayed: %+v", st.Peers)
 	}
 	// Back (a fresh record), then removed by a hint.
-	j.provisional("gw", rec.ID(), Pair{Key: key, Value: func() []byte { r := rec; r.Expires = nil; return r.Encode() }(), ModifyIndex: 8}, true, pool, supernet)
+	j.provisional(rec.ID(), Pair{Key: key, Value: func() []byte { r := rec; r.Expires = nil; return r.Encode() }(), ModifyIndex: 8}, true, 2)
 	j.active[user.PublicKey()] = &activePeer{since: now, seen: now}
 	if st, _ := j.state(now); len(st.Peers) != 1 {
 		t.Fatalf("state %+v, want the peer", st.Peers)
 	}
-	j.provisional("gw", rec.ID(), Pair{}, false, pool, supernet)
+	j.provisional(rec.ID(), Pair{}, false, 3)
 	if st, _ := j.state(now); len(st.Peers) != 0 {
 		t.Errorf("a removed record's peer stayed: %+v", st.Peers)
 	}
 	// An invalid record (outside the pool) is not known.
 	bad := rec
 	bad.Address = netip.MustParseAddr("fdaa:0:2::5")
-	j.provisional("gw", rec.ID(), Pair{Key: key, Value: bad.Encode(), ModifyIndex: 9}, true, pool, supernet)
+	j.provisional(rec.ID(), Pair{Key: key, Value: bad.Encode(), ModifyIndex: 9}, true, 4)
 	if len(j.records) != 0 {
 		t.Errorf("an invalid record is known: %v", j.records)
+	}
+}
+
+// TestJITSyncKeepsNewerHints: a Desire computed from the records before a
+// hint brought one does not make the active set forget it.
+func TestJITSyncKeepsNewerHints(t *testing.T) {
+	gwPriv, _ := wgtypes.GeneratePrivateKey()
+	user, _ := wgtypes.GeneratePrivateKey()
+	j, _ := newJIT(gwPriv, time.Minute, "gw", pool, supernet)
+	now := time.Now()
+	rec := Record{Org: "acme", Name: "new", PublicKey: user.PublicKey().String(), Address: netip.MustParseAddr("fdaa:0:1:8000::6"),
+		Allow: []netip.Prefix{supernet}, Created: now.UTC().Truncate(time.Second)}
+	j.provisional(rec.ID(), Pair{Key: RecordKey("gw", "acme", "new"), Value: rec.Encode(), ModifyIndex: 5}, true, 8)
+	j.sync(nil, 7) // computed before the hint's read
+	if _, ok := j.records[user.PublicKey()]; !ok {
+		t.Fatal("a Desire older than a hint's read dropped the record it brought")
+	}
+	j.sync(nil, 8) // computed after it, and the record is not there: gone
+	if _, ok := j.records[user.PublicKey()]; ok || len(j.pending) != 0 {
+		t.Errorf("a Desire as new as the hint's read did not decide: records %v, pending %d", j.records, len(j.pending))
 	}
 }

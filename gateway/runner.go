@@ -153,7 +153,7 @@ func NewRunner(opts Options) (*Runner, error) {
 		status:  Status{Interface: opts.Link.Name()},
 	}
 	if opts.JIT {
-		j, err := newJIT(opts.Link.PrivateKey(), cmp.Or(opts.IdleTimeout, DefaultIdleTimeout))
+		j, err := newJIT(opts.Link.PrivateKey(), cmp.Or(opts.IdleTimeout, DefaultIdleTimeout), opts.Node, opts.Pool, opts.Supernet)
 		if err != nil {
 			return nil, err
 		}
@@ -322,7 +322,7 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 		wake = earliest(wake, d.at.Add(desireSpacing))
 	}
 	if r.jit != nil {
-		jst, next, err := r.jitState(st, due, now)
+		jst, next, err := r.jitState(st, due, version, now)
 		if err != nil {
 			r.setStatus(func(s *Status) { s.LastError = errString(err) })
 			return time.Time{}, err
@@ -390,14 +390,14 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 }
 
 // jitState is the desired state with JIT (jit.go): it takes the records
-// of a new Desire (all is that one, else nil) in, checks for idle peers
+// of a new Desire (when desired: all, from the records at version) in, checks for idle peers
 // when due, and returns the active peers' state (with all's expired
 // records, for deletion, and its rejections) and when to reconcile again
 // (the end of a kick, an active record's expiry, or the next idle check).
-func (r *Runner) jitState(all State, desired bool, now time.Time) (State, time.Time, error) {
+func (r *Runner) jitState(all State, desired bool, version uint64, now time.Time) (State, time.Time, error) {
 	r.mu.Lock()
 	if desired {
-		r.jit.sync(all.Records)
+		r.jit.sync(all.Records, version)
 	}
 	due := !now.Before(r.jit.nextCheck)
 	r.mu.Unlock()
