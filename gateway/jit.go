@@ -120,22 +120,25 @@ func (j *jit) initiation(p handshake.Packet, now time.Time) bool {
 		j.status.Refused[RefusedRateLimited]++
 		return false
 	}
-	in, err := j.responder.Consume(p.Payload)
+	// Unknown, removed or expired keys: one decryption (the static key's),
+	// and nothing kept.
+	known := func(k [32]byte) bool {
+		rec, ok := j.records[wgtypes.Key(k)]
+		return ok && !rec.Expired(now)
+	}
+	in, err := j.responder.ConsumeIf(p.Payload, known)
 	switch {
 	case errors.Is(err, handshake.ErrMAC1), errors.Is(err, handshake.ErrNotInitiation):
 		j.status.Refused[RefusedMAC1]++
+		return false
+	case errors.Is(err, handshake.ErrNotWanted):
+		j.status.Refused[RefusedUnknownKey]++
 		return false
 	case err != nil:
 		j.status.Refused[RefusedDecrypt]++
 		return false
 	}
 	key := wgtypes.Key(in.Static)
-	rec, ok := j.records[key]
-	if !ok || rec.Expired(now) {
-		// Unknown, removed or expired: one decryption, and nothing kept.
-		j.status.Refused[RefusedUnknownKey]++
-		return false
-	}
 	if last, ok := j.last[key]; ok && !in.Timestamp.After(last) {
 		j.status.Refused[RefusedReplay]++
 		return false

@@ -44,6 +44,7 @@ var (
 	ErrEphemeral     = errors.New("ephemeral key gives a zero shared secret")
 	ErrStatic        = errors.New("initiator's static key does not decrypt")
 	ErrTimestamp     = errors.New("timestamp does not decrypt")
+	ErrNotWanted     = errors.New("initiator's static key is not one the caller wants")
 )
 
 // Initiation is what a responder learns from an initiation it can read.
@@ -121,7 +122,13 @@ func (r *Responder) CheckMAC1(msg []byte) bool {
 // Consume reads an initiation: mac1 first, then the initiator's static key
 // and timestamp. It does not judge replays (the caller keeps the last
 // timestamp of each key) and keeps no state.
-func (r *Responder) Consume(msg []byte) (Initiation, error) {
+func (r *Responder) Consume(msg []byte) (Initiation, error) { return r.ConsumeIf(msg, nil) }
+
+// ConsumeIf is Consume that stops after the initiator's static key when
+// want (if not nil) does not want it: an unknown key costs one
+// Diffie-Hellman and one decryption, not two. It then returns
+// ErrNotWanted, with the key in the Initiation.
+func (r *Responder) ConsumeIf(msg []byte, want func(static [32]byte) bool) (Initiation, error) {
 	var in Initiation
 	if len(msg) != InitiationSize || msg[0] != InitiationType || msg[1]|msg[2]|msg[3] != 0 {
 		return in, ErrNotInitiation
@@ -147,6 +154,9 @@ func (r *Responder) Consume(msg []byte) (Initiation, error) {
 		return in, ErrStatic
 	}
 	h = mixHash(h, static)
+	if want != nil && !want(in.Static) {
+		return in, ErrNotWanted
+	}
 
 	ss, err = curve25519.X25519(r.private[:], in.Static[:])
 	if err != nil {

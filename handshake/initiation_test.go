@@ -119,6 +119,21 @@ func TestConsumeForged(t *testing.T) {
 	}
 }
 
+// TestConsumeIf: an initiator the caller does not want is refused after
+// its static key (which comes back), before the timestamp's decryption.
+func TestConsumeIf(t *testing.T) {
+	r, _ := NewResponder(mustKey(t, vector.responderPriv))
+	msg, _ := hex.DecodeString(vector.msg)
+	var asked [32]byte
+	in, err := r.ConsumeIf(msg, func(k [32]byte) bool { asked = k; return false })
+	if !errors.Is(err, ErrNotWanted) || in.Static != mustKey(t, vector.initiatorPub) || asked != in.Static || in.Timestamp != (Timestamp{}) {
+		t.Errorf("ConsumeIf(not wanted) = %+v, %v; want ErrNotWanted with the static key and no timestamp", in, err)
+	}
+	if in, err := r.ConsumeIf(msg, func([32]byte) bool { return true }); err != nil || in.Timestamp == (Timestamp{}) {
+		t.Errorf("ConsumeIf(wanted) = %+v, %v; want the whole initiation", in, err)
+	}
+}
+
 // setMAC1 writes the mac1 that r expects into m.
 func setMAC1(r *Responder, m []byte) {
 	mac, _ := blake2s.New128(r.mac1Key[:])
