@@ -57,6 +57,10 @@ const (
 // JITStatus is the just-in-time state in `meshd status`.
 type JITStatus struct {
 	IdleTimeout string `json:"idle_timeout"`
+	// Watching is true while the packet socket that sees initiations is
+	// open: without it, users whose peer is not in the kernel cannot
+	// connect.
+	Watching bool `json:"watching"`
 	// Records is how many valid, unexpired records the gateway knows;
 	// Active how many of them the kernel holds.
 	Records int `json:"records"`

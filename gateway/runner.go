@@ -262,7 +262,12 @@ func (r *Runner) watchFirewall(ctx context.Context, l *loop.Loop) {
 // peer is not in the kernel cannot connect, which status shows.
 func (r *Runner) sniff(ctx context.Context, l *loop.Loop) {
 	for ctx.Err() == nil {
-		err := handshake.Sniff(ctx, uint16(r.opts.ListenPort), nil, func(p handshake.Packet) {
+		watching := func(on bool) {
+			r.mu.Lock()
+			r.jit.status.Watching = on
+			r.mu.Unlock()
+		}
+		err := handshake.Sniff(ctx, uint16(r.opts.ListenPort), func() { watching(true) }, func(p handshake.Packet) {
 			r.mu.Lock()
 			activated := r.jit.initiation(p, time.Now())
 			r.mu.Unlock()
@@ -271,6 +276,7 @@ func (r *Runner) sniff(ctx context.Context, l *loop.Loop) {
 				l.Mark()
 			}
 		})
+		watching(false)
 		if err == nil || ctx.Err() != nil {
 			return
 		}

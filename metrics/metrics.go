@@ -40,6 +40,7 @@ var (
 	gwPeersDesc       = desc("gateway_peers", "User peers a gateway holds (gateway nodes only).")
 	gwRejectedDesc    = desc("gateway_rejected_records", "Gateway peer records rejected (gateway nodes only).")
 	gwSyncedDesc      = desc("gateway_synced", "1 once the gateway has read its peer records (gateway nodes only).")
+	gwWatchingDesc    = desc("gateway_jit_watching", "1 while a just-in-time gateway sees handshake initiations on its user port (0: users not in the kernel cannot connect).")
 	gwRecordsDesc     = desc("gateway_records", "Valid, unexpired user peer records a just-in-time gateway knows (the kernel holds only the active ones).")
 	gwInstallsDesc    = desc("gateway_jit_installs_total", "User peers a just-in-time gateway put into the kernel for a handshake initiation, since start.")
 	gwEvictionsDesc   = desc("gateway_jit_evictions_total", "Idle user peers a just-in-time gateway took out of the kernel (records kept), since start.")
@@ -142,6 +143,7 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(gwRejectedDesc, float64(g.RejectedCount))
 		gauge(gwSyncedDesc, b2f(g.Synced))
 		if j := g.JIT; j != nil {
+			gauge(gwWatchingDesc, b2f(j.Watching))
 			gauge(gwRecordsDesc, float64(j.Records))
 			counter(gwInstallsDesc, float64(j.Installs))
 			counter(gwEvictionsDesc, float64(j.Evictions))

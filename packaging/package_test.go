@@ -102,7 +102,7 @@ func TestDebianPackage(t *testing.T) {
 	}
 	for _, want := range []string{
 		"ExecStart=/usr/bin/meshd run", "Restart=always", "KillMode=process",
-		"CapabilityBoundingSet=CAP_NET_ADMIN\n", "ProtectSystem=strict", "StateDirectory=meshd",
+		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\n", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET\n", "ProtectSystem=strict", "StateDirectory=meshd",
 		"RuntimeDirectory=meshd wireguard", "RuntimeDirectoryPreserve=yes", "After=network-online.target consul.service",
 		"NoNewPrivileges=yes", "DeviceAllow=/dev/net/tun rw",
 	} {
