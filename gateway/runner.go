@@ -321,7 +321,13 @@ func (r *Runner) reconcile(ctx context.Context, now time.Time) (time.Time, error
 	st := d.st
 	if due {
 		st = Desire(r.decoder, pairs, r.opts.Pool, r.opts.Supernet, now)
-		r.desired = desiredCache{valid: true, version: version, at: now, st: st}
+		kept := st
+		if r.jit != nil {
+			// The active set keeps the records it needs (sync, below);
+			// the cache keeps what the next reconciles read of it.
+			kept = State{Expired: st.Expired, Rejected: st.Rejected, NextExpiry: st.NextExpiry}
+		}
+		r.desired = desiredCache{valid: true, version: version, at: now, st: kept}
 	}
 	wake := st.NextExpiry
 	if !fresh && !due {
