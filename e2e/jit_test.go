@@ -184,8 +184,16 @@ func TestGatewayJIT(t *testing.T) {
 	before := jit()
 	// A key the test holds, with a record, and two of its initiations.
 	stolen, _ := wgtypes.GeneratePrivateKey()
+	st0, err := gw.status(t)
+	if err != nil || st0.Gateway == nil {
+		t.Fatalf("gateway status: %v", err)
+	}
+	readsBefore := st0.Gateway.RecordReads
 	createPeer(t, b, "--gateway", gw.Name, "--org", "acme", "--name", "stolen", "--public-key", stolen.PublicKey().String())
-	testlab.Eventually(t, 10*time.Second, "the gateway knows the new record", func() bool { return jit().Records == before.Records+1 })
+	testlab.Eventually(t, 10*time.Second, "the gateway reads the new record (its hint)", func() bool {
+		st, err := gw.status(t)
+		return err == nil && st.Gateway != nil && st.Gateway.RecordReads > readsBefore
+	})
 	first := testlab.Initiation(t, stolen, info.PublicKey)
 	later := testlab.Initiation(t, stolen, info.PublicKey)
 	junk := make([]byte, 148)

@@ -32,6 +32,14 @@ const (
 	// window both are taken off again; the user roams and keeps its own
 	// keepalive.
 	kickWindow = 3 * time.Second
+	// kickDelay is how long the gateway waits before it kicks: the
+	// device may still hold the user's initiation in its queue and answer
+	// it once the peer is in (the user's handshake then completes by
+	// itself). Kicking then as well would make the two handshakes cross,
+	// which can cost the user WireGuard's rekey timeouts. The peer goes in
+	// at once with the initiation's source as its endpoint; only a peer
+	// that has not handshaken after kickDelay is kicked.
+	kickDelay = 150 * time.Millisecond
 	// perSourceRate and perSourceBurst bound the initiations read per
 	// source address (a second each, then the rest are dropped unread);
 	// totalRate bounds all of them: a flood costs at most totalRate
@@ -79,7 +87,9 @@ type activePeer struct {
 	seen      time.Time      // when it was last heard from: a handshake or bytes received
 	rx        int64          // bytes received, at the last check
 	endpoint  netip.AddrPort // where its initiation came from
-	kickUntil time.Time
+	kickAt    time.Time      // kick from then, unless it handshook
+	kickUntil time.Time      // endpoint and kick off from then
+	handshook bool           // handshook since it was installed
 }
 
 // jit is a runner's just-in-time state, guarded by Runner.mu.
@@ -152,7 +162,7 @@ func (j *jit) initiation(p handshake.Packet, now time.Time) bool {
 		a.seen = now
 		return false // the device holds it and answers itself
 	}
-	j.active[key] = &activePeer{since: now, seen: now, endpoint: p.Source, kickUntil: now.Add(kickWindow)}
+	j.active[key] = &activePeer{since: now, seen: now, endpoint: p.Source, kickAt: now.Add(kickDelay), kickUntil: now.Add(kickDelay + kickWindow)}
 	j.status.Installs++
 	return true
 }
@@ -230,6 +240,27 @@ func (j *jit) sync(recs []Stored, version uint64) {
 	j.status.Records = len(j.records)
 }
 
+// kickDue reports whether a peer waits for its kick at now: the device's
+// handshakes must be read first (noteHandshakes).
+func (j *jit) kickDue(now time.Time) bool {
+	for _, a := range j.active {
+		if a.endpoint.IsValid() && !a.handshook && !now.Before(a.kickAt) && now.Before(a.kickUntil) {
+			return true
+		}
+	}
+	return false
+}
+
+// noteHandshakes marks the active peers that handshook since they were
+// installed.
+func (j *jit) noteHandshakes(dev map[wgtypes.Key]heard) {
+	for k, a := range j.active {
+		if h, ok := dev[k]; ok && h.handshake.After(a.since) {
+			a.handshook = true
+		}
+	}
+}
+
 // heard is what the device reports of a peer: its last handshake and the
 // bytes received from it.
 type heard struct {
@@ -289,8 +320,15 @@ func (j *jit) state(now time.Time) (State, time.Time) {
 		}
 		p := peers.Peer{Node: s.ID(), PublicKey: k, Prefix: netip.PrefixFrom(s.Address, 128)}
 		if now.Before(a.kickUntil) && a.endpoint.IsValid() {
-			p.Endpoint, p.Keepalive = a.endpoint, UserKeepalive
+			p.Endpoint = a.endpoint
 			wake = earliest(wake, a.kickUntil)
+			switch {
+			case a.handshook:
+			case now.Before(a.kickAt):
+				wake = earliest(wake, a.kickAt)
+			default:
+				p.Keepalive = UserKeepalive
+			}
 		}
 		if s.Expires != nil {
 			wake = earliest(wake, *s.Expires)

@@ -45,9 +45,23 @@ func TestJIT(t *testing.T) {
 	if j.initiation(pkt(first), at(2*time.Second)) {
 		t.Error("a replayed initiation activated again")
 	}
-	s, wake := j.state(at(2 * time.Second))
-	if len(s.Peers) != 1 || s.Peers[0].Endpoint != src || s.Peers[0].Keepalive != UserKeepalive || !wake.Equal(at(time.Second+kickWindow)) {
-		t.Errorf("fresh peer: %+v, wake %v; want it kicked at %s until %v", s.Peers, wake, src, at(time.Second+kickWindow))
+	// At once: in with the initiation's source, not kicked yet (the
+	// device may still answer the queued initiation itself).
+	s, wake := j.state(at(time.Second))
+	if len(s.Peers) != 1 || s.Peers[0].Endpoint != src || s.Peers[0].Keepalive != 0 || !wake.Equal(at(time.Second+kickDelay)) {
+		t.Errorf("fresh peer: %+v, wake %v; want it at %s, unkicked, until %v", s.Peers, wake, src, at(time.Second+kickDelay))
+	}
+	if j.kickDue(at(time.Second)) || !j.kickDue(at(2*time.Second)) {
+		t.Error("kickDue: want a kick due after kickDelay, not before")
+	}
+	s, wake = j.state(at(2 * time.Second))
+	if len(s.Peers) != 1 || s.Peers[0].Endpoint != src || s.Peers[0].Keepalive != UserKeepalive || !wake.Equal(at(time.Second+kickDelay+kickWindow)) {
+		t.Errorf("unanswered peer: %+v, wake %v; want it kicked at %s until %v", s.Peers, wake, src, at(time.Second+kickDelay+kickWindow))
+	}
+	// Once it handshook, no kick.
+	j.noteHandshakes(map[wgtypes.Key]heard{user.PublicKey(): {handshake: at(1500 * time.Millisecond)}})
+	if s, _ = j.state(at(2 * time.Second)); s.Peers[0].Keepalive != 0 || j.kickDue(at(2*time.Second)) {
+		t.Errorf("a peer that handshook is kicked: %+v", s.Peers)
 	}
 	s, _ = j.state(at(5 * time.Second))
 	if len(s.Peers) != 1 || s.Peers[0].Endpoint.IsValid() || s.Peers[0].Keepalive != 0 {

@@ -412,14 +412,18 @@ func (r *Runner) jitState(all State, desired bool, version uint64, now time.Time
 		r.jit.sync(all.Records, version)
 	}
 	due := !now.Before(r.jit.nextCheck)
+	kick := r.jit.kickDue(now)
 	r.mu.Unlock()
-	if due {
+	if due || kick {
 		hs, err := r.handshakes()
 		if err != nil {
 			return State{}, time.Time{}, err
 		}
 		r.mu.Lock()
-		r.jit.idleCheck(hs, now)
+		r.jit.noteHandshakes(hs)
+		if due {
+			r.jit.idleCheck(hs, now)
+		}
 		r.mu.Unlock()
 	}
 	r.mu.Lock()
