@@ -92,10 +92,18 @@ kernel: deps consul promtool
 # syncconf) and the floor (a bare blocking query), in one run: writes
 # BENCHMARKS.md and benchmarks-cdf.png. About 30 minutes on 2 cores.
 BENCH_FLAGS ?= -sizes 1000,5000,10000 -events 32 -hosts 2 -idle 10m
+# The servers' side of a fleet (bench/fleet_test.go): W simulated hosts
+# asking one server what meshd asks per change, beside hosts reading the
+# whole list per change; fleet-wide figures use TestBench's host costs.
+FLEET_FLAGS ?= -fleet-nodes 10000 -fleet-watchers 1000,5000,10000 -fleet-changes 30
 bench: deps consul
 	@scripts/consul-template-bin >/dev/null
+	mkdir -p out
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 85m -v . \
-		-args $(BENCH_FLAGS) -out ../BENCHMARKS.md -plot ../benchmarks-cdf.png
+		-args $(BENCH_FLAGS) -out ../BENCHMARKS.md -plot ../benchmarks-cdf.png -host-cost-out ../out/host-cost.json
+	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestFleet$$' -timeout 60m -v . \
+		-args $(FLEET_FLAGS) -fleet-host-cost ../out/host-cost.json -fleet-out ../out/fleet.md
+	{ echo; cat out/fleet.md; } >> BENCHMARKS.md
 	{ echo; echo '## Go benchmarks (same make bench)'; echo; \
 	  echo 'One changed mesh peer written to a device holding N (`netlinkx`), and one new user peer'; \
 	  echo 'applied by a gateway holding N (`gateway`, incremental and full reconcile); real userspace'; \
@@ -162,7 +170,11 @@ bench-quick: deps consul
 	@scripts/consul-template-bin >/dev/null
 	mkdir -p out
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 10m -v . \
-		-args -sizes 100,300 -events 8 -hosts 2 -idle 10s -out ../out/BENCHMARKS.quick.md -plot ../out/benchmarks-quick-cdf.png
+		-args -sizes 100,300 -events 8 -hosts 2 -idle 10s -out ../out/BENCHMARKS.quick.md -plot ../out/benchmarks-quick-cdf.png \
+		-host-cost-out ../out/host-cost.quick.json
+	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestFleet$$' -timeout 10m -v . \
+		-args -fleet-nodes 300 -fleet-watchers 20,100 -fleet-changes 3 -fleet-list-watchers 3 -fleet-list-changes 2 \
+		-fleet-host-cost ../out/host-cost.quick.json -fleet-out ../out/fleet.quick.md
 
 # KERNEL=1: the same demo inside scripts/vm, on Debian's kernel with its
 # wireguard module (every link a kernel link, or the demo fails).

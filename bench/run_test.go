@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -401,6 +402,16 @@ func TestBench(t *testing.T) {
 	WriteTables(&sb, points)
 	fmt.Fprintf(&sb, "Idle catalog for %s after the last size: %d kernel writes by meshd (its counter), %d meshd devices changed (read from outside).\n", *idleFlag, idleWrites, idleChanged)
 	t.Logf("\n%s", sb.String())
+	if *hostCostOutFlag != "" {
+		var costs []HostCost
+		for _, p := range points {
+			costs = append(costs, HostCost{N: p.N, PerChange: p.HostCPUPerChange, FullRead: p.FullReadCPU})
+		}
+		b, _ := json.Marshal(costs)
+		if err := os.WriteFile(*hostCostOutFlag, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if *outFlag != "" {
 		if err := writeReport(*outFlag, *plotFlag, sb.String(), points); err != nil {
 			t.Fatal(err)

@@ -100,8 +100,8 @@ type Consul struct {
 }
 
 // StartDevConsul runs a dev-mode Consul server on loopback with free ports,
-// stopped when the test ends.
-func StartDevConsul(t testing.TB) *Consul {
+// stopped when the test ends; hcl adds configuration (one -hcl each).
+func StartDevConsul(t testing.TB, hcl ...string) *Consul {
 	t.Helper()
 	ports := freePorts(t, 4)
 	c := &Consul{
@@ -113,6 +113,9 @@ func StartDevConsul(t testing.TB) *Consul {
 			"-http-port", fmt.Sprint(ports[0]), "-serf-lan-port", fmt.Sprint(ports[1]),
 			"-serf-wan-port", fmt.Sprint(ports[2]), "-server-port", fmt.Sprint(ports[3]),
 			"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }", "-log-level", "warn"},
+	}
+	for _, h := range hcl {
+		c.args = append(c.args, "-hcl", h)
 	}
 	t.Cleanup(c.Kill)
 	c.Start(t)
