@@ -1,8 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
+	"net/netip"
+	"slices"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/gateway"
@@ -12,6 +17,28 @@ import (
 type result struct {
 	peers.Result
 	writes uint64
+	// heldPrefix is the allowed IPs of each held peer, read from the
+	// kernel the plan was made against before Commit (which may change
+	// Result.Observed in place); Observed is cleared then.
+	heldPrefix map[wgtypes.Key]netip.Prefix
+}
+
+// commit records res's plan as written, keeping what status needs of the
+// kernel it was planned against.
+func (a *Agent) commit(res *result) {
+	for _, h := range res.Plan.Held {
+		i, ok := slices.BinarySearchFunc(res.Observed.Peers, h.PublicKey, func(kp peers.KernelPeer, k wgtypes.Key) int {
+			return bytes.Compare(kp.PublicKey[:], k[:])
+		})
+		if ok && len(res.Observed.Peers[i].AllowedIPs) > 0 {
+			if res.heldPrefix == nil {
+				res.heldPrefix = map[wgtypes.Key]netip.Prefix{}
+			}
+			res.heldPrefix[h.PublicKey] = res.Observed.Peers[i].AllowedIPs[0]
+		}
+	}
+	a.planner.Commit(res.Result)
+	res.Observed = peers.Observed{}
 }
 
 // apply brings the kernel to what snap asks for: the planner's plan,
@@ -46,7 +73,7 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	}
 	if plan.Empty() {
 		a.logger.Debug("reconcile: kernel matches catalog", "peers", len(res.Desired), "held", len(plan.Held))
-		a.planner.Commit(res.Result)
+		a.commit(&res)
 		return res, nil
 	}
 	a.logger.Info("applying plan", "upsert", len(plan.Upsert), "remove", len(plan.Remove),
@@ -54,6 +81,6 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	if err := a.opts.Link.Apply(plan); err != nil {
 		return res, fmt.Errorf("apply plan: %w", err)
 	}
-	a.planner.Commit(res.Result)
+	a.commit(&res)
 	return res, nil
 }

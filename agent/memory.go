@@ -21,10 +21,6 @@ type memoryFile struct {
 	peers.Memory
 }
 
-// memoryInterval spaces writes of the file: serials grow with every
-// signed change in the fleet.
-const memoryInterval = 5 * time.Second
-
 func (a *Agent) loadMemory() {
 	if a.opts.MemoryPath == "" {
 		return
@@ -47,7 +43,9 @@ func (a *Agent) loadMemory() {
 }
 
 // saveMemory writes the planner's memory when a serial grew or a removal
-// was made, at most once per memoryInterval (force: now, as when
+// was made, at most once per perNodeSpacing of its serials (serials grow
+// with every signed change in the fleet, and the file holds one per node;
+// force: now, as when
 // stopping). It returns when it wants to be called again, or zero.
 func (a *Agent) saveMemory(now time.Time, force bool) time.Time {
 	if a.opts.MemoryPath == "" {
@@ -60,7 +58,7 @@ func (a *Agent) saveMemory(now time.Time, force bool) time.Time {
 	if !changed && !a.memory.dirty && !force {
 		return time.Time{}
 	}
-	a.memory.next = now.Add(memoryInterval)
+	a.memory.next = now.Add(perNodeSpacing(len(m.Serials)))
 	b, err := json.Marshal(memoryFile{Version: 1, Memory: m})
 	if err == nil {
 		err = atomicfile.WriteFile(a.opts.MemoryPath, b, 0o600)

@@ -3,7 +3,6 @@ package agent
 import (
 	"cmp"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -302,12 +301,6 @@ func (src peerSource) peers() []PeerStatus {
 	for _, r := range res.Rejected {
 		out = append(out, PeerStatus{Node: r.Node, ServiceID: r.ServiceID, State: PeerRejected, Reason: r.Reason, Code: r.Code})
 	}
-	allowed := map[wgtypes.Key][]netip.Prefix{}
-	if len(res.Plan.Held) > 0 {
-		for _, kp := range res.Observed.Peers {
-			allowed[kp.PublicKey] = kp.AllowedIPs
-		}
-	}
 	for _, h := range res.Plan.Held {
 		until := h.Until
 		ps := PeerStatus{PublicKey: h.PublicKey.String(), State: PeerHeld, HeldUntil: &until,
@@ -316,8 +309,8 @@ func (src peerSource) peers() []PeerStatus {
 			ps.HeldUntil = nil
 			ps.Reason = "gone from the catalog; held by the mass-removal circuit breaker (meshd release-removals)"
 		}
-		if a := allowed[h.PublicKey]; len(a) > 0 {
-			ps.Prefix = a[0].String()
+		if p, ok := res.heldPrefix[h.PublicKey]; ok {
+			ps.Prefix = p.String()
 		}
 		out = append(out, ps)
 	}

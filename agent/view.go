@@ -69,24 +69,26 @@ func (a *Agent) loadSnapshot() {
 		"entries", len(saved.Entries), "index", saved.Index, "saved_at", saved.SavedAt)
 }
 
-// snapshotInterval spaces snapshot writes: a large catalog is megabytes of
-// JSON, and a churning one must not cost a file write per change. The
-// kernel keeps whatever was applied since; a snapshot a few seconds old
-// only means a node added since is held through its grace after a restart
-// without Consul, not removed.
-const snapshotInterval = 5 * time.Second
+// Snapshot writes are spaced by perNodeSpacing of the entries: a large
+// catalog is megabytes of JSON, and a churning one must not cost a file
+// write per change. The kernel keeps whatever was applied since; a
+// snapshot a few seconds (at 10,000 nodes, up to 50 s) old only means a
+// node added since is held through its grace after a restart without
+// Consul, not removed.
 
 // saveSnapshots writes the newest catalog read whenever one is signalled on
-// saves, at most once per snapshotInterval, and once more when ctx ends if
+// saves, at most once per perNodeSpacing, and once more when ctx ends if
 // a read is still unsaved.
 func (a *Agent) saveSnapshots(ctx context.Context, saves <-chan struct{}) {
 	var saved *catalogsync.Snapshot
 	var enc snapshot.Encoder // marshals only the entries that changed
+	spacing := perNodeSpacing(0)
 	save := func() {
 		s, fromDisk, _ := a.view.get()
 		if s != nil && s != saved && !fromDisk {
 			a.saveSnapshot(&enc, *s, time.Now())
 			saved = s
+			spacing = perNodeSpacing(len(s.Entries))
 		}
 	}
 	for {
@@ -101,7 +103,7 @@ func (a *Agent) saveSnapshots(ctx context.Context, saves <-chan struct{}) {
 		case <-ctx.Done():
 			save()
 			return
-		case <-time.After(snapshotInterval):
+		case <-time.After(spacing):
 		}
 	}
 }

@@ -3,6 +3,7 @@ package peers
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 )
@@ -92,6 +93,9 @@ func BenchmarkChangedEntry(b *testing.B) {
 			pl := &Planner{Rules: rules}
 			now := time.Unix(1_900_000_000, 0)
 			plan := func(i int) {
+				// A new list each time, as the catalog delivers: the planner
+				// keeps the last one it planned.
+				entries = slices.Clone(entries)
 				entries[0] = versions[i%2]
 				if i%2 == 0 {
 					entries[0].ModifyIndex = uint64(1<<41 + i) // a new version each time

@@ -19,6 +19,9 @@ type change struct{ old, new *Entry }
 // CreateIndex or health. ok is false when entries is not strictly sorted or
 // more than maxPatch changed.
 func changedEntries(last, entries []Entry) (changes []change, ok bool) {
+	if sameSlice(last, entries) {
+		return nil, true // planned again, as a deadline asks: nothing changed
+	}
 	for i, j := 0, 0; i < len(last) || j < len(entries); {
 		if j > 0 && j < len(entries) && entries[j-1].ServiceID >= entries[j].ServiceID {
 			return nil, false // not strictly sorted
@@ -136,4 +139,11 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 		out = nil
 	}
 	return out, rej, true
+}
+
+// sameSlice reports whether a and b are the same elements of the same
+// array: a list the caller planned before, not changed since (callers
+// never change a list they hand over).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

@@ -3,6 +3,7 @@ package peers
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -516,7 +517,53 @@ func TestApplied(t *testing.T) {
 					t.Errorf("roaming peer's endpoint = %v, want the learnt %v", kp.Endpoint, learnt.Endpoint)
 				}
 			}
+			own := Observed{Peers: slices.Clone(tt.obs.Peers), Routes: slices.Clone(tt.obs.Routes)}
+			applyInPlace(&own, plan)
+			if diff := cmp.Diff(next, own, netipOpts, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("applyInPlace differs from Applied (-Applied +in place):\n%s", diff)
+			}
 		})
+	}
+}
+
+// TestApplyInPlaceMatchesApplied: random plans on random sorted kernels,
+// written in place, leave what Applied returns.
+func TestApplyInPlaceMatchesApplied(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	prefix := func(i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, byte(i)}), 48) }
+	for round := range 500 {
+		var obs Observed
+		for i := range 40 {
+			if rng.IntN(2) == 0 {
+				obs.Peers = append(obs.Peers, KernelPeer{PublicKey: mustKey(byte(i + 1)), Endpoint: netip.MustParseAddrPort("198.18.0.1:51820"), AllowedIPs: []netip.Prefix{prefix(i)}})
+				obs.Routes = append(obs.Routes, prefix(i))
+			}
+		}
+		obs.Sort()
+		var plan Plan
+		for range rng.IntN(8) {
+			i := rng.IntN(60)
+			switch rng.IntN(4) {
+			case 0:
+				p := Peer{Node: fmt.Sprint(i), PublicKey: mustKey(byte(i + 1)), Prefix: prefix(i), Endpoint: netip.MustParseAddrPort("198.18.0.2:51820")}
+				if rng.IntN(3) == 0 {
+					p.Endpoint = netip.AddrPort{} // roaming: keeps what the kernel learnt
+				}
+				plan.Upsert = append(plan.Upsert, p)
+			case 1:
+				plan.Remove = append(plan.Remove, mustKey(byte(i+1)))
+			case 2:
+				plan.AddRoutes = append(plan.AddRoutes, prefix(i))
+			case 3:
+				plan.DelRoutes = append(plan.DelRoutes, prefix(i))
+			}
+		}
+		want := Applied(obs, plan)
+		own := Observed{Peers: slices.Clone(obs.Peers), Routes: slices.Clone(obs.Routes)}
+		applyInPlace(&own, plan)
+		if diff := cmp.Diff(want, own, netipOpts, cmpopts.EquateEmpty()); diff != "" {
+			t.Fatalf("round %d, plan %+v: applyInPlace differs from Applied (-Applied +in place):\n%s", round, plan, diff)
+		}
 	}
 }
 

@@ -295,3 +295,38 @@ func sortedUnique[T any](s []T, cmp func(a, b T) int) []T {
 	}
 	return out
 }
+
+// applyInPlace is Applied for an obs whose peers and routes are strictly
+// sorted and owned by the caller: each write of plan is a binary search
+// and an insert, replace or delete in obs's own slices, with no copy of
+// the rest.
+func applyInPlace(obs *Observed, plan Plan) {
+	byKey := func(kp KernelPeer, k wgtypes.Key) int { return compareKeys(kp.PublicKey, k) }
+	for _, p := range plan.Upsert {
+		kp := KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}, Keepalive: p.Keepalive}
+		i, found := slices.BinarySearchFunc(obs.Peers, p.PublicKey, byKey)
+		if !found {
+			obs.Peers = slices.Insert(obs.Peers, i, kp)
+			continue
+		}
+		if !kp.Endpoint.IsValid() {
+			kp.Endpoint = obs.Peers[i].Endpoint // WireGuard keeps what it learnt
+		}
+		obs.Peers[i] = kp
+	}
+	for _, k := range plan.Remove {
+		if i, found := slices.BinarySearchFunc(obs.Peers, k, byKey); found {
+			obs.Peers = slices.Delete(obs.Peers, i, i+1)
+		}
+	}
+	for _, r := range plan.AddRoutes {
+		if i, found := slices.BinarySearchFunc(obs.Routes, r, netip.Prefix.Compare); !found {
+			obs.Routes = slices.Insert(obs.Routes, i, r)
+		}
+	}
+	for _, r := range plan.DelRoutes {
+		if i, found := slices.BinarySearchFunc(obs.Routes, r, netip.Prefix.Compare); found {
+			obs.Routes = slices.Delete(obs.Routes, i, i+1)
+		}
+	}
+}

@@ -38,6 +38,11 @@ type Planner struct {
 	parses      ParseCache
 	desired     []Peer    // of the last plan
 	model       *Observed // the kernel after the last committed plan; nil: read it
+	// owned says the model's slices are the planner's alone (Applied made
+	// them): Commit may then change them in place; planned is the model
+	// the last Plan handed out, which Commit checks it is given back.
+	owned   bool
+	planned Observed
 	now         time.Time // of the last Plan
 	absentSince map[wgtypes.Key]time.Time
 	released    map[wgtypes.Key]bool
@@ -132,7 +137,11 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	defer func() { pl.desired = res.Desired }()
 	if model != nil {
 		res.Observed = *model
+		if pl.owned {
+			pl.planned = *model
+		}
 	} else {
+		pl.owned = false
 		var err error
 		if res.Observed, err = observe(); err != nil {
 			return res, err
@@ -167,16 +176,38 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	return res, nil
 }
 
+// maxInPlace is the most writes a plan may hold for Commit to update the
+// model in place (each is a binary search and a move of the elements
+// after it); a larger plan is merged into a new model (Applied).
+const maxInPlace = 64
+
 // Commit records that res's plan was written: the kernel now holds what
-// Applied says, and the next Plan may diff against that alone.
+// Applied says, and the next Plan may diff against that alone. res is the
+// last Plan's result; its Observed may change under Commit (the model is
+// updated in place), so a caller reads it before committing.
 func (pl *Planner) Commit(res Result) {
 	if res.Plan.Expired > 0 {
 		pl.window.removed = append(pl.window.removed, event{pl.now, res.Plan.Expired})
 		pl.window.changed = true
 	}
 	next := res.Observed
-	if !res.Plan.Empty() {
+	// The model is the planner's own (sorted, unique, shared with nobody
+	// but the last Result) once Applied made it; one read from the kernel
+	// is not, until a plan goes through Applied.
+	owned := pl.owned && sameSlice(res.Observed.Peers, pl.planned.Peers) && sameSlice(res.Observed.Routes, pl.planned.Routes)
+	pl.owned, pl.planned = false, Observed{}
+	switch {
+	case res.Plan.Empty():
+		pl.owned = owned
+	case owned && len(res.Plan.Upsert)+len(res.Plan.Remove)+len(res.Plan.AddRoutes)+len(res.Plan.DelRoutes) <= maxInPlace:
+		// A change of a few peers: the model the planner owns is updated
+		// in place, without copying (and collecting) a kernel of
+		// thousands.
+		applyInPlace(&next, res.Plan)
+		pl.owned = true
+	default:
 		next = Applied(res.Observed, res.Plan)
+		pl.owned = true
 	}
 	pl.model = &next
 }

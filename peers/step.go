@@ -14,6 +14,9 @@ import (
 // came the peers of next that prev lacks or held otherwise. ok is false
 // when either set is not strictly sorted by node name.
 func Changed(prev, next []Peer) (gone, came []Peer, ok bool) {
+	if sameSlice(prev, next) {
+		return nil, nil, true
+	}
 	if !strictlyByNode(prev) || !strictlyByNode(next) {
 		return nil, nil, false
 	}
