@@ -530,7 +530,9 @@ func TestApplied(t *testing.T) {
 // written in place, leave what Applied returns.
 func TestApplyInPlaceMatchesApplied(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	prefix := func(i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, byte(i)}), 48) }
+	prefix := func(i int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, byte(i)}), 48)
+	}
 	for round := range 500 {
 		var obs Observed
 		for i := range 40 {

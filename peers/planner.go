@@ -35,14 +35,14 @@ type Planner struct {
 	// had first keep their place.
 	MaxPeers int
 
-	parses      ParseCache
-	desired     []Peer    // of the last plan
-	model       *Observed // the kernel after the last committed plan; nil: read it
+	parses  ParseCache
+	desired []Peer    // of the last plan
+	model   *Observed // the kernel after the last committed plan; nil: read it
 	// owned says the model's slices are the planner's alone (Applied made
 	// them): Commit may then change them in place; planned is the model
 	// the last Plan handed out, which Commit checks it is given back.
-	owned   bool
-	planned Observed
+	owned       bool
+	planned     Observed
 	now         time.Time // of the last Plan
 	absentSince map[wgtypes.Key]time.Time
 	released    map[wgtypes.Key]bool
