@@ -21,6 +21,11 @@ type view struct {
 	// no catalog read has succeeded yet.
 	fromDisk bool
 	savedAt  time.Time // when the snapshot file was last written
+	// changed are the service IDs whose entries changed since the loop
+	// last took the snapshot (take), when every delivery since was a
+	// delta; full says one was not (or nothing was taken yet).
+	changed map[string]struct{}
+	full    bool
 }
 
 // set takes a snapshot the watch delivered.
@@ -28,6 +33,44 @@ func (v *view) set(s catalogsync.Snapshot) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.snapshot, v.fromDisk = &s, false
+	if !s.Delta {
+		v.full, v.changed = true, nil
+		return
+	}
+	if v.full {
+		return
+	}
+	if v.changed == nil {
+		v.changed = map[string]struct{}{}
+	}
+	for _, id := range s.Changed {
+		v.changed[id] = struct{}{}
+	}
+}
+
+// take returns the snapshot for the loop to plan, with the service IDs
+// changed since the snapshot it took last (nil: any may have; a full
+// plan), and starts counting changes afresh.
+func (v *view) take() (*catalogsync.Snapshot, []string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var changed []string
+	if !v.full && v.snapshot != nil {
+		changed = make([]string, 0, len(v.changed))
+		for id := range v.changed {
+			changed = append(changed, id)
+		}
+	}
+	v.full, v.changed = false, nil
+	return v.snapshot, changed
+}
+
+// again makes the next take a full one: what the last take returned was
+// not planned.
+func (v *view) again() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.full, v.changed = true, nil
 }
 
 // load takes the snapshot saved on disk.
@@ -35,6 +78,7 @@ func (v *view) load(saved snapshot.Saved) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.snapshot, v.fromDisk, v.savedAt = &saved.Snapshot, true, saved.SavedAt
+	v.full, v.changed = true, nil
 }
 
 func (v *view) saved(at time.Time) {

@@ -68,9 +68,9 @@ type Catalog struct {
 	// is at least as new (Overlay, Prune).
 	hinted                         map[string]Hinted
 	hints, hintReads, hintsApplied uint64
-	gaps                           uint64 // hints missed (RunHints' lost)
-	consulNode                     string // the local agent's node, once known
-	send                           func() // delivers the view, while Watch runs
+	gaps                           uint64                 // hints missed (RunHints' lost)
+	consulNode                     string                 // the local agent's node, once known
+	send                           func(changed []string) // delivers the view, while Watch runs
 	// newest holds, by service ID, the newest version of each instance a
 	// list showed and when it was first seen: a list from a lagging server
 	// (its index went backwards) does not bring back an older version of
@@ -103,20 +103,31 @@ func (c *Catalog) init() {
 // once every goroutine it started, hint writers included, has ended.
 func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot)) {
 	c.init()
-	send := func() {
+	// delivered is the list under the last snapshot delivered: a snapshot
+	// over the same list differs from it only where hints were read since.
+	var delivered *Snapshot
+	// send delivers the view; changed, when not nil, are the only service
+	// IDs whose entries may differ from the last delivery's (a hint's read,
+	// a revocation: none).
+	send := func(changed []string) {
+		c.deliverMu.Lock()
+		defer c.deliverMu.Unlock()
 		c.mu.Lock()
 		s := Overlay(c.list, c.hinted)
 		var out Snapshot
 		if s != nil {
 			out = *s
 			out.Revocations = c.revocations
+			out.Delta = changed != nil && delivered == c.list
+			if out.Delta {
+				out.Changed = changed
+			}
+			delivered = c.list
 		}
 		c.mu.Unlock()
 		if s == nil {
 			return
 		}
-		c.deliverMu.Lock()
-		defer c.deliverMu.Unlock()
 		deliver(out)
 	}
 	c.mu.Lock()
@@ -137,7 +148,7 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 			c.list = &s
 			Prune(c.hinted, s.Index)
 			c.mu.Unlock()
-			send()
+			send(nil)
 		})
 	})
 	wg.Go(func() {
@@ -148,7 +159,7 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 			c.revocations = values
 			c.mu.Unlock()
 			if !same { // the first read of an empty folder changes nothing
-				send()
+				send([]string{})
 			}
 		})
 	})
@@ -156,7 +167,7 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 		wg.Go(func() {
 			c.hintWatcher.RunHints(ctx, c.HintKey, func(h Hint) {
 				if h.ServiceID != own && c.readHint(ctx, h) {
-					send()
+					send([]string{h.ServiceID})
 				}
 			}, c.missed)
 
@@ -353,7 +364,7 @@ func (c *Catalog) announce(ctx context.Context, reg Registration, shown func(*pe
 		send := c.send
 		c.mu.Unlock()
 		if send != nil {
-			send()
+			send([]string{reg.ID()})
 		}
 	}
 	switch {

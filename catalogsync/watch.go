@@ -30,6 +30,12 @@ type Snapshot struct {
 	// Revocations are the values under RevocationsPrefix, unverified (the
 	// agent verifies them against its authorities).
 	Revocations [][]byte
+	// Delta, set by Catalog.Watch, says that Entries differ from those of
+	// the snapshot it delivered before only in the entries of the service
+	// IDs in Changed (a hint's read); without it, any entry may differ (a
+	// read of the whole list).
+	Delta   bool
+	Changed []string
 }
 
 // RevocationsPrefix is the KV folder of the authority's signed

@@ -64,8 +64,58 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 	if len(changes) == 0 {
 		return c.lastOut, c.lastRej, true
 	}
+	out, rej, _, _, ok = c.patchChanges(changes, self, r, false)
+	return out, rej, ok
+}
 
-	goneNodes := map[string]bool{}
+// patchIDs is Desire for entries that differ from the last ones only in
+// the entries of the service IDs in changed, which it looks up (binary
+// search) instead of comparing the lists: patch's rules, with the last
+// result's peers changed in place. withdrawn judges a changed entry's
+// withdrawal (Planner.withdrawn1). gone and came are the peers the change
+// took out of the desired set and put in (by node, as Changed returns
+// them; gone sorted by node). ok is false when Desire must make its full
+// pass: the result's peers are left as they were, and the next Desire
+// makes it.
+func (c *ParseCache) patchIDs(entries []Entry, changed []string, self Self, r Rules, withdrawn func(*Entry) bool) (out []Peer, rej []Rejection, gone, came []Peer, ok bool) {
+	if c == nil || !c.patchable || self != c.lastSelf || r != c.lastRules || len(changed) > maxPatch {
+		return nil, nil, nil, nil, false
+	}
+	changes := make([]change, 0, len(changed))
+	for _, id := range changed {
+		var ch change
+		if _, was := c.m[id]; was {
+			ch.old = &Entry{ServiceID: id}
+		}
+		i, found := slices.BinarySearchFunc(entries, id, func(e Entry, id string) int { return strings.Compare(e.ServiceID, id) })
+		if found {
+			e := entries[i] // a copy: a refused withdrawal is taken off it
+			if e.Withdrawal == nil || !withdrawn(&e) {
+				ch.new = &e
+			}
+		}
+		if ch.old != nil || ch.new != nil {
+			changes = append(changes, ch)
+		}
+	}
+	out, rej, gone, came, ok = c.patchChanges(changes, self, r, true)
+	if !ok {
+		c.patchable = false // its indexes are half changed: rebuild them
+		return nil, nil, nil, nil, false
+	}
+	c.last, c.lastOut, c.lastRej = entries, out, rej
+	return out, rej, gone, came, true
+}
+
+// patchChanges is patch for the changes given. In place, it changes the
+// last result's peers where they are instead of copying them, and returns
+// the peers gone and came.
+func (c *ParseCache) patchChanges(changes []change, self Self, r Rules, inPlace bool) (out []Peer, rej []Rejection, gone, came []Peer, ok bool) {
+	if len(changes) == 0 {
+		return c.lastOut, c.lastRej, nil, nil, true
+	}
+
+	goneNodes := map[string]Peer{}
 	goneIDs := map[string]bool{}
 	for _, ch := range changes {
 		if ch.old == nil {
@@ -79,7 +129,7 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 			delete(c.byNode, g.Node)
 			delete(c.byKey, g.PublicKey)
 			c.claims.remove(g.Prefix)
-			goneNodes[g.Node] = true
+			goneNodes[g.Node] = g
 		}
 		goneIDs[id] = true
 		if ch.new == nil {
@@ -94,11 +144,11 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 		}
 		p, err := c.parse(*ch.new, r, c.m)
 		if err == nil && !slices.Contains(c.claims.lens, p.Prefix.Bits()) {
-			return nil, nil, false // a prefix length the overlap index does not cover
+			return nil, nil, nil, nil, false // a prefix length the overlap index does not cover
 		}
 		d := decide(ch.new, p, err, self, c.byNode, c.byKey, c.claims, c.good, c.trust)
 		if d.conflict {
-			return nil, nil, false
+			return nil, nil, nil, nil, false
 		}
 		if d.accept {
 			c.byNode[d.peer.Node] = ch.new.ServiceID
@@ -116,18 +166,45 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 	}
 
 	slices.SortFunc(added, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
-	// One pass over the last peers: drop the gone, slot in the added (no
-	// node is in both lists: an added peer's node was free).
-	out = make([]Peer, 0, len(c.lastOut)+len(added))
-	for _, p := range c.lastOut {
-		for len(added) > 0 && added[0].Node < p.Node {
-			out, added = append(out, added[0]), added[1:]
+	if inPlace {
+		out, gone, came = c.lastOut, nil, nil
+		byNode := func(p Peer, node string) int { return strings.Compare(p.Node, node) }
+		for node, g := range goneNodes {
+			if i, found := slices.BinarySearchFunc(out, node, byNode); found {
+				out = slices.Delete(out, i, i+1)
+			}
+			gone = append(gone, g)
 		}
-		if len(goneNodes) == 0 || !goneNodes[p.Node] {
-			out = append(out, p)
+		for _, p := range added {
+			i, _ := slices.BinarySearchFunc(out, p.Node, byNode)
+			out = slices.Insert(out, i, p)
+			came = append(came, p)
 		}
+		// As Changed: a node whose peer the kernel holds the same is
+		// neither gone nor came.
+		slices.SortFunc(gone, func(a, b Peer) int { return strings.Compare(a.Node, b.Node) })
+		gone = slices.DeleteFunc(gone, func(g Peer) bool {
+			i, found := slices.BinarySearchFunc(added, g.Node, byNode)
+			return found && sameKernelPeer(g, added[i])
+		})
+		came = slices.DeleteFunc(came, func(p Peer) bool {
+			g, found := goneNodes[p.Node]
+			return found && sameKernelPeer(g, p)
+		})
+	} else {
+		// One pass over the last peers: drop the gone, slot in the added
+		// (no node is in both lists: an added peer's node was free).
+		out = make([]Peer, 0, len(c.lastOut)+len(added))
+		for _, p := range c.lastOut {
+			for len(added) > 0 && added[0].Node < p.Node {
+				out, added = append(out, added[0]), added[1:]
+			}
+			if _, g := goneNodes[p.Node]; !g {
+				out = append(out, p)
+			}
+		}
+		out = append(out, added...)
 	}
-	out = append(out, added...)
 	for _, x := range c.lastRej {
 		if !goneIDs[x.ServiceID] {
 			rej = append(rej, x)
@@ -135,10 +212,10 @@ func (c *ParseCache) patch(entries []Entry, self Self, r Rules) (out []Peer, rej
 	}
 	rej = append(rej, addedRej...)
 	slices.SortFunc(rej, func(a, b Rejection) int { return cmp.Compare(a.ServiceID, b.ServiceID) })
-	if len(out) == 0 {
+	if len(out) == 0 && !inPlace {
 		out = nil
 	}
-	return out, rej, true
+	return out, rej, gone, came, true
 }
 
 // sameSlice reports whether a and b are the same elements of the same

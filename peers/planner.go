@@ -53,6 +53,8 @@ type Planner struct {
 	// ID, so that each is counted once while the delta path carries it.
 	withdrawn, refused   map[string]uint64
 	withdrawnN, refusedN uint64
+	// inPlace counts the plans PlanChanged made from the change alone.
+	inPlace int
 }
 
 // breakerWindow remembers, for BreakerWindow, the removals made for their
@@ -122,6 +124,23 @@ func (pl *Planner) Forget() { pl.model = nil }
 // model it trusts. Until Commit, the model is forgotten: a plan that is
 // not written leaves the next Plan to read the kernel.
 func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, error), now time.Time) (Result, error) {
+	return pl.plan(entries, nil, false, self, observe, now)
+}
+
+// PlanChanged is Plan for entries (sorted by service ID) that differ from
+// those the last Plan or PlanChanged was given only in the entries of the
+// service IDs in changed (the catalog's delta: catalogsync.Snapshot's
+// Changed): only those are parsed and judged, and the desired set is
+// changed in place, so that a change costs what it touches, not the
+// fleet. The previous Result's Desired is that same slice: read it no
+// more once PlanChanged is called. Where the change cannot be taken
+// alone (a conflict between entries, trust to judge again, the peer cap)
+// it plans like Plan.
+func (pl *Planner) PlanChanged(entries []Entry, changed []string, self Self, observe func() (Observed, error), now time.Time) (Result, error) {
+	return pl.plan(entries, changed, true, self, observe, now)
+}
+
+func (pl *Planner) plan(entries []Entry, changed []string, delta bool, self Self, observe func() (Observed, error), now time.Time) (Result, error) {
 	var res Result
 	pl.now = now
 	model := pl.model
@@ -129,10 +148,25 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	if pl.Rules.Trust != nil {
 		pl.checkTrust(now)
 	}
-	entries = pl.withdraw(entries)
-	res.Desired, res.Rejected = pl.parses.Desire(entries, self, pl.Rules)
+	var (
+		gone, came []Peer
+		known      bool // gone and came are the change, from the delta
+	)
+	if delta {
+		res.Desired, res.Rejected, gone, came, known = pl.parses.patchIDs(entries, changed, self, pl.Rules, pl.withdrawn1)
+	}
+	if known {
+		pl.inPlace++
+	} else {
+		res.Desired, res.Rejected = pl.parses.Desire(pl.withdraw(entries), self, pl.Rules)
+	}
 	if pl.MaxPeers > 0 && len(res.Desired) > pl.MaxPeers {
 		res.Desired, res.Rejected = capPeers(res.Desired, res.Rejected, pl.MaxPeers)
+		known = false
+	}
+	prev := pl.desired
+	if known {
+		prev = gone // the earlier set changed in place: what it had of the change
 	}
 	defer func() { pl.desired = res.Desired }()
 	if model != nil {
@@ -150,16 +184,16 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 	if pl.released == nil {
 		pl.released = map[wgtypes.Key]bool{}
 	}
-	pl.removeAtOnce(res.Rejected, now)
+	pl.removeAtOnce(prev, res.Rejected, now)
 	pl.window.prune(now)
 	pl.window.seen(now, len(res.Observed.Peers))
 	rm := Removal{Grace: pl.Grace, Now: now, MaxFraction: pl.MaxFraction, Floor: pl.Floor, Released: pl.released}
 	rm.Recent, rm.Peak = pl.window.recent()
-	var (
-		gone, came  []Peer
-		incremental bool
-	)
-	if model != nil {
+	incremental := false
+	switch {
+	case model != nil && known:
+		incremental = true
+	case model != nil:
 		gone, came, incremental = Changed(pl.desired, res.Desired)
 	}
 	if incremental {
@@ -278,23 +312,24 @@ func (pl *Planner) Revoke(r Revoked) {
 	}
 }
 
-// removeAtOnce starts the removal of the peers whose node the authority
+// removeAtOnce starts the removal of the peers (of prev, the last desired
+// set, sorted by node) whose node the authority
 // no longer vouches for (expired, revoked) with their grace already over
 // and the breaker released for them: the authority's word is not a
 // catalog mishap to wait out.
-func (pl *Planner) removeAtOnce(rejected []Rejection, now time.Time) {
+func (pl *Planner) removeAtOnce(prev []Peer, rejected []Rejection, now time.Time) {
 	for _, r := range rejected {
 		if r.Code != CodeExpired && r.Code != CodeRevoked {
 			continue
 		}
-		i, ok := slices.BinarySearchFunc(pl.desired, r.Node, func(p Peer, node string) int { return strings.Compare(p.Node, node) })
+		i, ok := slices.BinarySearchFunc(prev, r.Node, func(p Peer, node string) int { return strings.Compare(p.Node, node) })
 		if !ok {
 			continue
 		}
 		if pl.absentSince == nil {
 			pl.absentSince = map[wgtypes.Key]time.Time{}
 		}
-		k := pl.desired[i].PublicKey
+		k := prev[i].PublicKey
 		pl.absentSince[k] = now.Add(-pl.Grace)
 		pl.released[k] = true
 	}

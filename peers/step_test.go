@@ -359,10 +359,15 @@ func TestPlannerIncrementalMatchesFull(t *testing.T) {
 			return es
 		}
 		incr, full := &Planner{Rules: rules, Grace: time.Second}, &Planner{Rules: rules, Grace: time.Second}
+		// delta plans from the changed IDs alone (PlanChanged), as the
+		// agent does with the catalog's deltas.
+		delta := &Planner{Rules: rules, Grace: time.Second}
 		if seed%2 == 0 {
 			incr.MaxFraction, incr.Floor = 0.3, 1
 			full.MaxFraction, full.Floor = 0.3, 1
+			delta.MaxFraction, delta.Floor = 0.3, 1
 		}
+		var last []Entry
 		kernel := Observed{}
 		observe := func() (Observed, error) { return kernel, nil }
 		now := time.Unix(1000, 0)
@@ -373,8 +378,8 @@ func TestPlannerIncrementalMatchesFull(t *testing.T) {
 			}
 			now = now.Add(time.Duration(rng.IntN(1500)) * time.Millisecond)
 			if rng.IntN(10) == 0 {
-				if a, b := incr.Release(), full.Release(); a != b {
-					t.Fatalf("seed %d step %d: released %d and %d", seed, step, a, b)
+				if a, b, c := incr.Release(), full.Release(), delta.Release(); a != b || b != c {
+					t.Fatalf("seed %d step %d: released %d, %d and %d", seed, step, a, b, c)
 				}
 			}
 			es := entries()
@@ -395,6 +400,30 @@ func TestPlannerIncrementalMatchesFull(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			var changed []string
+			if step > 0 {
+				changed = changedIDs(last, es)
+			}
+			last = es
+			dres, err := delta.PlanChanged(es, changed, self, func() (Observed, error) {
+				if step > 0 {
+					t.Fatalf("seed %d step %d: a committed delta planner read the kernel", seed, step)
+				}
+				return kernel, nil
+			}, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want.Plan, dres.Plan, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: delta plan differs from the full one (-full +delta):\n%s", seed, step, diff)
+			}
+			if diff := cmp.Diff(want.Desired, dres.Desired, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: delta desired set differs (-full +delta):\n%s", seed, step, diff)
+			}
+			if diff := cmp.Diff(want.Rejected, dres.Rejected, opts...); diff != "" {
+				t.Fatalf("seed %d step %d: delta rejections differ (-full +delta):\n%s", seed, step, diff)
+			}
+			delta.Commit(dres)
 			if diff := cmp.Diff(want.Plan, got.Plan, opts...); diff != "" {
 				t.Fatalf("seed %d step %d: incremental plan differs from the full one (-full +incremental):\n%s", seed, step, diff)
 			}
@@ -408,7 +437,33 @@ func TestPlannerIncrementalMatchesFull(t *testing.T) {
 		if incremental < 59 {
 			t.Errorf("seed %d: %d of 60 plans were incremental", seed, incremental)
 		}
+		t.Logf("seed %d: %d of 60 delta plans in place", seed, delta.inPlace)
+		if delta.inPlace < 20 {
+			t.Errorf("seed %d: %d of 60 delta plans took the change alone (the rest met conflicts between entries)", seed, delta.inPlace)
+		}
 	}
+}
+
+// changedIDs are the service IDs added, removed or changed (ModifyIndex,
+// CreateIndex, health) from last to next, both sorted by service ID: what
+// the catalog's deltas name.
+func changedIDs(last, next []Entry) []string {
+	ids := []string{}
+	byID := map[string]Entry{}
+	for _, e := range last {
+		byID[e.ServiceID] = e
+	}
+	for _, e := range next {
+		o, ok := byID[e.ServiceID]
+		if !ok || o.ModifyIndex != e.ModifyIndex || o.CreateIndex != e.CreateIndex || o.Health != e.Health {
+			ids = append(ids, e.ServiceID)
+		}
+		delete(byID, e.ServiceID)
+	}
+	for id := range byID {
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 // mesh is a Planner whose plans a simulated kernel follows.

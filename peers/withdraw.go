@@ -29,26 +29,39 @@ func (pl *Planner) withdraw(entries []Entry) []Entry {
 	}
 	out := append(make([]Entry, 0, len(entries)), entries[:first]...)
 	for _, e := range entries[first:] {
-		w := e.Withdrawal
-		if w == nil {
+		if e.Withdrawal == nil {
 			out = append(out, e)
 			continue
 		}
-		if pl.verifyWithdrawal(e) {
-			if pl.withdrawn[e.ServiceID] != w.Serial {
-				pl.withdrawn[e.ServiceID] = w.Serial
-				pl.withdrawnN++
-			}
+		if pl.withdrawn1(&e) {
 			continue
 		}
-		if pl.refused[e.ServiceID] != w.Serial {
-			pl.refused[e.ServiceID] = w.Serial
-			pl.refusedN++
-		}
-		e.Withdrawal = nil
 		out = append(out, e)
 	}
 	return out
+}
+
+// withdrawn1 is withdraw for one entry with a withdrawal: true when it
+// verifies (the entry is dropped); otherwise it takes the withdrawal off
+// the entry. Each serial is counted once, verified or refused.
+func (pl *Planner) withdrawn1(e *Entry) bool {
+	if pl.withdrawn == nil {
+		pl.withdrawn, pl.refused = map[string]uint64{}, map[string]uint64{}
+	}
+	w := e.Withdrawal
+	if pl.verifyWithdrawal(*e) {
+		if pl.withdrawn[e.ServiceID] != w.Serial {
+			pl.withdrawn[e.ServiceID] = w.Serial
+			pl.withdrawnN++
+		}
+		return true
+	}
+	if pl.refused[e.ServiceID] != w.Serial {
+		pl.refused[e.ServiceID] = w.Serial
+		pl.refusedN++
+	}
+	e.Withdrawal = nil
+	return false
 }
 
 // verifyWithdrawal reports whether e's withdrawal is its host's: e itself
