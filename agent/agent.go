@@ -199,10 +199,13 @@ func (a *Agent) reconcile(ctx context.Context) (time.Time, error) {
 		a.planner.Forget()
 		a.kickStalePeers()
 	}
-	snap, _, _ := a.view.get()
+	snap, changed := a.view.take()
 
-	res, err := a.apply(snap, start)
-	registerDue := a.ensureRegistered(ctx, snap, start)
+	res, err := a.apply(snap, changed, start)
+	registerDue := a.ensureRegistered(ctx, snap, changed, start)
+	if err != nil {
+		a.view.again() // what changed may not all be planned: plan everything next
+	}
 	a.stats.count(start, err)
 	a.setStatus(snap, res, err, start)
 	summaryDue := a.publishSummary(ctx, start)

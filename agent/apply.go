@@ -44,10 +44,19 @@ func (a *Agent) commit(res *result) {
 // apply brings the kernel to what snap asks for: the planner's plan,
 // written through the link. Without a catalog read yet (snap nil) the link
 // is made sure of and the peers already in the kernel stay as they are.
-func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error) {
-	var res result
+//
+// changed, when not nil, are the only service IDs whose entries changed
+// since the last apply (peers.Planner.PlanChanged). The plan and its
+// commit run under a.mu, and the status's peer source is set there: the
+// planner changes the desired set in place, and Status reads it.
+func (a *Agent) apply(snap *catalogsync.Snapshot, changed []string, now time.Time) (res result, err error) {
 	before := a.opts.Link.Writes()
 	defer func() { res.writes = a.opts.Link.Writes() - before }()
+	a.mu.Lock()
+	defer func() {
+		a.status.src = peerSource{res: res, err: err}
+		a.mu.Unlock()
+	}()
 	if !a.planner.Trusts() || snap == nil {
 		if err := a.opts.Link.Ensure(); err != nil {
 			a.planner.Forget()
@@ -59,8 +68,12 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, now time.Time) (result, error)
 	}
 	a.revoke(snap.Revocations)
 	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
-	var err error
-	if res.Result, err = a.planner.Plan(snap.Entries, self, a.opts.Link.Observe, now); err != nil {
+	if changed != nil {
+		res.Result, err = a.planner.PlanChanged(snap.Entries, changed, self, a.opts.Link.Observe, now)
+	} else {
+		res.Result, err = a.planner.Plan(snap.Entries, self, a.opts.Link.Observe, now)
+	}
+	if err != nil {
 		return res, fmt.Errorf("observe kernel: %w", err)
 	}
 	if a.opts.Gateway != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -44,28 +46,44 @@ type rotation struct {
 // from doing that (see README, "Consul ACLs"), so it is put back at once;
 // while the catalog keeps disagreeing, the waits between attempts double
 // from 1 to 10 seconds. It returns when to look again, or zero.
-func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, now time.Time) (again time.Time) {
+//
+// changed, when not nil, are the only service IDs whose entries changed
+// since the last call (the catalog's delta): this node's own entry is
+// looked up, and only the changed ones are looked at for another ID
+// claiming this node; nil looks at every entry.
+func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot, changed []string, now time.Time) (again time.Time) {
 	var shown *peers.Entry // an entry of this node's ID that this host did not publish
 	if snap != nil {
-		var foreign []string
 		matched := false
 		reg := &a.opts.Registration
-		for i, e := range snap.Entries {
-			switch {
-			case e.ServiceID == reg.ID():
-				// The same entry signed before a restart, under its
-				// serial, is this host's own: adopted, a restart writes
-				// nothing.
-				if !matched && (reg.Matches(e) || reg.Adopt(e)) {
-					matched = true
-					continue
+		for i := idRange(snap.Entries, reg.ID()); i < len(snap.Entries) && snap.Entries[i].ServiceID == reg.ID(); i++ {
+			// The same entry signed before a restart, under its serial,
+			// is this host's own: adopted, a restart writes nothing.
+			if e := snap.Entries[i]; !matched && (reg.Matches(e) || reg.Adopt(e)) {
+				matched = true
+				continue
+			}
+			shown = &snap.Entries[i]
+		}
+		claims := func(e peers.Entry) bool { return e.ServiceID != reg.ID() && e.Meta[peers.MetaNode] == reg.Node }
+		if changed == nil {
+			a.reg.foreign = a.reg.foreign[:0]
+			for _, e := range snap.Entries {
+				if claims(e) {
+					a.reg.foreign = append(a.reg.foreign, e.ServiceID)
 				}
-				shown = &snap.Entries[i]
-			case e.Meta[peers.MetaNode] == reg.Node:
-				foreign = append(foreign, e.ServiceID)
+			}
+		} else {
+			for _, id := range changed {
+				a.reg.foreign = slices.DeleteFunc(a.reg.foreign, func(f string) bool { return f == id })
+				for i := idRange(snap.Entries, id); i < len(snap.Entries) && snap.Entries[i].ServiceID == id; i++ {
+					if claims(snap.Entries[i]) {
+						j, _ := slices.BinarySearch(a.reg.foreign, id)
+						a.reg.foreign = slices.Insert(a.reg.foreign, j, id)
+					}
+				}
 			}
 		}
-		a.reg.foreign = foreign
 		if shown != nil {
 			a.reg.rewritten++
 		}
@@ -174,4 +192,11 @@ func (a *Agent) kickStalePeers() {
 	if err := a.opts.Link.ResetPeers(reset); err != nil {
 		a.logger.Warn("reset stale sessions after key rotation", "err", err)
 	}
+}
+
+// idRange is the index of the first entry of service ID id in entries
+// (sorted by service ID), or where it would be.
+func idRange(entries []peers.Entry, id string) int {
+	i, _ := slices.BinarySearchFunc(entries, id, func(e peers.Entry, id string) int { return strings.Compare(e.ServiceID, id) })
+	return i
 }

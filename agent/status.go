@@ -173,11 +173,12 @@ func (st Status) Health() health.Host {
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	st := a.status.st
-	src := a.status.src
+	// Under the lock: the desired set the source holds is changed in place
+	// by the next plan (apply holds the lock then).
+	st.Peers = a.status.src.peers()
 	a.mu.Unlock()
 	st.Differences = slices.Clone(st.Differences)
 	st.Catalog = a.catalogStatus()
-	st.Peers = src.peers()
 	if a.opts.Gateway != nil {
 		gs := a.opts.Gateway.Status()
 		st.Gateway = &gs
@@ -380,7 +381,7 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 		st.NotConvergedSince = &since
 	}
 	a.mu.Lock()
-	a.status = statusState{st: st, src: peerSource{res: res, err: err}}
+	a.status.st = st // its peer source was set by apply
 	a.mu.Unlock()
 }
 

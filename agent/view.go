@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"meshd.dev/meshd/catalogsync"
+	"meshd.dev/meshd/peers"
 	"meshd.dev/meshd/snapshot"
 )
 
@@ -77,6 +80,9 @@ func (v *view) again() {
 func (v *view) load(saved snapshot.Saved) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	// Sorted by service ID, as every catalog read is (a file edited by
+	// hand may not be).
+	slices.SortStableFunc(saved.Entries, func(a, b peers.Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
 	v.snapshot, v.fromDisk, v.savedAt = &saved.Snapshot, true, saved.SavedAt
 	v.full, v.changed = true, nil
 }
