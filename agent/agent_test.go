@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -553,6 +554,30 @@ func TestHintAlone(t *testing.T) {
 	}
 	if k := h.kernelPeers(t); len(k) != 3 || !k[r3.PublicKey] || !k[r9.PublicKey] || !k[rs[0].PublicKey] {
 		t.Errorf("kernel peers %v; want r3 (new key), r9 and r2 (no hint removes)", k)
+	}
+
+	// Another instance claiming this node's name, brought by a hint alone
+	// (a delta): status names it.
+	evil := catalogsync.Registration{Service: "meshd", Node: "self", PublicKey: r3.PublicKey, Endpoint: r3.Endpoint, Prefix: r3.Prefix}
+	if err := c.Agent().ServiceRegisterOpts(&api.AgentServiceRegistration{ID: "meshd-evil", Name: "meshd", Meta: evil.Meta()},
+		api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	hint := catalogsync.Hint{ConsulNode: node, ServiceID: "meshd-evil"}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if hint.Index, err = catalogsync.WaitInstance(wctx, c, "meshd", hint, func(e *peers.Entry) bool { return e != nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := catalogsync.WriteHint(ctx, c, "meshd/hint", hint); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 10*time.Second, "the other instance claiming this node in status", func() bool {
+		im := h.a.Status().Impersonation
+		return im != nil && slices.Equal(im.Others, []string{"meshd-evil"})
+	})
+	if st := h.a.Status(); st.Catalog.Reads != reads {
+		t.Errorf("the watch read the list (%d reads, was %d): the claim did not come as a delta", st.Catalog.Reads, reads)
 	}
 }
 

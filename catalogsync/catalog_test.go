@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -280,4 +281,63 @@ func TestKeepNewestWindow(t *testing.T) {
 			t.Errorf("%s: %s applied, want %s", tt.name, got, tt.want)
 		}
 	}
+}
+
+// TestWatchDeltas: with the list read rarely, a hint's read is delivered
+// as a delta naming the one changed service ID; a read of the whole list
+// is not a delta.
+func TestWatchDeltas(t *testing.T) {
+	c := testlab.StartDevConsul(t).Client(t)
+	key, _ := wgtypes.GeneratePrivateKey()
+	reg := Registration{Service: "meshd", Node: "h2", PublicKey: key.PublicKey(),
+		Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), Prefix: netip.MustParsePrefix("fdaa:0:2::/48")}
+	writer := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint"}
+	reader := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint", FullReadInterval: time.Hour}
+
+	var mu sync.Mutex
+	var views []Snapshot
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	wg.Go(func() {
+		reader.Watch(ctx, ServiceID("h1"), func(s Snapshot) {
+			mu.Lock()
+			views = append(views, s)
+			mu.Unlock()
+		})
+	})
+	seen := func() []Snapshot {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(views)
+	}
+	testlab.Eventually(t, 10*time.Second, "the first list", func() bool { return len(seen()) > 0 })
+	if first := seen()[0]; first.Delta {
+		t.Fatalf("the first view is a delta: %+v", first)
+	}
+	if err := writer.Publish(ctx, reg, false); err != nil {
+		t.Fatal(err)
+	}
+	writer.Wait()
+	testlab.Eventually(t, 10*time.Second, "the published entry in the reader's view", func() bool {
+		vs := seen()
+		s := vs[len(vs)-1]
+		return len(s.Entries) == 1 && reg.Matches(s.Entries[0])
+	})
+	vs := seen()
+	got := vs[len(vs)-1]
+	if !got.Delta || !slices.Equal(got.Changed, []string{reg.ID()}) {
+		t.Errorf("the view after a hint: delta %v, changed %q; want a delta naming %s", got.Delta, got.Changed, reg.ID())
+	}
+	// A value that is not a hint makes the reader read the whole list.
+	if _, err := c.KV().Put(&api.KVPair{Key: "meshd/hint", Value: []byte("not a hint")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	n := len(vs)
+	testlab.Eventually(t, 10*time.Second, "a read of the whole list", func() bool {
+		return slices.ContainsFunc(seen()[n:], func(s Snapshot) bool { return !s.Delta })
+	})
 }
