@@ -204,7 +204,7 @@ func (a *Agent) reconcile(ctx context.Context) (time.Time, error) {
 	res, err := a.apply(snap, changed, start)
 	registerDue := a.ensureRegistered(ctx, snap, changed, start)
 	if err != nil {
-		a.view.again() // what changed may not all be planned: plan everything next
+		a.view.replan() // what changed may not all be planned: plan everything next
 	}
 	a.stats.count(start, err)
 	a.setStatus(snap, res, err, start)

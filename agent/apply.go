@@ -68,11 +68,9 @@ func (a *Agent) apply(snap *catalogsync.Snapshot, changed []string, now time.Tim
 	}
 	a.revoke(snap.Revocations)
 	self := peers.Self{Node: a.opts.Registration.Node, PublicKey: a.opts.Registration.PublicKey, Prefix: a.opts.Prefix}
-	if changed != nil {
-		res.Result, err = a.planner.PlanChanged(snap.Entries, changed, self, a.opts.Link.Observe, now)
-	} else {
-		res.Result, err = a.planner.Plan(snap.Entries, self, a.opts.Link.Observe, now)
-	}
+	// The view's list is changed in place: always PlanChanged (nil: a
+	// whole plan).
+	res.Result, err = a.planner.PlanChanged(snap.Entries, changed, self, a.opts.Link.Observe, now)
 	if err != nil {
 		return res, fmt.Errorf("observe kernel: %w", err)
 	}

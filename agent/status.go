@@ -238,10 +238,8 @@ func (a *Agent) Status() Status {
 func (a *Agent) catalogStatus() CatalogStatus {
 	w := a.opts.Catalog.State()
 	cs := CatalogStatus{Reachable: w.Reachable, LastIndex: w.LastIndex, LastGoodRead: w.LastGoodRead, LastError: w.LastError}
-	snap, fromDisk, savedAt := a.view.get()
-	if snap != nil {
-		cs.Entries = len(snap.Entries)
-	}
+	entries, fromDisk, savedAt := a.view.info()
+	cs.Entries = max(entries, 0)
 	cs.SnapshotInUse, cs.SnapshotSaved = fromDisk, savedAt
 	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsApplied, w.Reads
 	cs.OlderKept, cs.HintRingReads, cs.HintGaps = w.OlderKept, w.RingReads, w.Gaps
@@ -357,7 +355,7 @@ func (a *Agent) setStatus(snap *catalogsync.Snapshot, res result, err error, now
 			st.Breaker.Held++
 		}
 	}
-	_, fromDisk, _ := a.view.get()
+	_, fromDisk, _ := a.view.info()
 	st.Converged = err == nil && snap != nil && !fromDisk && st.Breaker.Held == 0
 	switch {
 	case snap == nil:

@@ -14,66 +14,100 @@ import (
 	"meshd.dev/meshd/snapshot"
 )
 
-// view is the catalog as the loop sees it: the last snapshot the watch
-// delivered or, until the catalog answers, the one saved on disk. Its
-// methods may be called from any goroutine.
+// view is the catalog as the loop sees it: the last whole view the watch
+// delivered with the deltas since put in, or, until the catalog answers,
+// the snapshot saved on disk. The watch's deliveries wait (set) until the
+// loop takes them (take), which puts them into its own list in place: a
+// change costs what it touches, not a copy of thousands of entries. The
+// other methods may be called from any goroutine.
 type view struct {
-	mu       sync.Mutex
-	snapshot *catalogsync.Snapshot
-	// fromDisk is set while snapshot is the saved one, read at start, and
-	// no catalog read has succeeded yet.
+	mu sync.Mutex
+	// cur is the view as the loop last took it; its Entries are changed
+	// in place by take (under mu), read by the loop without it.
+	cur *catalogsync.Snapshot
+	// fromDisk is set while cur is the saved one, read at start, and no
+	// catalog read has succeeded yet.
 	fromDisk bool
 	savedAt  time.Time // when the snapshot file was last written
-	// changed are the service IDs whose entries changed since the loop
-	// last took the snapshot (take), when every delivery since was a
-	// delta; full says one was not (or nothing was taken yet).
-	changed map[string]struct{}
-	full    bool
+	gen      uint64    // counts the changes to cur
+	// What the watch delivered since the loop's last take: a whole view
+	// (full), and the entries of each ID the deltas since changed (the
+	// last delta of an ID holds all its entries).
+	full        *catalogsync.Snapshot
+	deltas      map[string][]peers.Entry
+	index       uint64
+	revocations [][]byte
+	pending     bool
+	again       bool // plan everything at the next take
 }
 
 // set takes a snapshot the watch delivered.
 func (v *view) set(s catalogsync.Snapshot) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.snapshot, v.fromDisk = &s, false
+	v.fromDisk, v.pending = false, true
+	v.index, v.revocations = s.Index, s.Revocations
 	if !s.Delta {
-		v.full, v.changed = true, nil
+		v.full, v.deltas = &s, nil
 		return
 	}
-	if v.full {
-		return
-	}
-	if v.changed == nil {
-		v.changed = map[string]struct{}{}
+	if v.deltas == nil {
+		v.deltas = map[string][]peers.Entry{}
 	}
 	for _, id := range s.Changed {
-		v.changed[id] = struct{}{}
+		i, j := entriesOf(s.Entries, id)
+		v.deltas[id] = s.Entries[i:j]
 	}
 }
 
-// take returns the snapshot for the loop to plan, with the service IDs
-// changed since the snapshot it took last (nil: any may have; a full
-// plan), and starts counting changes afresh.
+// take returns the view for the loop to plan, with the service IDs
+// changed since the view it took last (nil: any may have; a full plan).
+// Only the loop calls it.
 func (v *view) take() (*catalogsync.Snapshot, []string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	var changed []string
-	if !v.full && v.snapshot != nil {
-		changed = make([]string, 0, len(v.changed))
-		for id := range v.changed {
-			changed = append(changed, id)
+	full, deltas, again := v.full, v.deltas, v.again
+	v.full, v.deltas, v.again = nil, nil, false
+	if !v.pending {
+		if v.cur == nil || again {
+			return v.cur, nil
 		}
+		return v.cur, []string{}
 	}
-	v.full, v.changed = false, nil
-	return v.snapshot, changed
+	v.pending = false
+	v.gen++
+	if full != nil {
+		v.cur = full // a whole view is the receiver's to change
+		again = true
+	}
+	if v.cur == nil {
+		return nil, nil
+	}
+	ids := make([]string, 0, len(deltas))
+	for id := range deltas {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var delta []peers.Entry
+	for _, id := range ids {
+		delta = append(delta, deltas[id]...)
+	}
+	next := *v.cur
+	next.Entries = catalogsync.ApplyDelta(next.Entries, ids, delta)
+	next.Index, next.Revocations = v.index, v.revocations
+	*v.cur = next
+	if again {
+		return v.cur, nil
+	}
+	return v.cur, ids
 }
 
-// again makes the next take a full one: what the last take returned was
-// not planned.
-func (v *view) again() {
+// replan makes the next take a full one: what the last take returned was
+// not all planned.
+func (v *view) replan() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.full, v.changed = true, nil
+	v.again = true
 }
 
 // load takes the snapshot saved on disk.
@@ -83,8 +117,9 @@ func (v *view) load(saved snapshot.Saved) {
 	// Sorted by service ID, as every catalog read is (a file edited by
 	// hand may not be).
 	slices.SortStableFunc(saved.Entries, func(a, b peers.Entry) int { return strings.Compare(a.ServiceID, b.ServiceID) })
-	v.snapshot, v.fromDisk, v.savedAt = &saved.Snapshot, true, saved.SavedAt
-	v.full, v.changed = true, nil
+	v.cur, v.fromDisk, v.savedAt = &saved.Snapshot, true, saved.SavedAt
+	v.again = true
+	v.gen++
 }
 
 func (v *view) saved(at time.Time) {
@@ -93,12 +128,41 @@ func (v *view) saved(at time.Time) {
 	v.savedAt = at
 }
 
-// get returns the snapshot (nil before any), whether it is the one from
-// disk, and when the file was last written.
-func (v *view) get() (s *catalogsync.Snapshot, fromDisk bool, savedAt time.Time) {
+// info is what status shows of the view: its entries (-1 before any),
+// whether it is the one from disk, and when the file was last written.
+func (v *view) info() (entries int, fromDisk bool, savedAt time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.snapshot, v.fromDisk, v.savedAt
+	entries = -1
+	if v.cur != nil {
+		entries = len(v.cur.Entries)
+	}
+	return entries, v.fromDisk, v.savedAt
+}
+
+// copyIfChanged returns a copy of the view for the saver when it changed
+// since generation gen (and is not the one from disk), with its
+// generation.
+func (v *view) copyIfChanged(gen uint64) (*catalogsync.Snapshot, uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.cur == nil || v.fromDisk || v.gen == gen {
+		return nil, gen
+	}
+	s := *v.cur
+	s.Entries = slices.Clone(s.Entries)
+	return &s, v.gen
+}
+
+// entriesOf is where the entries of service ID id are in entries (sorted
+// by ID): [i, j).
+func entriesOf(entries []peers.Entry, id string) (i, j int) {
+	i = idRange(entries, id)
+	j = i
+	for j < len(entries) && entries[j].ServiceID == id {
+		j++
+	}
+	return i, j
 }
 
 func (a *Agent) loadSnapshot() {
@@ -130,14 +194,13 @@ func (a *Agent) loadSnapshot() {
 // saves, at most once per perNodeSpacing, and once more when ctx ends if
 // a read is still unsaved.
 func (a *Agent) saveSnapshots(ctx context.Context, saves <-chan struct{}) {
-	var saved *catalogsync.Snapshot
+	var gen uint64
 	var enc snapshot.Encoder // marshals only the entries that changed
 	spacing := perNodeSpacing(0)
 	save := func() {
-		s, fromDisk, _ := a.view.get()
-		if s != nil && s != saved && !fromDisk {
+		var s *catalogsync.Snapshot
+		if s, gen = a.view.copyIfChanged(gen); s != nil {
 			a.saveSnapshot(&enc, *s, time.Now())
-			saved = s
 			spacing = perNodeSpacing(len(s.Entries))
 		}
 	}

@@ -58,7 +58,11 @@ type Point struct {
 	// peers; RoutePeriod is the median time between two looks at a route
 	// within an event (the packets' resolution is probeInterval).
 	InitialSync time.Duration
-	RoutePeriod time.Duration
+	// InitialFloor is the floor for it, timed on the same fresh host
+	// right after: one read of the whole list through its agent, plus one
+	// bare ConfigureDevice of the same peers on the same device.
+	InitialFloor, FloorListRead, FloorConfigure time.Duration
+	RoutePeriod                                 time.Duration
 }
 
 // Quantile is the q-quantile (nearest rank) of ds.
@@ -120,6 +124,10 @@ func WriteTables(w io.Writer, points []Point) {
 			rx = append(rx, fmt.Sprintf("%s %.0f", h, p.RxPerEvent[h]))
 		}
 		fmt.Fprintf(w, "Bytes received per event per host: %s. ", strings.Join(rx, ", "))
+		if p.InitialFloor > 0 {
+			fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms; its floor %s ms (a list read through its agent %s ms + one bare ConfigureDevice of the same peers %s ms): x%.2f. ",
+				ms(p.InitialSync), ms(p.InitialFloor), ms(p.FloorListRead), ms(p.FloorConfigure), float64(p.InitialSync)/float64(p.InitialFloor))
+		}
 		fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms. Resolution: a datagram every %s, a route looked up every %s ms (median).\n\n", ms(p.InitialSync), probeInterval, ms(p.RoutePeriod))
 	}
 }

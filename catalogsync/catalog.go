@@ -113,21 +113,24 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 		c.deliverMu.Lock()
 		defer c.deliverMu.Unlock()
 		c.mu.Lock()
-		s := Overlay(c.list, c.hinted)
 		var out Snapshot
-		if s != nil {
-			out = *s
-			out.Revocations = c.revocations
-			out.Delta = changed != nil && delivered == c.list
-			if out.Delta {
-				out.Changed = changed
-			}
-			delivered = c.list
-		}
-		c.mu.Unlock()
-		if s == nil {
+		switch {
+		case c.list == nil:
+			c.mu.Unlock()
 			return
+		case changed != nil && delivered == c.list:
+			// Over the same list: only the changed IDs' entries, not a copy
+			// of thousands.
+			out = Snapshot{Index: c.list.Index, Delta: true, Changed: changed, Entries: OverlayIDs(c.list, c.hinted, changed)}
+		default:
+			out = *Overlay(c.list, c.hinted)
+			if len(out.Entries) > 0 && &out.Entries[0] == &c.list.Entries[0] {
+				out.Entries = slices.Clone(out.Entries) // the receiver may change it
+			}
 		}
+		out.Revocations = c.revocations
+		delivered = c.list
+		c.mu.Unlock()
 		deliver(out)
 	}
 	c.mu.Lock()

@@ -301,6 +301,52 @@ func Overlay(s *Snapshot, hinted map[string]Hinted) *Snapshot {
 	return out
 }
 
+// OverlayIDs is the part of Overlay(s, hinted) that holds the service IDs
+// in ids: their entries, sorted by ID (none for an ID the view lacks).
+// It costs what those IDs hold, not the list: a delta (Snapshot.Delta)
+// carries it.
+func OverlayIDs(s *Snapshot, hinted map[string]Hinted, ids []string) []peers.Entry {
+	if s == nil {
+		return nil
+	}
+	ids = slices.Compact(slices.Sorted(slices.Values(ids)))
+	sub := &Snapshot{Index: s.Index}
+	subHinted := make(map[string]Hinted, len(ids))
+	for _, id := range ids {
+		i, j := idRange(s.Entries, id)
+		sub.Entries = append(sub.Entries, s.Entries[i:j]...)
+		if h, ok := hinted[id]; ok {
+			subHinted[id] = h
+		}
+	}
+	return Overlay(sub, subHinted).Entries
+}
+
+// ApplyDelta changes entries (sorted by service ID) in place into the view
+// a delta describes: the entries of each ID in ids are replaced by those
+// of delta (sorted by ID, as OverlayIDs returns them), none if it has
+// none. It returns the changed slice.
+func ApplyDelta(entries []peers.Entry, ids []string, delta []peers.Entry) []peers.Entry {
+	for _, id := range slices.Compact(slices.Sorted(slices.Values(ids))) {
+		i, j := idRange(entries, id)
+		k, l := idRange(delta, id)
+		entries = slices.Replace(entries, i, j, delta[k:l]...)
+	}
+	return entries
+}
+
+// idRange is where the entries of service ID id are in entries (sorted by
+// ID): [i, j), empty at the place they would go.
+func idRange(entries []peers.Entry, id string) (i, j int) {
+	cmpID := func(e peers.Entry, id string) int { return strings.Compare(e.ServiceID, id) }
+	i, _ = slices.BinarySearchFunc(entries, id, cmpID)
+	j = i
+	for j < len(entries) && entries[j].ServiceID == id {
+		j++
+	}
+	return i, j
+}
+
 // Prune drops from hinted the reads no newer than index (the whole list
 // has caught up with them).
 func Prune(hinted map[string]Hinted, index uint64) {

@@ -163,6 +163,28 @@ func TestOverlay(t *testing.T) {
 			if diff := cmp.Diff(before, base.Entries); diff != "" {
 				t.Errorf("the list itself changed (-before +after):\n%s", diff)
 			}
+			// A delta of any IDs, put into the view without the hints,
+			// makes the view with them.
+			all := []string{"meshd-a", "meshd-b", "meshd-c", "meshd-d", "meshd-e", "meshd-f"}
+			for mask := range 1 << len(all) {
+				var ids []string
+				for i, id := range all {
+					if mask&(1<<i) != 0 {
+						ids = append(ids, id)
+					}
+				}
+				hinted := map[string]catalogsync.Hinted{}
+				for id, h := range tc.hinted {
+					if slices.Contains(ids, id) {
+						hinted[id] = h
+					}
+				}
+				view := slices.Clone(catalogsync.Overlay(base, nil).Entries)
+				got := catalogsync.ApplyDelta(view, ids, catalogsync.OverlayIDs(base, hinted, ids))
+				if diff := cmp.Diff(catalogsync.Overlay(base, hinted).Entries, got); diff != "" {
+					t.Errorf("ids %v: the view with the delta put in differs from Overlay (-Overlay +delta):\n%s", ids, diff)
+				}
+			}
 		})
 	}
 	if catalogsync.Overlay(nil, map[string]catalogsync.Hinted{"meshd-b": {Entry: &newB, Index: 130}}) != nil {

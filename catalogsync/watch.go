@@ -30,10 +30,11 @@ type Snapshot struct {
 	// Revocations are the values under RevocationsPrefix, unverified (the
 	// agent verifies them against its authorities).
 	Revocations [][]byte
-	// Delta, set by Catalog.Watch, says that Entries differ from those of
-	// the snapshot it delivered before only in the entries of the service
-	// IDs in Changed (a hint's read); without it, any entry may differ (a
-	// read of the whole list).
+	// Delta, set by Catalog.Watch, says that the view differs from the
+	// one it delivered before only in the entries of the service IDs in
+	// Changed (a hint's read), and Entries holds only those (ApplyDelta
+	// puts them into the last view); without it, Entries is the whole
+	// view (a read of the whole list), the receiver's to keep and change.
 	Delta   bool
 	Changed []string
 }

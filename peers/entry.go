@@ -356,6 +356,9 @@ type ParseCache struct {
 	lastSelf  Self
 	lastRules Rules
 	patchable bool
+	// lastValid says last still holds the entries the cache was last
+	// given: PlanChanged's caller changes its list in place.
+	lastValid bool
 
 	// trust is the state of the trust checks (nil: none beyond the
 	// entry's own), set by Planner; good is the last peer accepted for
@@ -443,7 +446,7 @@ func (c *ParseCache) parseMisses(entries []Entry, r Rules) []*cachedParse {
 
 // Desire is the package's Desire, parsing through the cache.
 func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
-	if c != nil && c.patchable && self == c.lastSelf && r == c.lastRules {
+	if c != nil && c.patchable && c.lastValid && self == c.lastSelf && r == c.lastRules {
 		if out, rej, ok := c.patch(entries, self, r); ok {
 			c.last, c.lastOut, c.lastRej = entries, out, rej
 			return out, rej
@@ -452,6 +455,7 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	out, rej := c.desire(entries, self, r)
 	if c != nil {
 		c.last, c.lastOut, c.lastRej, c.lastSelf, c.lastRules = entries, out, rej, self, r
+		c.lastValid = true
 		c.patchable = slices.IsSortedFunc(entries, func(a, b Entry) int {
 			return cmp.Or(strings.Compare(a.ServiceID, b.ServiceID), -1) // strictly
 		}) && !slices.ContainsFunc(rej, func(x Rejection) bool { return conflict(x.Code) })

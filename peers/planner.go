@@ -135,7 +135,10 @@ func (pl *Planner) Plan(entries []Entry, self Self, observe func() (Observed, er
 // fleet. The previous Result's Desired is that same slice: read it no
 // more once PlanChanged is called. Where the change cannot be taken
 // alone (a conflict between entries, trust to judge again, the peer cap)
-// it plans like Plan.
+// it plans like Plan. changed nil says any entry may have changed: every
+// entry is judged again (through the parse cache), with nothing taken
+// from the list the last plan was given, which the caller may have
+// changed in place since.
 func (pl *Planner) PlanChanged(entries []Entry, changed []string, self Self, observe func() (Observed, error), now time.Time) (Result, error) {
 	return pl.plan(entries, changed, true, self, observe, now)
 }
@@ -153,12 +156,22 @@ func (pl *Planner) plan(entries []Entry, changed []string, delta bool, self Self
 		known      bool // gone and came are the change, from the delta
 	)
 	if delta {
-		res.Desired, res.Rejected, gone, came, known = pl.parses.patchIDs(entries, changed, self, pl.Rules, pl.withdrawn1)
+		if changed != nil {
+			res.Desired, res.Rejected, gone, came, known = pl.parses.patchIDs(entries, changed, self, pl.Rules, pl.withdrawn1)
+		}
+		if !known {
+			pl.parses.lastValid = false // the list changed in place: compare nothing with it
+		}
 	}
 	if known {
 		pl.inPlace++
 	} else {
 		res.Desired, res.Rejected = pl.parses.Desire(pl.withdraw(entries), self, pl.Rules)
+	}
+	if delta {
+		// The caller changes this list in place before the next plan: a
+		// later Plan cannot find the change by comparing it.
+		pl.parses.lastValid = false
 	}
 	if pl.MaxPeers > 0 && len(res.Desired) > pl.MaxPeers {
 		res.Desired, res.Rejected = capPeers(res.Desired, res.Rejected, pl.MaxPeers)
