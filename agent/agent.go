@@ -72,6 +72,7 @@ type Agent struct {
 	stats       stats // the loop's work, for status
 	summary     summaryState
 	stopGateway func() // stops the gateway role's loop and waits for it
+	saves       chan struct{} // wakes the snapshot saver
 
 	mu     sync.Mutex // guards status
 	status statusState
@@ -123,7 +124,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-gwDone
 	}
 	defer a.stopGateway()
-	saves := make(chan struct{}, 1)
+	// The loop signals saves when it took a new view (the saver copies
+	// what the loop took).
+	a.saves = make(chan struct{}, 1)
 	own := a.opts.Registration.ID() // read here: the loop owns Registration
 	wg.Add(2)
 	go func() {
@@ -131,15 +134,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.opts.Catalog.Watch(ctx, own, func(s catalogsync.Snapshot) {
 			a.view.set(s)
 			a.loop.Mark()
-			select {
-			case saves <- struct{}{}:
-			default:
-			}
 		})
 	}()
 	go func() {
 		defer wg.Done()
-		a.saveSnapshots(ctx, saves)
+		a.saveSnapshots(ctx, a.saves)
 	}()
 
 	if err := a.loop.Run(ctx); err != nil {
@@ -199,7 +198,13 @@ func (a *Agent) reconcile(ctx context.Context) (time.Time, error) {
 		a.planner.Forget()
 		a.kickStalePeers()
 	}
-	snap, changed := a.view.take()
+	snap, changed, took := a.view.take()
+	if took {
+		select {
+		case a.saves <- struct{}{}:
+		default:
+		}
+	}
 
 	res, err := a.apply(snap, changed, start)
 	registerDue := a.ensureRegistered(ctx, snap, changed, start)

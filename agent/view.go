@@ -61,18 +61,19 @@ func (v *view) set(s catalogsync.Snapshot) {
 }
 
 // take returns the view for the loop to plan, with the service IDs
-// changed since the view it took last (nil: any may have; a full plan).
-// Only the loop calls it.
-func (v *view) take() (*catalogsync.Snapshot, []string) {
+// changed since the view it took last (nil: any may have; a full plan),
+// and whether it took something the watch delivered since. Only the loop
+// calls it.
+func (v *view) take() (_ *catalogsync.Snapshot, changed []string, took bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	full, deltas, again := v.full, v.deltas, v.again
 	v.full, v.deltas, v.again = nil, nil, false
 	if !v.pending {
 		if v.cur == nil || again {
-			return v.cur, nil
+			return v.cur, nil, false
 		}
-		return v.cur, []string{}
+		return v.cur, []string{}, false
 	}
 	v.pending = false
 	v.gen++
@@ -81,7 +82,7 @@ func (v *view) take() (*catalogsync.Snapshot, []string) {
 		again = true
 	}
 	if v.cur == nil {
-		return nil, nil
+		return nil, nil, false
 	}
 	ids := make([]string, 0, len(deltas))
 	for id := range deltas {
@@ -97,9 +98,9 @@ func (v *view) take() (*catalogsync.Snapshot, []string) {
 	next.Index, next.Revocations = v.index, v.revocations
 	*v.cur = next
 	if again {
-		return v.cur, nil
+		return v.cur, nil, true
 	}
-	return v.cur, ids
+	return v.cur, ids, true
 }
 
 // replan makes the next take a full one: what the last take returned was

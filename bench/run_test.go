@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/internal/testlab"
 )
@@ -97,6 +98,7 @@ func TestBench(t *testing.T) {
 	next := 0
 	probeIn, cycle := false, 0
 	var points []Point
+	var missed []string // the missed-changes phase's results
 	for _, n := range sizes {
 		// Grow the catalog to n simulated nodes, 40 to a transaction.
 		start := time.Now()
@@ -358,6 +360,19 @@ func TestBench(t *testing.T) {
 		t.Logf("%s with %s's meshd stopped for %s: converged %v, errors %v", kind, hosts[0].Name, window, ev.done, ev.errs)
 	}
 
+	// Missed changes: h1's meshd stopped for -missed-stop while simulated
+	// nodes rotate their keys (each hinted), then continued; how long
+	// until its device holds them all, with no old key left: once with
+	// fewer changes than the hint ring holds (the gap is read back from
+	// it), once with more (the whole list is read).
+	if *missedFlag > 0 && *hintFlag != "" {
+		for _, changes := range []int{20, catalogsync.HintRing + 16} {
+			d, how := missedChanges(ctx, t, c, hosts[0], targets[0], sims, changes, *missedFlag)
+			missed = append(missed, fmt.Sprintf("%d changes while stopped for %s: caught up %s ms after SIGCONT (%s)", changes, missedFlag.String(), ms(d), how))
+			t.Logf("missed changes: %s", missed[len(missed)-1])
+		}
+	}
+
 	// An idle catalog: no kernel writes, and every device as it was.
 	writes := map[string]uint64{}
 	for _, h := range hosts {
@@ -404,6 +419,10 @@ func TestBench(t *testing.T) {
 	var sb strings.Builder
 	WriteTables(&sb, points)
 	fmt.Fprintf(&sb, "Idle catalog for %s after the last size: %d kernel writes by meshd (its counter), %d meshd devices changed (read from outside).\n", *idleFlag, idleWrites, idleChanged)
+	if len(missed) > 0 {
+		fmt.Fprintf(&sb, "\nMissed changes at N = %d (%s's meshd stopped with SIGSTOP while simulated nodes rotated their keys, each hinted; until its device, read from outside, holds every new key and no old one): %s.\n",
+			points[len(points)-1].N, hosts[0].Name, strings.Join(missed, "; "))
+	}
 	t.Logf("\n%s", sb.String())
 	if *hostCostOutFlag != "" {
 		var costs []HostCost
@@ -766,4 +785,69 @@ func targetsMet(points []Point) []string {
 			verdict(float64(last.HostCPUPerChange) <= 1.5*float64(first.HostCPUPerChange))))
 	}
 	return out
+}
+
+// missedChanges stops h's meshd for stop while changes simulated nodes
+// rotate their keys (spread over the window, each written and hinted as
+// meshd would), continues it, and returns how long after SIGCONT its
+// device (tg, read from outside) held every new key and none of the old
+// ones, and how h caught up (its status: ring reads, gaps).
+func missedChanges(ctx context.Context, t *testing.T, c *api.Client, h *meshHost, tg *target, sims []Sim, changes int, stop time.Duration) (time.Duration, string) {
+	t.Helper()
+	before := status(t, h).Catalog
+	h.proc.Signal(syscall.SIGSTOP)
+	stopped := time.Now()
+	old := map[wgtypes.Key]bool{}
+	fresh := map[wgtypes.Key]netip.Prefix{}
+	for i := range changes {
+		time.Sleep(time.Until(stopped.Add(time.Duration(i) * stop / time.Duration(changes+1))))
+		s := &sims[i%len(sims)]
+		if _, ok := fresh[s.Key]; ok {
+			delete(fresh, s.Key)
+		} else {
+			old[s.Key] = true
+		}
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Key = k.PublicKey()
+		fresh[s.Key] = s.Prefix
+		if err := Txn(ctx, c, s.Ops()); err != nil {
+			t.Fatal(err)
+		}
+		hint := catalogsync.Hint{ConsulNode: s.Name(), ServiceID: s.Registration().ID()}
+		var err2 error
+		if _, hint.Index, err2 = catalogsync.ReadInstance(ctx, c, "meshd", hint, nil); err2 != nil {
+			t.Fatal(err2)
+		}
+		if _, err := catalogsync.WriteHint(ctx, c, *hintFlag, hint); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Until(stopped.Add(stop)))
+	h.proc.Signal(syscall.SIGCONT)
+	cont := time.Now()
+	var took time.Duration
+	testlab.Eventually(t, 5*time.Minute, h.Name+" holds every change it missed", func() bool {
+		dev, err := ReadUAPI(tg.iface)
+		if err != nil {
+			return false
+		}
+		for k, p := range fresh {
+			if q, ok := dev[k]; !ok || len(q.AllowedIPs) != 1 || q.AllowedIPs[0].String() != p.String() {
+				return false
+			}
+		}
+		for k := range old {
+			if _, ok := dev[k]; ok {
+				return false
+			}
+		}
+		took = time.Since(cont)
+		return true
+	})
+	after := status(t, h).Catalog
+	how := fmt.Sprintf("%d ring reads, %d gaps read as the whole list", after.HintRingReads-before.HintRingReads, after.HintGaps-before.HintGaps)
+	return took, how
 }
