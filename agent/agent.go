@@ -71,7 +71,7 @@ type Agent struct {
 	}
 	stats       stats // the loop's work, for status
 	summary     summaryState
-	stopGateway func() // stops the gateway role's loop and waits for it
+	stopGateway func()        // stops the gateway role's loop and waits for it
 	saves       chan struct{} // wakes the snapshot saver
 
 	mu     sync.Mutex // guards status
