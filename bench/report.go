@@ -127,8 +127,10 @@ func WriteTables(w io.Writer, points []Point) {
 		if p.InitialFloor > 0 {
 			fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms; its floor %s ms (a list read through its agent %s ms + one bare ConfigureDevice of the same peers %s ms): x%.2f. ",
 				ms(p.InitialSync), ms(p.InitialFloor), ms(p.FloorListRead), ms(p.FloorConfigure), float64(p.InitialSync)/float64(p.InitialFloor))
+		} else {
+			fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms. ", ms(p.InitialSync))
 		}
-		fmt.Fprintf(w, "Initial sync of a fresh meshd host: %s ms. Resolution: a datagram every %s, a route looked up every %s ms (median).\n\n", ms(p.InitialSync), probeInterval, ms(p.RoutePeriod))
+		fmt.Fprintf(w, "Resolution: a datagram every %s, a route looked up every %s ms (median).\n\n", probeInterval, ms(p.RoutePeriod))
 	}
 }
 

@@ -78,6 +78,10 @@ type Link struct {
 	// nothing after: the next Observe uses it instead of reading a device
 	// of thousands of peers again. Any write drops it.
 	read *wgtypes.Device
+	// probed is the device as ensureLink read it to learn the link's mode,
+	// for ensureDevice in the same Ensure: one read of thousands of peers,
+	// not two.
+	probed *wgtypes.Device
 }
 
 // Open prepares to manage the link described by opts. It changes nothing.
@@ -130,7 +134,7 @@ func DetectMode(link netlink.Link, uapiAnswers bool) (Mode, error) {
 // private key and listen port, and up. An existing link is adopted as it is
 // and only what differs is written; a working link is never recreated.
 func (l *Link) Ensure() error {
-	l.read = nil
+	l.read, l.probed = nil, nil
 	link, err := l.ensureLink()
 	if err != nil {
 		return err
@@ -164,7 +168,8 @@ func (l *Link) ensureLink() (netlink.Link, error) {
 	case err != nil:
 		return nil, fmt.Errorf("look up %s: %w", l.opts.Name, err)
 	}
-	_, devErr := l.wg.Device(l.opts.Name)
+	dev, devErr := l.wg.Device(l.opts.Name)
+	l.probed = dev
 	mode, err := DetectMode(link, devErr == nil)
 	if errors.Is(err, ErrNotWireGuard) {
 		return nil, err
@@ -189,6 +194,7 @@ func (l *Link) ensureLink() (netlink.Link, error) {
 }
 
 func (l *Link) create() (netlink.Link, error) {
+	l.probed = nil // a new device
 	err := ErrKernelUnsupported
 	if l.opts.Want != ModeUserspace {
 		err = l.createKernel()
@@ -261,9 +267,13 @@ func (l *Link) ensureAddress(link netlink.Link) error {
 }
 
 func (l *Link) ensureDevice() error {
-	dev, err := l.wg.Device(l.opts.Name)
-	if err != nil {
-		return fmt.Errorf("read WireGuard device %s: %w", l.opts.Name, err)
+	dev := l.probed
+	l.probed = nil
+	if dev == nil {
+		var err error
+		if dev, err = l.wg.Device(l.opts.Name); err != nil {
+			return fmt.Errorf("read WireGuard device %s: %w", l.opts.Name, err)
+		}
 	}
 	var cfg wgtypes.Config
 	if dev.PrivateKey != l.opts.PrivateKey {

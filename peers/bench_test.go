@@ -3,7 +3,6 @@ package peers
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"testing"
 	"time"
 )
@@ -66,8 +65,9 @@ func BenchmarkInitialPlan(b *testing.B) {
 }
 
 // BenchmarkChangedEntry is one entry changed (a new key, signed) in a
-// catalog of 10,000, planned incrementally: the per-event planning cost
-// with trust (one verification) and without.
+// catalog of 10,000, planned from the change (PlanChanged, as the agent
+// plans a hint's delta): the per-event planning cost with trust (one
+// verification) and without.
 func BenchmarkChangedEntry(b *testing.B) {
 	const n = 10000
 	for _, signed := range []bool{false, true} {
@@ -93,14 +93,17 @@ func BenchmarkChangedEntry(b *testing.B) {
 			pl := &Planner{Rules: rules}
 			now := time.Unix(1_900_000_000, 0)
 			plan := func(i int) {
-				// A new list each time, as the catalog delivers: the planner
-				// keeps the last one it planned.
-				entries = slices.Clone(entries)
+				// One list changed in place, as the agent's view is, and
+				// the changed ID named (PlanChanged).
 				entries[0] = versions[i%2]
 				if i%2 == 0 {
 					entries[0].ModifyIndex = uint64(1<<41 + i) // a new version each time
 				}
-				res, err := pl.Plan(entries, Self{Node: "self"}, func() (Observed, error) { return Observed{}, nil }, now)
+				changed := []string{entries[0].ServiceID}
+				if i <= 1 {
+					changed = nil // the first plan: every entry
+				}
+				res, err := pl.PlanChanged(entries, changed, Self{Node: "self"}, func() (Observed, error) { return Observed{}, nil }, now)
 				if err != nil || len(res.Desired) != n {
 					b.Fatalf("%d peers, %v", len(res.Desired), err)
 				}

@@ -169,16 +169,25 @@ func (c *ParseCache) patchChanges(changes []change, self Self, r Rules, inPlace 
 	if inPlace {
 		out, gone, came = c.lastOut, nil, nil
 		byNode := func(p Peer, node string) int { return strings.Compare(p.Node, node) }
+		// A node that stays (a new key, endpoint) is replaced where it is;
+		// only one that comes or goes moves the peers after it.
 		for node, g := range goneNodes {
+			gone = append(gone, g)
+			if _, stays := slices.BinarySearchFunc(added, node, byNode); stays {
+				continue
+			}
 			if i, found := slices.BinarySearchFunc(out, node, byNode); found {
 				out = slices.Delete(out, i, i+1)
 			}
-			gone = append(gone, g)
 		}
 		for _, p := range added {
-			i, _ := slices.BinarySearchFunc(out, p.Node, byNode)
-			out = slices.Insert(out, i, p)
 			came = append(came, p)
+			i, found := slices.BinarySearchFunc(out, p.Node, byNode)
+			if _, stays := goneNodes[p.Node]; stays && found {
+				out[i] = p
+				continue
+			}
+			out = slices.Insert(out, i, p)
 		}
 		// As Changed: a node whose peer the kernel holds the same is
 		// neither gone nor came.
