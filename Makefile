@@ -90,8 +90,13 @@ kernel: deps consul promtool
 
 # Convergence of meshd against the classic approach (consul-template + wg
 # syncconf) and the floor (a bare blocking query), in one run: writes
-# BENCHMARKS.md and benchmarks-cdf.png. About 30 minutes on 2 cores.
+# BENCHMARKS.md and benchmarks-cdf.png; then the host's cost per change and
+# the fleet simulation. About 75 minutes on 2 cores.
 BENCH_FLAGS ?= -sizes 1000,5000,10000 -events 32 -hosts 2 -idle 10m
+# The host's CPU per change (meshd and its agent), without the floor and
+# classic (the floor's whole-list query would count in the agent's CPU):
+# a second TestBench run, whose costs TestFleet adds up fleet-wide.
+HOST_COST_FLAGS ?= -sizes 1000,5000,10000,25000 -events 60 -pace 1s -hosts 2 -idle 10s -classic=false -floor=false -full-read-interval 10m
 # The servers' side of a fleet (bench/fleet_test.go): W simulated hosts
 # asking one server what meshd asks per change, beside hosts reading the
 # whole list per change; fleet-wide figures use TestBench's host costs.
@@ -100,10 +105,12 @@ bench: deps consul
 	@scripts/consul-template-bin >/dev/null
 	mkdir -p out
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 85m -v . \
-		-args $(BENCH_FLAGS) -out ../BENCHMARKS.md -plot ../benchmarks-cdf.png -host-cost-out ../out/host-cost.json
+		-args $(BENCH_FLAGS) -out ../BENCHMARKS.md -plot ../benchmarks-cdf.png
+	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 60m -v . \
+		-args $(HOST_COST_FLAGS) -out-section ../out/host-cost.md -host-cost-out ../out/host-cost.json
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestFleet$$' -timeout 60m -v . \
 		-args $(FLEET_FLAGS) -fleet-host-cost ../out/host-cost.json -fleet-out ../out/fleet.md
-	{ echo; cat out/fleet.md; } >> BENCHMARKS.md
+	{ echo; cat out/host-cost.md; echo; cat out/fleet.md; } >> BENCHMARKS.md
 	{ echo; echo '## Go benchmarks (same make bench)'; echo; \
 	  echo 'One changed mesh peer written to a device holding N (`netlinkx`), and one new user peer'; \
 	  echo 'applied by a gateway holding N (`gateway`, incremental and full reconcile); real userspace'; \
@@ -171,7 +178,7 @@ bench-quick: deps consul
 	mkdir -p out
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 10m -v . \
 		-args -sizes 100,300 -events 8 -hosts 2 -idle 10s -out ../out/BENCHMARKS.quick.md -plot ../out/benchmarks-quick-cdf.png \
-		-host-cost-out ../out/host-cost.quick.json
+		-missed-stop 5s -out-section ../out/host-cost.quick.md -host-cost-out ../out/host-cost.quick.json
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestFleet$$' -timeout 10m -v . \
 		-args -fleet-nodes 300 -fleet-watchers 20,100 -fleet-changes 3 -fleet-list-watchers 3 -fleet-list-changes 2 \
 		-fleet-host-cost ../out/host-cost.quick.json -fleet-out ../out/fleet.quick.md

@@ -424,6 +424,22 @@ func TestBench(t *testing.T) {
 			points[len(points)-1].N, hosts[0].Name, strings.Join(missed, "; "))
 	}
 	t.Logf("\n%s", sb.String())
+	if *sectionFlag != "" {
+		var b strings.Builder
+		fmt.Fprintf(&b, "## Fleet cost: host CPU per change (same make bench; -floor=false, -classic=false)\n\n")
+		fmt.Fprintf(&b, "TestBench again without the floor and classic (the floor's whole-list query on every meshd\n")
+		fmt.Fprintf(&b, "host's agent would be counted in the host's CPU), %d events %s apart, the list read every %s\n", *eventsFlag, *paceFlag, *fullReadFlag)
+		fmt.Fprintf(&b, "(so that no periodic read falls in the windows; one whole-list read is measured on its own).\n")
+		fmt.Fprintf(&b, "Flags: -sizes %s -events %d -pace %s -hosts %d -full-read-interval %s -missed-stop %s. meshd: %s.\n\n", *sizesFlag, *eventsFlag, *paceFlag, *hostsFlag, *fullReadFlag, *missedFlag, gitDescribe())
+		b.WriteString(strings.ReplaceAll(sb.String(), "### N = ", "#### N = "))
+		b.WriteString("\nTargets:\n\n")
+		for _, l := range targetsMet(points) {
+			b.WriteString("- " + l + "\n")
+		}
+		if err := os.WriteFile(*sectionFlag, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if *hostCostOutFlag != "" {
 		var costs []HostCost
 		for _, p := range points {
@@ -711,6 +727,15 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
   counter, and every meshd device read from outside before and after.
 `
 
+// gitDescribe is the meshd commit under test.
+func gitDescribe() string {
+	out, err := exec.Command("git", "-C", "..", "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
+
 // machine describes this machine and the versions in the run.
 func machine() []string {
 	run := func(name string, args ...string) string {
@@ -735,7 +760,7 @@ func machine() []string {
 		"Go: " + runtime.Version(),
 		"Consul: " + run(consul, "version"),
 		"consul-template: " + run(consulTemplatePath, "-v"),
-		"meshd: " + run("git", "-C", "..", "describe", "--always", "--dirty"),
+		"meshd: " + gitDescribe(),
 		fmt.Sprintf("Flags: -sizes %s -events %d -hosts %d -idle %s -full-read-interval %s -hint-key %q -classic=%t -floor=%t -pace %s", *sizesFlag, *eventsFlag, *hostsFlag, *idleFlag, *fullReadFlag, *hintFlag, *classicFlag, *floorFlag, *paceFlag),
 	}
 }
