@@ -783,12 +783,19 @@ func targetsMet(points []Point) []string {
 	}
 	for _, p := range points {
 		m, f := Quantile(p.Latency[Meshd], 0.5), Quantile(p.Latency[Floor], 0.5)
+		if len(p.Latency[Floor]) == 0 {
+			continue // a run without the floor
+		}
 		out = append(out, fmt.Sprintf("meshd p50 / floor p50 <= 1.25 at N = %d: %s, %s.",
 			p.N, ratio(m, f), verdict(f > 0 && float64(m) <= 1.25*float64(f))))
 	}
 	var rx []string
 	for _, p := range points {
-		rx = append(rx, fmt.Sprintf("N=%d: meshd host %.0f B, classic host %.0f B", p.N, p.RxPerEvent["h1"], p.RxPerEvent["classic"]))
+		if c, ok := p.RxPerEvent["classic"]; ok {
+			rx = append(rx, fmt.Sprintf("N=%d: meshd host %.0f B, classic host %.0f B", p.N, p.RxPerEvent["h1"], c))
+		} else {
+			rx = append(rx, fmt.Sprintf("N=%d: meshd host %.0f B", p.N, p.RxPerEvent["h1"]))
+		}
 	}
 	out = append(out, "Bytes received per event per host (must not grow with N for meshd): "+strings.Join(rx, "; ")+".")
 	out = append(out, fmt.Sprintf("meshd CPU per event at N = %d under 30 ms: %s ms, %s.", last.N, ms(last.CPUPerEvent), verdict(last.CPUPerEvent < 30*time.Millisecond)))
