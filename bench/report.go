@@ -51,6 +51,8 @@ type Point struct {
 	// FullReadCPU is what one read of the whole list, asked for as a gap
 	// asks, cost a host (meshd and its agent; max over hosts).
 	FullReadCPU time.Duration
+	// FullReadAgentCPU is the agent's part of it (max over hosts).
+	FullReadAgentCPU time.Duration
 	// RxPerEvent is what each host received per event on its underlay
 	// link, meshd hosts and the classic host.
 	RxPerEvent map[string]float64

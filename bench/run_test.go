@@ -286,15 +286,16 @@ func TestBench(t *testing.T) {
 			for _, h := range hosts {
 				reads[h.Name] = status(t, h).Catalog.Reads
 			}
-			cpu0 := hostCPU(t, hosts)
+			cpu0, agent0 := hostCPU(t, hosts), agentCPU(t, hosts)
 			askFullRead(ctx, t, c)
 			for _, h := range hosts {
 				testlab.Eventually(t, time.Minute, h.Name+" read the whole list", func() bool { return status(t, h).Catalog.Reads > reads[h.Name] })
 			}
 			time.Sleep(time.Second)
-			cpu1 := hostCPU(t, hosts)
+			cpu1, agent1 := hostCPU(t, hosts), agentCPU(t, hosts)
 			for _, h := range hosts {
 				p.FullReadCPU = max(p.FullReadCPU, cpu1[h.Name]-cpu0[h.Name])
+				p.FullReadAgentCPU = max(p.FullReadAgentCPU, agent1[h.Name]-agent0[h.Name])
 			}
 		}
 		for _, tg := range targets {
@@ -443,7 +444,7 @@ func TestBench(t *testing.T) {
 	if *hostCostOutFlag != "" {
 		var costs []HostCost
 		for _, p := range points {
-			costs = append(costs, HostCost{N: p.N, PerChange: p.HostCPUPerChange, FullRead: p.FullReadCPU})
+			costs = append(costs, HostCost{N: p.N, PerChange: p.HostCPUPerChange, FullRead: p.FullReadCPU, FullReadAgent: p.FullReadAgentCPU})
 		}
 		b, _ := json.Marshal(costs)
 		if err := os.WriteFile(*hostCostOutFlag, b, 0o644); err != nil {
@@ -483,6 +484,20 @@ func askFullRead(ctx context.Context, t *testing.T, c *api.Client) {
 	if _, err := c.KV().Put(&api.KVPair{Key: *hintFlag, Value: []byte("bench: read the whole list")}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// agentCPU reads, per meshd host, the CPU time of its Consul client agent.
+func agentCPU(t *testing.T, hosts []*meshHost) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	for _, h := range hosts {
+		ps, err := readProc(h.Consul.Pid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[h.Name] = ps.cpu
+	}
+	return out
 }
 
 // hostCPU reads, per meshd host, the CPU time of meshd and of its Consul
