@@ -90,6 +90,10 @@ func New(opts Options) *Agent {
 		planner: peers.Planner{Rules: opts.Rules, Grace: opts.RemovalGrace,
 			MaxFraction: opts.MaxRemovalFraction, Floor: opts.BreakerFloor, MaxPeers: opts.MaxPeers},
 	}
+	if opts.Link != nil {
+		// A first sync writes peers while later entries are verified.
+		a.planner.Prewrite = func(ps []peers.Peer) error { return opts.Link.Apply(peers.Plan{Upsert: ps}) }
+	}
 	a.loop = loop.Loop{Reconcile: a.reconcile, Resync: opts.ResyncInterval, OnResync: a.planner.Forget}
 	return a
 }

@@ -725,3 +725,22 @@ func TestReplayAfterRestart(t *testing.T) {
 		t.Errorf("kernel peers after the replay: %v; want r2's new key only", kp)
 	}
 }
+
+// TestSlowFirstReadRegistersOnce: while the first read of the catalog has
+// not come (a catalog of thousands takes seconds, here the watch's rate
+// limiter holds it back), nothing says this node's entry is missing: the
+// node registers once, not again each second (each time taking its entry
+// out and putting it back, newest, for the whole fleet to see).
+func TestSlowFirstReadRegistersOnce(t *testing.T) {
+	c, _ := withRemotes(t, 2)
+	lim := rate.NewLimiter(rate.Every(2500*time.Millisecond), 1)
+	lim.Allow() // the first read waits for the next token
+	h := startWith(t, c, "wga9", options{limiter: lim})
+	testlab.Eventually(t, 30*time.Second, "converged with r2", func() bool {
+		st := h.a.Status()
+		return st.Converged && len(h.kernelPeers(t)) == 1
+	})
+	if n := h.a.Status().Registrations; n != 1 {
+		t.Errorf("registered %d times, want once", n)
+	}
+}

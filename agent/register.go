@@ -92,6 +92,13 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 			return time.Time{}
 		}
 	}
+	if snap == nil && a.reg.count > 0 {
+		// Registered, and no view of the catalog yet (a first read of a
+		// large catalog takes seconds): nothing says the entry is missing,
+		// and registering it again would take it out and put it back,
+		// newest of all, for the whole fleet to see twice.
+		return time.Time{}
+	}
 	if next := a.reg.last.Add(a.reg.backoff); !a.reg.last.IsZero() && now.Before(next) {
 		return next
 	}

@@ -1,8 +1,10 @@
 package netlinkx
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 
@@ -81,15 +83,20 @@ func (l *Link) Apply(plan peers.Plan) error {
 		if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
 			errs = append(errs, fmt.Errorf("configure %d peers on %s: %w", len(cfgs), l.opts.Name, err))
 		} else {
-			for _, p := range plan.Upsert {
-				l.opts.Logger.Info("configured peer", "node", p.Node, "public_key", p.PublicKey, "endpoint", p.Endpoint, "prefix", p.Prefix)
-			}
+			l.logEach(len(plan.Upsert), "configured peers", func(level slog.Level, i int) {
+				p := plan.Upsert[i]
+				l.opts.Logger.Log(context.Background(), level, "configured peer", "node", p.Node, "public_key", p.PublicKey, "endpoint", p.Endpoint, "prefix", p.Prefix)
+			})
 		}
+	}
+	if len(plan.AddRoutes)+len(plan.DelRoutes) == 0 {
+		return l.removePeers(plan.Remove, errs)
 	}
 	idx, err := l.linkIndex()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	added := make([]netip.Prefix, 0, len(plan.AddRoutes))
 	for _, r := range plan.AddRoutes {
 		route := &netlink.Route{LinkIndex: idx, Dst: ipNet(r), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
 		err := l.count(netlink.RouteAdd(route))
@@ -99,28 +106,58 @@ func (l *Link) Apply(plan peers.Plan) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("add route %s: %w", r, err))
 		default:
-			l.opts.Logger.Info("added route", "prefix", r, "interface", l.opts.Name)
+			added = append(added, r)
 		}
 	}
+	l.logEach(len(added), "added routes", func(level slog.Level, i int) {
+		l.opts.Logger.Log(context.Background(), level, "added route", "prefix", added[i], "interface", l.opts.Name)
+	})
 	for _, r := range plan.DelRoutes {
 		if err := l.delRoute(idx, r); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if len(plan.Remove) > 0 {
-		cfgs := make([]wgtypes.PeerConfig, 0, len(plan.Remove))
-		for _, k := range plan.Remove {
+	return l.removePeers(plan.Remove, errs)
+}
+
+// removePeers is Apply's last step: the peers to remove, in one write; it
+// returns errs with its own error joined.
+func (l *Link) removePeers(keys []wgtypes.Key, errs []error) error {
+	if len(keys) > 0 {
+		cfgs := make([]wgtypes.PeerConfig, 0, len(keys))
+		for _, k := range keys {
 			cfgs = append(cfgs, wgtypes.PeerConfig{PublicKey: k, Remove: true})
 		}
 		if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
 			errs = append(errs, fmt.Errorf("remove %d peers from %s: %w", len(cfgs), l.opts.Name, err))
 		} else {
-			for _, k := range plan.Remove {
-				l.opts.Logger.Info("removed peer", "public_key", k, "interface", l.opts.Name)
-			}
+			l.logEach(len(keys), "removed peers", func(level slog.Level, i int) {
+				l.opts.Logger.Log(context.Background(), level, "removed peer", "public_key", keys[i], "interface", l.opts.Name)
+			})
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// logEachMax is the most writes of one kind Apply logs one line each for
+// at info level; past it, one line counts them and each line is debug (a
+// first sync of 10,000 peers is not 20,000 lines).
+const logEachMax = 32
+
+// logEach logs n writes of one kind: each at info level, or, past
+// logEachMax, one info line saying how many (msg) and each at debug level.
+func (l *Link) logEach(n int, msg string, each func(level slog.Level, i int)) {
+	level := slog.LevelInfo
+	if n > logEachMax {
+		l.opts.Logger.Info(msg, "count", n, "interface", l.opts.Name)
+		level = slog.LevelDebug
+		if !l.opts.Logger.Enabled(context.Background(), level) {
+			return
+		}
+	}
+	for i := range n {
+		each(level, i)
+	}
 }
 
 // ResetPeers removes and adds back each peer in one device write, which

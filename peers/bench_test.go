@@ -8,7 +8,7 @@ import (
 )
 
 // benchFleet is n entries, signed by f when f is set.
-func benchFleet(b *testing.B, f *fleet, n int) []Entry {
+func benchFleet(b testing.TB, f *fleet, n int) []Entry {
 	entries := make([]Entry, n)
 	for i := range entries {
 		e := Entry{ServiceID: fmt.Sprintf("meshd-n%05d", i), CreateIndex: uint64(10 + i), ModifyIndex: uint64(10 + i), Health: HealthPassing,

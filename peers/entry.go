@@ -11,7 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -371,13 +371,6 @@ type ParseCache struct {
 	parses uint64
 }
 
-// parsed is one entry as Desire sees it.
-type parsed struct {
-	e   *Entry
-	p   Peer
-	err error
-}
-
 type cachedParse struct {
 	modify uint64
 	p      Peer
@@ -406,53 +399,112 @@ func (c *ParseCache) parse(e Entry, r Rules, next map[string]cachedParse) (Peer,
 // parallelParse is how many entries to parse, at least, before the work
 // is spread over the CPUs: verifying a signed entry is two ed25519
 // verifications, and a first read of 10,000 entries is 20,000 of them.
+// It is also the size of the chunks the work is handed out in.
 const parallelParse = 256
 
-// parseMisses parses, on every CPU, the entries that parse would not find
-// in the cache, and returns their parses by position (nil: none to do, or
-// too few to be worth it).
-func (c *ParseCache) parseMisses(entries []Entry, r Rules) []*cachedParse {
+// misses parses, on every CPU (Desire leaves one to the device when it
+// hands peers out), the entries that parse would not find in
+// the cache, chunk by chunk in the order Desire judges them, so that
+// judging (and whatever Desire's caller does with the peers accepted so
+// far) goes on while later chunks are verified.
+type misses struct {
+	order []int          // positions in entries, in judging order
+	out   []*cachedParse // by position; nil: a cache hit
+	done  []chan struct{}
+}
+
+// parseMisses starts parsing the misses among entries on workers
+// goroutines, taken in order (nil: none to do, or too few to be worth it).
+func (c *ParseCache) parseMisses(entries []Entry, order []int, r Rules, workers int) *misses {
 	if c == nil || r.Trust == nil || len(entries) < parallelParse {
 		return nil
 	}
-	var miss []int
+	// The workers read no map: Desire writes the cache as it judges.
+	miss := make([]bool, len(entries))
+	n := 0
 	for i, e := range entries {
 		if hit, ok := c.m[e.ServiceID]; !ok || e.ModifyIndex == 0 || hit.modify != e.ModifyIndex {
-			miss = append(miss, i)
+			miss[i] = true
+			n++
 		}
 	}
-	if len(miss) < parallelParse {
+	if n < parallelParse {
 		return nil
 	}
 	if c.m == nil {
 		c.m = map[string]cachedParse{}
 	}
-	out := make([]*cachedParse, len(entries))
-	workers := runtime.GOMAXPROCS(0)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for j := w; j < len(miss); j += workers {
-				e := entries[miss[j]]
-				p, err := ParseEntry(e, r)
-				out[miss[j]] = &cachedParse{modify: e.ModifyIndex, p: p, err: err}
-			}
-		})
+	m := &misses{order: order, out: make([]*cachedParse, len(entries)), done: make([]chan struct{}, (len(order)+parallelParse-1)/parallelParse)}
+	for i := range m.done {
+		m.done[i] = make(chan struct{})
 	}
-	wg.Wait()
-	c.parses += uint64(len(miss))
-	return out
+	var next atomic.Int64
+	for range workers {
+		go func() {
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= len(m.done) {
+					return
+				}
+				for _, i := range order[k*parallelParse : min((k+1)*parallelParse, len(order))] {
+					if miss[i] {
+						p, err := ParseEntry(entries[i], r)
+						m.out[i] = &cachedParse{modify: entries[i].ModifyIndex, p: p, err: err}
+					}
+				}
+				close(m.done[k])
+			}
+		}()
+	}
+	c.parses += uint64(n)
+	return m
+}
+
+// wait returns the parse of entries[order[k]] the workers made, or nil
+// (a cache hit), once its chunk is done. Every chunk is waited for, so no
+// worker outlives Desire.
+func (m *misses) wait(k int) *cachedParse {
+	if m == nil {
+		return nil
+	}
+	if k%parallelParse == 0 {
+		<-m.done[k/parallelParse]
+	}
+	return m.out[m.order[k]]
+}
+
+// prefixLens is every prefix length entries claim (whether the entry is
+// valid or not) and the kept good peers have, sorted: a superset of the
+// lengths of the peers a pass can accept, which is all the overlap index
+// needs, known before any entry is verified.
+func prefixLens(entries []Entry, good map[string]Peer) []int {
+	seen := map[int]bool{}
+	for i := range entries {
+		if p, err := netip.ParsePrefix(entries[i].Meta[MetaPrefix]); err == nil {
+			seen[p.Bits()] = true
+		}
+	}
+	for _, g := range good {
+		seen[g.Prefix.Bits()] = true
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // Desire is the package's Desire, parsing through the cache.
 func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
-	if c != nil && c.patchable && c.lastValid && self == c.lastSelf && r == c.lastRules {
+	return c.desireEmit(entries, self, r, nil)
+}
+
+// desireEmit is Desire; emit, when not nil, makes it a full pass that
+// hands out the peers it accepts as it goes (desire).
+func (c *ParseCache) desireEmit(entries []Entry, self Self, r Rules, emit func([]Peer)) ([]Peer, []Rejection) {
+	if emit == nil && c != nil && c.patchable && c.lastValid && self == c.lastSelf && r == c.lastRules {
 		if out, rej, ok := c.patch(entries, self, r); ok {
 			c.last, c.lastOut, c.lastRej = entries, out, rej
 			return out, rej
 		}
 	}
-	out, rej := c.desire(entries, self, r)
+	out, rej := c.desire(entries, self, r, emit)
 	if c != nil {
 		c.last, c.lastOut, c.lastRej, c.lastSelf, c.lastRules = entries, out, rej, self, r
 		c.lastValid = true
@@ -463,8 +515,11 @@ func (c *ParseCache) Desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	return out, rej
 }
 
-// desire is Desire's full pass over every entry.
-func (c *ParseCache) desire(entries []Entry, self Self, r Rules) ([]Peer, []Rejection) {
+// desire is Desire's full pass over every entry. emit, when not nil, is
+// given the peers accepted so far, chunk by chunk, while later entries are
+// still being verified: no later entry can take back an acceptance (the
+// first claim wins), so they are final.
+func (c *ParseCache) desire(entries []Entry, self Self, r Rules, emit func([]Peer)) ([]Peer, []Rejection) {
 	// A full pass is the rare one (a first read, a conflict, many changes):
 	// it builds its maps anew, and a cache keeps them for patch.
 	next := make(map[string]cachedParse, len(entries))
@@ -478,55 +533,55 @@ func (c *ParseCache) desire(entries []Entry, self Self, r Rules) ([]Peer, []Reje
 	if st != nil {
 		st.nextExpiry = time.Time{}
 	}
-	all := make([]parsed, 0, len(entries))
-	ps := make([]*parsed, 0, len(entries))
-	fresh := c.parseMisses(entries, r)
-	for i := range entries {
-		if fresh != nil && fresh[i] != nil {
-			c.m[entries[i].ServiceID] = *fresh[i] // a hit for parse below
-		}
-		p, err := c.parse(entries[i], r, next)
-		all = append(all, parsed{&entries[i], p, err})
+	// Judged in catalog order: the first claim wins.
+	order := make([]int, len(entries))
+	for i := range order {
+		order[i] = i
 	}
-	// Sorted by pointer: a parsed entry is hundreds of bytes to move.
-	for i := range all {
-		ps = append(ps, &all[i])
-	}
-	slices.SortFunc(ps, func(a, b *parsed) int {
-		return cmp.Or(cmp.Compare(a.e.CreateIndex, b.e.CreateIndex), strings.Compare(a.e.ServiceID, b.e.ServiceID))
+	slices.SortFunc(order, func(a, b int) int {
+		return cmp.Or(cmp.Compare(entries[a].CreateIndex, entries[b].CreateIndex), strings.Compare(entries[a].ServiceID, entries[b].ServiceID))
 	})
+	// Entries handed out are being written meanwhile: one CPU is left to
+	// the device's side of those writes.
+	workers := runtime.GOMAXPROCS(0)
+	if emit != nil && workers > 1 {
+		workers--
+	}
+	fresh := c.parseMisses(entries, order, r, workers)
 
 	var (
-		out     = make([]Peer, 0, len(entries))
-		rej     []Rejection
-		lenSeen = map[int]bool{}
+		out = make([]Peer, 0, len(entries))
+		rej []Rejection
 	)
-	for _, x := range ps {
-		if x.err == nil {
-			lenSeen[x.p.Prefix.Bits()] = true
+	claimed.lens = prefixLens(entries, good)
+	batch := 0 // out[batch:] are not emitted yet
+	for k, i := range order {
+		e := &entries[i]
+		if f := fresh.wait(k); f != nil {
+			c.m[e.ServiceID] = *f // a hit for parse below
 		}
-	}
-	lens := make([]int, 0, len(lenSeen))
-	for l := range lenSeen {
-		lens = append(lens, l)
-	}
-	slices.Sort(lens)
-	claimed.lens = lens
-	for _, x := range ps {
-		d := decide(x.e, x.p, x.err, self, byNode, byKey, claimed, good, st)
+		p, err := c.parse(*e, r, next)
+		d := decide(e, p, err, self, byNode, byKey, claimed, good, st)
 		if d.accept {
-			byNode[d.peer.Node] = x.e.ServiceID
+			byNode[d.peer.Node] = e.ServiceID
 			byKey[d.peer.PublicKey] = d.peer.Node
 			claimed.add(d.peer)
 			st.accepted(d.peer)
 			if nextGood != nil {
-				nextGood[x.e.ServiceID] = d.peer
+				nextGood[e.ServiceID] = d.peer
 			}
 			out = append(out, d.peer)
 		}
 		if d.rej != nil {
 			rej = append(rej, *d.rej)
 		}
+		if emit != nil && (k+1)%parallelParse == 0 && batch < len(out) {
+			emit(slices.Clone(out[batch:]))
+			batch = len(out)
+		}
+	}
+	if emit != nil && batch < len(out) {
+		emit(slices.Clone(out[batch:]))
 	}
 	if len(out) == 0 {
 		out = nil

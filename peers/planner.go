@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -34,6 +35,15 @@ type Planner struct {
 	// entries cannot grow the device without bound, and the peers the mesh
 	// had first keep their place.
 	MaxPeers int
+	// Prewrite, when set, writes peers to the kernel, like a plan's
+	// Upsert. A whole plan against a kernel that holds none of meshd's
+	// peers (a first sync) then writes the peers Desire accepts while the
+	// later entries are still being verified (the verification of
+	// thousands of signed entries overlaps the device's own work), and
+	// plans what is left against the kernel with them in it. It is called
+	// from another goroutine than Plan's, never twice at once, and always
+	// before Plan returns.
+	Prewrite func([]Peer) error
 
 	parses  ParseCache
 	desired []Peer    // of the last plan
@@ -163,10 +173,28 @@ func (pl *Planner) plan(entries []Entry, changed []string, delta bool, self Self
 			pl.parses.lastValid = false // the list changed in place: compare nothing with it
 		}
 	}
+	// A whole plan without a model reads the kernel first: an empty one
+	// (a first sync) is written while the entries are judged.
+	var (
+		observed *Observed
+		pre      *prewriter
+		emit     func([]Peer)
+	)
+	if !known && model == nil && pl.Prewrite != nil && (pl.MaxPeers == 0 || len(entries) <= pl.MaxPeers) {
+		o, err := observe()
+		if err != nil {
+			return res, err
+		}
+		observed = &o
+		if len(o.Peers) == 0 {
+			pre = startPrewrite(pl.Prewrite)
+			emit = pre.emit
+		}
+	}
 	if known {
 		pl.inPlace++
 	} else {
-		res.Desired, res.Rejected = pl.parses.Desire(pl.withdraw(entries), self, pl.Rules)
+		res.Desired, res.Rejected = pl.parses.desireEmit(pl.withdraw(entries), self, pl.Rules, emit)
 	}
 	if delta {
 		// The caller changes this list in place before the next plan: a
@@ -190,7 +218,20 @@ func (pl *Planner) plan(entries []Entry, changed []string, delta bool, self Self
 	} else {
 		pl.owned = false
 		var err error
-		if res.Observed, err = observe(); err != nil {
+		switch {
+		case pre != nil:
+			written, werr := pre.wait()
+			res.Observed = Applied(*observed, Plan{Upsert: written})
+			if werr != nil {
+				// Some of a write may have landed: the kernel says what.
+				res.Observed, err = observe()
+			}
+		case observed != nil:
+			res.Observed = *observed
+		default:
+			res.Observed, err = observe()
+		}
+		if err != nil {
 			return res, err
 		}
 	}
@@ -403,3 +444,65 @@ func (pl *Planner) NextExpiry() time.Time { return pl.trust.nextExpiry }
 // Parses counts the entries parsed and verified so far: an unchanged entry
 // is parsed once, however often it is planned.
 func (pl *Planner) Parses() uint64 { return pl.parses.parses }
+
+// prewriter writes the peers a first plan accepts as Desire hands them
+// out, one write at a time, each of all that came since the last.
+type prewriter struct {
+	write   func([]Peer) error
+	mu      sync.Mutex
+	pending []Peer
+	closed  bool
+	wake    chan struct{}
+	done    chan struct{}
+	written []Peer // the peers written; after done
+	err     error  // the first write's error; after done
+}
+
+func startPrewrite(write func([]Peer) error) *prewriter {
+	w := &prewriter{write: write, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go w.run()
+	return w
+}
+
+func (w *prewriter) emit(ps []Peer) {
+	w.mu.Lock()
+	w.pending = append(w.pending, ps...)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *prewriter) run() {
+	defer close(w.done)
+	for {
+		<-w.wake
+		w.mu.Lock()
+		batch, closed := w.pending, w.closed
+		w.pending = nil
+		w.mu.Unlock()
+		if len(batch) > 0 && w.err == nil {
+			if w.err = w.write(batch); w.err == nil {
+				w.written = append(w.written, batch...)
+			}
+		}
+		if closed {
+			return
+		}
+	}
+}
+
+// wait writes what is left and returns every peer written, and the error
+// that stopped the writes.
+func (w *prewriter) wait() ([]Peer, error) {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	<-w.done
+	return w.written, w.err
+}
