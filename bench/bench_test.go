@@ -38,6 +38,7 @@ var (
 	outFlag      = flag.String("out", "", "write the report (markdown) to this file")
 	plotFlag     = flag.String("plot", "", "write the latency CDF of the largest size (PNG) to this file")
 	profileFlag  = flag.String("cpuprofile", "", "save a CPU profile of the first meshd host during the events of the largest size")
+	syncProfFlag = flag.String("sync-cpuprofile", "", "save a CPU profile of the fresh meshd host's first seconds (its initial sync) at the largest size")
 	hintFlag     = flag.String("hint-key", "meshd/hint", "meshd's consul.hint_key, written for each event by its writer (empty: no hints)")
 	paceFlag     = flag.Duration("pace", 0, "events start at least this far apart")
 	floorFlag    = flag.Bool("floor", true, "run the floor (and the hint key's timing) on every meshd host's agent; off when measuring the agent's CPU, which they would add to")

@@ -585,6 +585,21 @@ func initialSync(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin str
 	h.StartConsulClient(server)
 	start := time.Now()
 	mh := startMeshHostOn(t, h, bin, 200+n%50)
+	profiled := make(chan struct{})
+	go func() {
+		defer close(profiled)
+		if *syncProfFlag == "" {
+			return
+		}
+		for time.Since(start) < 2*time.Second { // the control socket comes up with meshd
+			if err := saveProfile(mh, "profile", 4, *syncProfFlag); err == nil {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Errorf("no profile of %s's initial sync", name)
+	}()
+	defer func() { <-profiled }()
 	tg := &target{system: Meshd, name: name, iface: mh.iface}
 	var d time.Duration
 	testlab.Eventually(t, 10*time.Minute, name+" holds every node", func() bool {

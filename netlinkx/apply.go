@@ -50,7 +50,7 @@ func (l *Link) routes(idx int) ([]netip.Prefix, error) {
 	var err error
 	// A dump interrupted by a concurrent change may be inconsistent; ask again.
 	for range 5 {
-		rs, err = netlink.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+		rs, err = l.nh.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
@@ -99,7 +99,7 @@ func (l *Link) Apply(plan peers.Plan) error {
 	added := make([]netip.Prefix, 0, len(plan.AddRoutes))
 	for _, r := range plan.AddRoutes {
 		route := &netlink.Route{LinkIndex: idx, Dst: ipNet(r), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
-		err := l.count(netlink.RouteAdd(route))
+		err := l.count(l.nh.RouteAdd(route))
 		switch {
 		case errors.Is(err, unix.EEXIST):
 			errs = append(errs, fmt.Errorf("add route %s: a route meshd did not install is in the way: %w", r, err))
@@ -203,7 +203,7 @@ func peerConfig(p peers.Peer) wgtypes.PeerConfig {
 // destination.
 func (l *Link) delRoute(idx int, p netip.Prefix) error {
 	route := &netlink.Route{LinkIndex: idx, Dst: ipNet(p), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
-	err := l.count(netlink.RouteDel(route))
+	err := l.count(l.nh.RouteDel(route))
 	if errors.Is(err, unix.ESRCH) {
 		return nil
 	}

@@ -67,8 +67,11 @@ type Options struct {
 // Link is meshd's WireGuard link. Its methods are not safe for concurrent
 // use; the control loop owns it.
 type Link struct {
-	opts   Options
-	wg     *wgctrl.Client
+	opts Options
+	wg   *wgctrl.Client
+	// nh is one rtnetlink socket for the routes: a first sync adds
+	// thousands, and a socket per request costs more than the request.
+	nh     *netlink.Handle
 	mode   Mode
 	writes atomic.Uint64
 	// index is the link's index when its mode was last detected: the same
@@ -93,11 +96,20 @@ func Open(opts Options) (*Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open wgctrl: %w", err)
 	}
-	return &Link{opts: opts, wg: wg}, nil
+	nh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		wg.Close()
+		return nil, fmt.Errorf("open rtnetlink: %w", err)
+	}
+	return &Link{opts: opts, wg: wg, nh: nh}, nil
 }
 
-// Close releases the wgctrl client. The link itself stays.
-func (l *Link) Close() error { return l.wg.Close() }
+// Close releases the wgctrl client and the rtnetlink socket. The link
+// itself stays.
+func (l *Link) Close() error {
+	l.nh.Close()
+	return l.wg.Close()
+}
 
 // Name is the interface name.
 func (l *Link) Name() string { return l.opts.Name }
@@ -367,7 +379,7 @@ func prefixOf(n net.IPNet) (netip.Prefix, bool) {
 
 // linkIndex returns the index of the link, or an error naming it.
 func (l *Link) linkIndex() (int, error) {
-	link, err := netlink.LinkByName(l.opts.Name)
+	link, err := l.nh.LinkByName(l.opts.Name)
 	if err != nil {
 		return 0, fmt.Errorf("look up %s: %w", l.opts.Name, err)
 	}
