@@ -96,7 +96,7 @@ BENCH_FLAGS ?= -sizes 1000,5000,10000 -events 32 -hosts 2 -idle 10m
 # The host's CPU per change (meshd and its agent), without the floor and
 # classic (the floor's whole-list query would count in the agent's CPU):
 # a second TestBench run, whose costs TestFleet adds up fleet-wide.
-HOST_COST_FLAGS ?= -sizes 1000,5000,10000,25000 -events 60 -pace 1s -hosts 2 -idle 10s -classic=false -floor=false -full-read-interval 10m
+HOST_COST_FLAGS ?= -sizes 1000,5000,10000,25000 -events 60 -pace 1s -hosts 2 -idle 10s -classic=false -floor=false -full-read-interval 10m -missed-sizes 10000
 # The servers' side of a fleet (bench/fleet_test.go): W simulated hosts
 # asking one server what meshd asks per change, beside hosts reading the
 # whole list per change; fleet-wide figures use TestBench's host costs.

@@ -44,7 +44,8 @@ var (
 	floorFlag    = flag.Bool("floor", true, "run the floor (and the hint key's timing) on every meshd host's agent; off when measuring the agent's CPU, which they would add to")
 	fullReadFlag = flag.Duration("full-read-interval", time.Minute, "meshd's catalog.full_read_interval (the catalog's fill, unhinted, shows at the next full read)")
 	sectionFlag  = flag.String("out-section", "", "write the results and targets alone (markdown, a section for BENCHMARKS.md) to this file")
-	missedFlag   = flag.Duration("missed-stop", 30*time.Second, "after the last size, how long a meshd host is stopped while changes it misses are made (0: no such phase)")
+	missedFlag   = flag.Duration("missed-stop", 30*time.Second, "after the last size (and those of -missed-sizes), how long a meshd host is stopped while changes it misses are made (0: no such phase)")
+	missedAtFlag = flag.String("missed-sizes", "", "comma-separated sizes after which the missed-changes phase runs too (it always runs after the last)")
 	logLevelFlag = flag.String("meshd-log-level", "warn", "log_level of the meshd hosts (their logs stay in the lab directory)")
 )
 
