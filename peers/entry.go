@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"meshd.dev/meshd/trust"
 )
 
 // Meta keys of a node's service instance (DESIGN.md "Data model").
@@ -446,18 +448,41 @@ func (c *ParseCache) parseMisses(entries []Entry, order []int, r Rules, workers 
 				if k >= len(m.done) {
 					return
 				}
-				for _, i := range order[k*parallelParse : min((k+1)*parallelParse, len(order))] {
-					if miss[i] {
-						p, err := ParseEntry(entries[i], r)
-						m.out[i] = &cachedParse{modify: entries[i].ModifyIndex, p: p, err: err}
-					}
-				}
+				chunk := order[k*parallelParse : min((k+1)*parallelParse, len(order))]
+				m.parseChunk(entries, chunk, miss, r)
 				close(m.done[k])
 			}
 		}()
 	}
 	c.parses += uint64(n)
 	return m
+}
+
+// parseChunk parses the misses among entries[chunk], verifying their
+// signatures in one batch: when the batch holds a bad one, every entry of
+// the chunk is parsed again with each signature verified alone (which
+// finds it). A chunk of valid entries costs one batch; one with a bad
+// signature costs the batch and the signatures one by one, at worst about
+// 1.6 times what verifying them alone would.
+func (m *misses) parseChunk(entries []Entry, chunk []int, miss []bool, r Rules) {
+	batch := trust.NewBatch(2 * len(chunk))
+	rb := r
+	rb.Trust = r.Trust.batched(batch)
+	for _, i := range chunk {
+		if miss[i] {
+			p, err := ParseEntry(entries[i], rb)
+			m.out[i] = &cachedParse{modify: entries[i].ModifyIndex, p: p, err: err}
+		}
+	}
+	if batch.Verify() {
+		return
+	}
+	for _, i := range chunk {
+		if miss[i] {
+			p, err := ParseEntry(entries[i], r)
+			m.out[i] = &cachedParse{modify: entries[i].ModifyIndex, p: p, err: err}
+		}
+	}
 }
 
 // wait returns the parse of entries[order[k]] the workers made, or nil

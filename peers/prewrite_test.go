@@ -52,40 +52,57 @@ func conflictedFleet(t *testing.T, n int) ([]Entry, Rules) {
 }
 
 // TestDesireChunksMatchSerial: the cache's full pass, which verifies
-// entries on every CPU chunk by chunk while it judges the chunks before,
-// comes to the verdicts of a pass without a cache, which parses each entry
-// as it judges it; the peers it hands out as it goes are exactly the
-// peers it returns.
+// entries on every CPU chunk by chunk (each chunk's signatures in one
+// batch, again one by one when the batch fails) while it judges the chunks
+// before, comes to the verdicts of a pass without a cache, which parses
+// and verifies each entry alone as it judges it; the peers it hands out
+// as it goes are exactly the peers it returns. Once with valid entries
+// only (every batch verifies), once with conflicts and bad signatures in
+// every chunk.
 func TestDesireChunksMatchSerial(t *testing.T) {
-	entries, r := conflictedFleet(t, 3*parallelParse+40)
-	want, wantRej := Desire(entries, Self{Node: "self"}, r)
-	var c ParseCache
-	var emitted []Peer
-	calls := 0
-	got, gotRej := c.desireEmit(entries, Self{Node: "self"}, r, func(ps []Peer) {
-		calls++
-		emitted = append(emitted, ps...)
-	})
-	opts := []cmp.Option{netipOpts, cmpopts.EquateEmpty()}
-	if diff := cmp.Diff(want, got, opts...); diff != "" {
-		t.Fatalf("peers (-serial +chunked):\n%s", diff)
-	}
-	if diff := cmp.Diff(wantRej, gotRej, opts...); diff != "" {
-		t.Fatalf("rejections (-serial +chunked):\n%s", diff)
-	}
-	if len(gotRej) < 10 {
-		t.Fatalf("only %d rejections: the fleet no longer has conflicts to judge", len(gotRej))
-	}
-	if c.parses != uint64(len(entries)) {
-		t.Errorf("parsed %d entries, want each of the %d once", c.parses, len(entries))
-	}
-	byNode := func(a, b Peer) int { return strings.Compare(a.Node, b.Node) }
-	slices.SortFunc(emitted, byNode)
-	if diff := cmp.Diff(got, emitted, opts...); diff != "" {
-		t.Fatalf("peers handed out (-returned +emitted):\n%s", diff)
-	}
-	if calls < 4 {
-		t.Errorf("peers handed out in %d calls, want one per chunk of %d (4)", calls, parallelParse)
+	n := 3*parallelParse + 40
+	conflicted, r := conflictedFleet(t, n)
+	f := newFleet(t, "clean")
+	for _, tc := range []struct {
+		name    string
+		entries []Entry
+		rules   Rules
+		minRej  int
+	}{
+		{"valid", benchFleet(t, f, n), f.rules(), 0},
+		{"conflicts and bad signatures", conflicted, r, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, wantRej := Desire(tc.entries, Self{Node: "self"}, tc.rules)
+			var c ParseCache
+			var emitted []Peer
+			calls := 0
+			got, gotRej := c.desireEmit(tc.entries, Self{Node: "self"}, tc.rules, func(ps []Peer) {
+				calls++
+				emitted = append(emitted, ps...)
+			})
+			opts := []cmp.Option{netipOpts, cmpopts.EquateEmpty()}
+			if diff := cmp.Diff(want, got, opts...); diff != "" {
+				t.Fatalf("peers (-serial +chunked):\n%s", diff)
+			}
+			if diff := cmp.Diff(wantRej, gotRej, opts...); diff != "" {
+				t.Fatalf("rejections (-serial +chunked):\n%s", diff)
+			}
+			if len(gotRej) < tc.minRej || len(got) < n/2 {
+				t.Fatalf("%d peers and %d rejections: the fleet no longer has what the case is about", len(got), len(gotRej))
+			}
+			if c.parses != uint64(len(tc.entries)) {
+				t.Errorf("parsed %d entries, want each of the %d once", c.parses, len(tc.entries))
+			}
+			byNode := func(a, b Peer) int { return strings.Compare(a.Node, b.Node) }
+			slices.SortFunc(emitted, byNode)
+			if diff := cmp.Diff(got, emitted, opts...); diff != "" {
+				t.Fatalf("peers handed out (-returned +emitted):\n%s", diff)
+			}
+			if calls < 4 {
+				t.Errorf("peers handed out in %d calls, want one per chunk of %d (4)", calls, parallelParse)
+			}
+		})
 	}
 }
 

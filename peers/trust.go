@@ -37,6 +37,17 @@ const (
 // credential's identity's signature over every field a peer uses.
 type Trust struct {
 	Authorities []ed25519.PublicKey
+
+	// verifier checks the signatures (nil: trust.Single); the parse
+	// workers of a first read give each chunk a trust.Batch.
+	verifier trust.Verifier
+}
+
+// batched is t verifying through b.
+func (t *Trust) batched(b *trust.Batch) *Trust {
+	c := *t
+	c.verifier = b
+	return &c
 }
 
 // Claims are the fields of p and meta (a gateway's user link) that the
@@ -94,7 +105,11 @@ func (t *Trust) verify(e Entry, p *Peer) error {
 	if err != nil {
 		return err
 	}
-	c, err := trust.CheckEntry(cred, claims, sig, t.Authorities)
+	v := t.verifier
+	if v == nil {
+		v = trust.Single{}
+	}
+	c, err := trust.CheckEntryWith(v, cred, claims, sig, t.Authorities)
 	switch {
 	case errors.Is(err, trust.ErrUntrusted):
 		return bad("untrusted", "%v", err)

@@ -99,7 +99,7 @@ func VerifyRevocation(b []byte, trusted []ed25519.PublicKey) (Revocation, error)
 	if !slices.ContainsFunc(trusted, func(k ed25519.PublicKey) bool { return k.Equal(r.Authority) }) {
 		return Revocation{}, fmt.Errorf("%w (revocation signed by %s)", ErrUntrusted, base64.StdEncoding.EncodeToString(r.Authority))
 	}
-	if !ed25519.Verify(r.Authority, append([]byte(revocationContext), b[:len(b)-ed25519.SignatureSize]...), sig) {
+	if !verify(r.Authority, append([]byte(revocationContext), b[:len(b)-ed25519.SignatureSize]...), sig) {
 		return Revocation{}, fmt.Errorf("%w: revocation", ErrBadSig)
 	}
 	return r, nil

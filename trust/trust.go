@@ -207,7 +207,7 @@ func ParseCredential(b []byte) (Credential, []byte, error) {
 // VerifyCredential parses and verifies a credential: signed by one of
 // trusted, not expired at now.
 func VerifyCredential(b []byte, trusted []ed25519.PublicKey, now time.Time) (Credential, error) {
-	c, err := checkCredential(b, trusted)
+	c, err := checkCredential(Single{}, b, trusted)
 	if err == nil && !now.Before(c.NotAfter) {
 		return Credential{}, fmt.Errorf("%w at %s", ErrExpired, c.NotAfter.Format(time.RFC3339))
 	}
@@ -215,7 +215,7 @@ func VerifyCredential(b []byte, trusted []ed25519.PublicKey, now time.Time) (Cre
 }
 
 // checkCredential is VerifyCredential without the expiry.
-func checkCredential(b []byte, trusted []ed25519.PublicKey) (Credential, error) {
+func checkCredential(v Verifier, b []byte, trusted []ed25519.PublicKey) (Credential, error) {
 	c, sig, err := ParseCredential(b)
 	if err != nil {
 		return Credential{}, err
@@ -224,7 +224,7 @@ func checkCredential(b []byte, trusted []ed25519.PublicKey) (Credential, error) 
 		return Credential{}, fmt.Errorf("%w (signed by %s)", ErrUntrusted, base64.StdEncoding.EncodeToString(c.Authority))
 	}
 	body := b[:len(b)-ed25519.SignatureSize]
-	if !ed25519.Verify(c.Authority, append([]byte(credentialContext), body...), sig) {
+	if !v.Check(c.Authority, append([]byte(credentialContext), body...), sig) {
 		return Credential{}, fmt.Errorf("%w: credential of %s", ErrBadSig, c.Node)
 	}
 	return c, nil
@@ -291,7 +291,12 @@ func VerifyEntry(credential []byte, c Claims, sig []byte, trusted []ed25519.Publ
 // caller checks (Credential.NotAfter) at each use: a verdict cached for an
 // unchanged entry holds until then.
 func CheckEntry(credential []byte, c Claims, sig []byte, trusted []ed25519.PublicKey) (Credential, error) {
-	cred, err := checkCredential(credential, trusted)
+	return CheckEntryWith(Single{}, credential, c, sig, trusted)
+}
+
+// CheckEntryWith is CheckEntry verifying the signatures through v.
+func CheckEntryWith(v Verifier, credential []byte, c Claims, sig []byte, trusted []ed25519.PublicKey) (Credential, error) {
+	cred, err := checkCredential(v, credential, trusted)
 	if err != nil {
 		return Credential{}, err
 	}
@@ -304,7 +309,7 @@ func CheckEntry(credential []byte, c Claims, sig []byte, trusted []ed25519.Publi
 	if len(c.Node) > maxNode || len(c.Endpoint.String()) > maxEndpoint {
 		return Credential{}, fmt.Errorf("%w: claims too long", ErrMalformed)
 	}
-	if len(sig) != ed25519.SignatureSize || !ed25519.Verify(cred.Identity, c.Bytes(), sig) {
+	if len(sig) != ed25519.SignatureSize || !v.Check(cred.Identity, c.Bytes(), sig) {
 		return Credential{}, fmt.Errorf("%w: entry of %s", ErrBadSig, c.Node)
 	}
 	return cred, nil

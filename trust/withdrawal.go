@@ -32,6 +32,5 @@ func (s *Signer) SignWithdrawal(serial uint64) []byte {
 // VerifyWithdrawal reports whether sig is identity's signature of node's
 // withdrawal at serial.
 func VerifyWithdrawal(identity ed25519.PublicKey, node string, serial uint64, sig []byte) bool {
-	return len(identity) == ed25519.PublicKeySize && len(sig) == ed25519.SignatureSize &&
-		ed25519.Verify(identity, WithdrawalBytes(node, serial), sig)
+	return verify(identity, WithdrawalBytes(node, serial), sig)
 }
