@@ -92,7 +92,7 @@ func New(opts Options) *Agent {
 	}
 	if opts.Link != nil {
 		// A first sync writes peers while later entries are verified.
-		a.planner.Prewrite = func(ps []peers.Peer) error { return opts.Link.Apply(peers.Plan{Upsert: ps}) }
+		a.planner.Prewrite = opts.Link.Apply
 	}
 	a.loop = loop.Loop{Reconcile: a.reconcile, Resync: opts.ResyncInterval, OnResync: a.planner.Forget}
 	return a

@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"meshd.dev/meshd/agent"
 	"meshd.dev/meshd/catalogsync"
 	"meshd.dev/meshd/control"
 	"meshd.dev/meshd/internal/testlab"
@@ -583,17 +584,19 @@ func verify(tg *target, kind string, old, s Sim) (ok bool, reads int) {
 // every node (the end of the first read that shows them all: a read of a
 // device being filled waits behind its writes); the host then leaves.
 //
-// It then times the floor of an initial sync, right after: the first
-// read of the whole list (as meshd's first read asks it) through an agent
-// started beside the host's own, which has served nothing yet, as the
-// host's agent had not when meshd started; and one bare ConfigureDevice of
-// the peers the device holds, replacing them, on the same device. warmRead
-// is a second read through the host's own agent, shown beside it: a warm
-// agent answers faster than a fresh one.
+// Its floor: the first read of the whole list (as meshd's first read asks
+// it) through an agent started just before, beside the host's own, as the
+// host's was started just before meshd; and, right after the sync, one
+// bare ConfigureDevice of the peers the device holds, replacing them, on
+// the same device. warmRead is a second read through the host's own agent,
+// shown beside it: a warm agent answers faster than a fresh one.
 func initialSync(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin string, peers, n int, others []*target) (sync, listRead, warmRead, configure time.Duration) {
 	name := fmt.Sprintf("f%d", n%100000)
+	// The floor's read: the first through an agent just started, as the
+	// host's is when meshd starts (its first seconds are slower).
 	g := lab.AddHost(fmt.Sprintf("g%d", n%100000))
 	g.StartConsulClient(server)
+	listRead = timeListRead(t, g.Netns)
 	h := lab.AddHost(name)
 	h.StartConsulClient(server)
 	start := time.Now()
@@ -614,6 +617,16 @@ func initialSync(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin str
 	}()
 	defer func() { <-profiled }()
 	tg := &target{system: Meshd, name: name, iface: mh.iface}
+	// The device is read once meshd's status shows every peer (a status
+	// request waits for a plan being written), not all along: reads of a
+	// device being filled would hold up its writes, which no one does on a
+	// real host. The read still decides.
+	testlab.Eventually(t, 10*time.Minute, name+" shows every peer in its status", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var st agent.Status
+		return control.Status(ctx, mh.sock, &st) == nil && len(st.Peers) >= peers-1
+	})
 	var d time.Duration
 	testlab.Eventually(t, 10*time.Minute, name+" holds every node", func() bool {
 		dev, end, err := tg.read()
@@ -630,7 +643,6 @@ func initialSync(t *testing.T, lab *testlab.Lab, server *testlab.Consul, bin str
 	if err != nil {
 		t.Fatal(err)
 	}
-	listRead = timeListRead(t, g.Netns)
 	warmRead = timeListRead(t, h.Netns)
 	wg, err := wgctrl.New()
 	if err != nil {
@@ -769,10 +781,11 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
   both windows, and the idle cost per minute is given beside it. Peak RSS is meshd's VmHWM. Bytes per event: what the host's underlay link received over the
   events, divided by the events (Consul RPC, gossip and everything else on that host).
 - Initial sync: a fresh meshd host with its own agent, started after the events, until the end
-  of the first device read (UAPI) that shows every node; then its floor: the first read of the
-  whole list through an agent started beside the host's (fresh, as the host's was when meshd
-  started) plus one bare ConfigureDevice of the same peers (replacing them) on the same device;
-  a second read through the host's own, warm agent is shown beside it; the host then leaves.
+  of the first device read (UAPI) that shows every node (a read waits for a write in progress:
+  the end of that read is after the last write); its floor: the first read of the whole list
+  through an agent started just before (as the host's was, right before meshd), plus one bare
+  ConfigureDevice of the same peers (replacing them) on the same device after the sync; a
+  second read through the host's own, warm agent is shown beside it; the host then leaves.
 - Idle: after the last size, the catalog untouched for ` + "`-idle`" + `: meshd's own kernel-write
   counter, and every meshd device read from outside before and after.
 `

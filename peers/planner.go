@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -35,15 +36,15 @@ type Planner struct {
 	// entries cannot grow the device without bound, and the peers the mesh
 	// had first keep their place.
 	MaxPeers int
-	// Prewrite, when set, writes peers to the kernel, like a plan's
-	// Upsert. A whole plan against a kernel that holds none of meshd's
-	// peers (a first sync) then writes the peers Desire accepts while the
-	// later entries are still being verified (the verification of
-	// thousands of signed entries overlaps the device's own work), and
-	// plans what is left against the kernel with them in it. It is called
-	// from another goroutine than Plan's, never twice at once, and always
-	// before Plan returns.
-	Prewrite func([]Peer) error
+	// Prewrite, when set, writes a plan of peers and their routes to
+	// add (Upsert and AddRoutes only). A whole plan against a kernel that
+	// holds none of meshd's peers (a first sync) then writes the peers
+	// Desire accepts, with their routes, while the later entries are still
+	// being verified (the verification of thousands of signed entries
+	// overlaps the device's own work), and plans what is left against the
+	// kernel with them in it. It is called from another goroutine than
+	// Plan's, never twice at once, and always before Plan returns.
+	Prewrite func(Plan) error
 
 	parses  ParseCache
 	desired []Peer    // of the last plan
@@ -187,7 +188,7 @@ func (pl *Planner) plan(entries []Entry, changed []string, delta bool, self Self
 		}
 		observed = &o
 		if len(o.Peers) == 0 {
-			pre = startPrewrite(pl.Prewrite)
+			pre = startPrewrite(pl.Prewrite, o.Routes)
 			emit = pre.emit
 		}
 	}
@@ -221,7 +222,7 @@ func (pl *Planner) plan(entries []Entry, changed []string, delta bool, self Self
 		switch {
 		case pre != nil:
 			written, werr := pre.wait()
-			res.Observed = Applied(*observed, Plan{Upsert: written})
+			res.Observed = Applied(*observed, written)
 			if werr != nil {
 				// Some of a write may have landed: the kernel says what.
 				res.Observed, err = observe()
@@ -446,20 +447,22 @@ func (pl *Planner) NextExpiry() time.Time { return pl.trust.nextExpiry }
 func (pl *Planner) Parses() uint64 { return pl.parses.parses }
 
 // prewriter writes the peers a first plan accepts as Desire hands them
-// out, one write at a time, each of all that came since the last.
+// out, with their routes, one write at a time, each of all that came since
+// the last.
 type prewriter struct {
-	write   func([]Peer) error
+	write   func(Plan) error
+	have    []netip.Prefix // the kernel's routes (sorted): not added again
 	mu      sync.Mutex
 	pending []Peer
 	closed  bool
 	wake    chan struct{}
 	done    chan struct{}
-	written []Peer // the peers written; after done
-	err     error  // the first write's error; after done
+	written Plan  // what was written; after done
+	err     error // the first write's error; after done
 }
 
-func startPrewrite(write func([]Peer) error) *prewriter {
-	w := &prewriter{write: write, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func startPrewrite(write func(Plan) error, have []netip.Prefix) *prewriter {
+	w := &prewriter{write: write, have: have, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go w.run()
 	return w
 }
@@ -483,8 +486,15 @@ func (w *prewriter) run() {
 		w.pending = nil
 		w.mu.Unlock()
 		if len(batch) > 0 && w.err == nil {
-			if w.err = w.write(batch); w.err == nil {
-				w.written = append(w.written, batch...)
+			p := Plan{Upsert: batch}
+			for _, peer := range batch {
+				if _, ok := slices.BinarySearchFunc(w.have, peer.Prefix, netip.Prefix.Compare); !ok {
+					p.AddRoutes = append(p.AddRoutes, peer.Prefix)
+				}
+			}
+			if w.err = w.write(p); w.err == nil {
+				w.written.Upsert = append(w.written.Upsert, p.Upsert...)
+				w.written.AddRoutes = append(w.written.AddRoutes, p.AddRoutes...)
 			}
 		}
 		if closed {
@@ -493,9 +503,9 @@ func (w *prewriter) run() {
 	}
 }
 
-// wait writes what is left and returns every peer written, and the error
-// that stopped the writes.
-func (w *prewriter) wait() ([]Peer, error) {
+// wait writes what is left and returns all that was written, and the
+// error that stopped the writes.
+func (w *prewriter) wait() (Plan, error) {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()

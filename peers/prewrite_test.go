@@ -2,7 +2,9 @@ package peers
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -119,14 +121,22 @@ type kernelOf struct {
 
 func (k *kernelOf) observe() (Observed, error) { k.reads++; return k.obs, nil }
 
-func (k *kernelOf) prewrite(ps []Peer) error {
+func (k *kernelOf) prewrite(p Plan) error {
 	k.writes++
+	if len(p.Remove)+len(p.DelRoutes) > 0 {
+		return errors.New("a write ahead of the plan removes")
+	}
+	for _, r := range p.AddRoutes {
+		if slices.Contains(k.obs.Routes, r) {
+			return fmt.Errorf("add route %s: file exists", r)
+		}
+	}
 	if k.writes == k.failAt {
-		k.obs = Applied(k.obs, Plan{Upsert: ps[:k.landed]})
+		k.obs = Applied(k.obs, Plan{Upsert: p.Upsert[:k.landed]})
 		return errors.New("device busy")
 	}
-	k.obs = Applied(k.obs, Plan{Upsert: ps})
-	k.written = append(k.written, ps...)
+	k.obs = Applied(k.obs, p)
+	k.written = append(k.written, p.Upsert...)
 	return nil
 }
 
@@ -164,6 +174,7 @@ func TestFirstPlanPrewrite(t *testing.T) {
 	}{
 		{name: "empty kernel", wantReads: 1, wantPrewritten: true},
 		{name: "first write fails, half of it landed", kernel: kernelOf{failAt: 1, landed: 7}, wantReads: 2, wantPrewritten: true},
+		{name: "kernel holds a route of a desired peer", kernel: kernelOf{obs: Observed{Routes: []netip.Prefix{want.Desired[3].Prefix}}}, wantReads: 1, wantPrewritten: true},
 		{name: "kernel holds a peer", kernel: kernelOf{obs: Observed{Peers: []KernelPeer{kernelPeer(250)}}}, wantReads: 1},
 		{name: "over the peer cap", maxPeers: 100, wantReads: 1},
 	} {
@@ -211,8 +222,11 @@ func TestFirstPlanPrewrite(t *testing.T) {
 			if tc.wantPrewritten && len(planned) >= len(upserted) {
 				t.Errorf("the plan still upserts %d of %d peers after writing ahead", len(planned), len(upserted))
 			}
-			if diff := cmp.Diff(want.Plan.AddRoutes, got.Plan.AddRoutes, opts...); diff != "" {
-				t.Fatalf("routes (-without Prewrite +with):\n%s", diff)
+			// The same for routes.
+			routes := slices.Concat(got.Plan.AddRoutes, k.obs.Routes)
+			slices.SortFunc(routes, netip.Prefix.Compare)
+			if diff := cmp.Diff(want.Plan.AddRoutes, routes, opts...); diff != "" {
+				t.Fatalf("routes (-added without Prewrite +in the kernel or planned):\n%s", diff)
 			}
 			if len(got.Plan.Remove) != 0 {
 				t.Errorf("a first plan removes %d peers", len(got.Plan.Remove))
