@@ -112,11 +112,7 @@ func (l *Link) Apply(plan peers.Plan) error {
 	l.logEach(len(added), "added routes", func(level slog.Level, i int) {
 		l.opts.Logger.Log(context.Background(), level, "added route", "prefix", added[i], "interface", l.opts.Name)
 	})
-	for _, r := range plan.DelRoutes {
-		if err := l.delRoute(idx, r); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, l.delRoutes(idx, plan.DelRoutes)...)
 	return l.removePeers(plan.Remove, errs)
 }
 
@@ -198,18 +194,25 @@ func peerConfig(p peers.Peer) wgtypes.PeerConfig {
 	return cfg
 }
 
-// delRoute deletes one of meshd's routes. The protocol is part of the
-// request, so the kernel refuses to delete a foreign route of the same
-// destination.
-func (l *Link) delRoute(idx int, p netip.Prefix) error {
-	route := &netlink.Route{LinkIndex: idx, Dst: ipNet(p), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
-	err := l.count(l.nh.RouteDel(route))
-	if errors.Is(err, unix.ESRCH) {
-		return nil
+// delRoutes deletes meshd's routes rs through link idx and logs them
+// (logEach). The protocol is part of each request, so the kernel refuses
+// to delete a foreign route of the same destination; a route already gone
+// is no error.
+func (l *Link) delRoutes(idx int, rs []netip.Prefix) []error {
+	var errs []error
+	deleted := make([]netip.Prefix, 0, len(rs))
+	for _, p := range rs {
+		route := &netlink.Route{LinkIndex: idx, Dst: ipNet(p), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
+		switch err := l.count(l.nh.RouteDel(route)); {
+		case errors.Is(err, unix.ESRCH):
+		case err != nil:
+			errs = append(errs, fmt.Errorf("delete route %s: %w", p, err))
+		default:
+			deleted = append(deleted, p)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("delete route %s: %w", p, err)
-	}
-	l.opts.Logger.Info("deleted route", "prefix", p, "interface", l.opts.Name)
-	return nil
+	l.logEach(len(deleted), "deleted routes", func(level slog.Level, i int) {
+		l.opts.Logger.Log(context.Background(), level, "deleted route", "prefix", deleted[i], "interface", l.opts.Name)
+	})
+	return errs
 }

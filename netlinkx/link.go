@@ -321,11 +321,7 @@ func (l *Link) Remove() error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, r := range routes {
-		if err := l.delRoute(link.Attrs().Index, r); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, l.delRoutes(link.Attrs().Index, routes)...)
 	if err := l.count(netlink.LinkDel(link)); err != nil {
 		errs = append(errs, fmt.Errorf("delete %s: %w", l.opts.Name, err))
 	} else {
