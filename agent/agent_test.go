@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -743,4 +745,61 @@ func TestSlowFirstReadRegistersOnce(t *testing.T) {
 	if n := h.a.Status().Registrations; n != 1 {
 		t.Errorf("registered %d times, want once", n)
 	}
+}
+
+// TestReadInFlightRegistersOnce: a list read sent before this node's
+// registration and answered well after it lacks the node's entry, and
+// says nothing about whether the entry is gone: the node registers once.
+// (A transport holds the read's answer back: nothing else makes the
+// catalog answer a read late on demand.)
+func TestReadInFlightRegistersOnce(t *testing.T) {
+	testlab.RequireRoot(t)
+	srv := testlab.StartDevConsul(t)
+	r2 := remote(t, 2)
+	if err := catalogsync.Register(context.Background(), srv.Client(t), r2); err != nil {
+		t.Fatal(err)
+	}
+	held := &heldRead{next: http.DefaultTransport, answered: make(chan struct{}), registered: make(chan struct{})}
+	c, err := api.NewClient(&api.Config{Address: srv.HTTPAddr, Token: srv.Token, HttpClient: &http.Client{Transport: held}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startWith(t, c, "wgaa", options{})
+	testlab.Eventually(t, 30*time.Second, "converged with r2", func() bool {
+		st := h.a.Status()
+		return st.Converged && len(h.kernelPeers(t)) == 1
+	})
+	if !held.held.Load() {
+		t.Fatal("the first list read was not held back")
+	}
+	time.Sleep(2 * time.Second) // past the old 1 s wait before registering again
+	if n := h.a.Status().Registrations; n != 1 {
+		t.Errorf("registered %d times, want once", n)
+	}
+}
+
+// heldRead lets the first list read of the service reach Consul, makes the
+// node's first registration wait for its answer, then hands the answer
+// (without the node) to the watch 1.5 s after the registration.
+type heldRead struct {
+	next                 http.RoundTripper
+	answered, registered chan struct{}
+	listed, reg, held    atomic.Bool
+}
+
+func (h *heldRead) RoundTrip(req *http.Request) (*http.Response, error) {
+	switch {
+	case req.Method == http.MethodGet && req.URL.Path == "/v1/health/service/meshd" && !h.listed.Swap(true):
+		resp, err := h.next.RoundTrip(req)
+		close(h.answered)
+		<-h.registered
+		time.Sleep(1500 * time.Millisecond)
+		h.held.Store(true)
+		return resp, err
+	case req.Method == http.MethodPut && req.URL.Path == "/v1/agent/service/register" && !h.reg.Swap(true):
+		<-h.answered
+		defer close(h.registered)
+		return h.next.RoundTrip(req)
+	}
+	return h.next.RoundTrip(req)
 }

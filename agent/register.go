@@ -18,6 +18,7 @@ import (
 // registrar is the state of this node's own catalog entry.
 type registrar struct {
 	last time.Time // the last registration attempt
+	at   time.Time // when the last registration (or key rotation) was written
 	// backoff is the wait before registering again while the catalog
 	// disagrees (see ensureRegistered).
 	backoff time.Duration
@@ -38,6 +39,15 @@ type rotation struct {
 	// (kickStalePeers), or zero.
 	kickAt time.Time
 }
+
+// A registration goes through the local agent, which syncs it to the
+// servers a moment later: a catalog read sent before that (registerSettle)
+// may lack it, and is not taken as the entry being gone, unless no newer
+// read has come for registerPatience.
+const (
+	registerSettle   = 2 * time.Second
+	registerPatience = 10 * time.Second
+)
 
 // ensureRegistered registers at start, and again when the catalog lacks
 // this node's entry or shows a different one (the local agent lost its
@@ -84,20 +94,26 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 				}
 			}
 		}
-		if shown != nil {
-			a.reg.rewritten++
-		}
 		if matched {
 			a.reg.backoff = 0
 			return time.Time{}
 		}
 	}
-	if snap == nil && a.reg.count > 0 {
+	if a.reg.count > 0 {
 		// Registered, and no view of the catalog yet (a first read of a
-		// large catalog takes seconds): nothing says the entry is missing,
-		// and registering it again would take it out and put it back,
-		// newest of all, for the whole fleet to see twice.
-		return time.Time{}
+		// large catalog takes seconds), or one read before the
+		// registration could show in it: nothing says the entry is
+		// missing, and registering it again would take it out and put it
+		// back, newest of all, for the whole fleet to see twice.
+		if snap == nil {
+			return time.Time{}
+		}
+		if wait := a.reg.at.Add(registerPatience); !snap.ReadAt.After(a.reg.at.Add(registerSettle)) && now.Before(wait) {
+			return wait
+		}
+	}
+	if shown != nil {
+		a.reg.rewritten++
 	}
 	if next := a.reg.last.Add(a.reg.backoff); !a.reg.last.IsZero() && now.Before(next) {
 		return next
@@ -122,6 +138,7 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 		return again
 	}
 	a.reg.count++
+	a.reg.at = time.Now()
 	a.logger.Info("registered", "service_id", a.opts.Registration.ID(), "meta", a.opts.Registration.Meta())
 	return again
 }
@@ -164,6 +181,7 @@ func (a *Agent) doRotate(ctx context.Context, key wgtypes.Key) error {
 	// The watch shows the old entry until the catalog has the new one:
 	// that is not a reason to register again (see ensureRegistered).
 	a.reg.last, a.reg.backoff = time.Now(), time.Second
+	a.reg.at = a.reg.last
 	a.reg.count++
 	a.rot.at = time.Now()
 	a.logger.Info("rotated key", "old_public_key", oldPub, "public_key", key.PublicKey())

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -121,7 +122,7 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 		case changed != nil && delivered == c.list:
 			// Over the same list: only the changed IDs' entries, not a copy
 			// of thousands.
-			out = Snapshot{Index: c.list.Index, Delta: true, Changed: changed, Entries: OverlayIDs(c.list, c.hinted, changed)}
+			out = Snapshot{Index: c.list.Index, ReadAt: c.list.ReadAt, Delta: true, Changed: changed, Entries: OverlayIDs(c.list, c.hinted, changed)}
 		default:
 			out = *Overlay(c.list, c.hinted)
 			if len(out.Entries) > 0 && &out.Entries[0] == &c.list.Entries[0] {
@@ -168,9 +169,9 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 	})
 	if c.HintKey != "" {
 		wg.Go(func() {
-			c.hintWatcher.RunHints(ctx, c.HintKey, func(h Hint) {
-				if h.ServiceID != own && c.readHint(ctx, h) {
-					send([]string{h.ServiceID})
+			c.hintWatcher.RunHints(ctx, c.HintKey, func(hs []Hint) {
+				if changed := c.readHints(ctx, own, hs); len(changed) > 0 {
+					send(changed)
 				}
 			}, c.missed)
 
@@ -221,6 +222,54 @@ func (c *Catalog) keepNewest(s *Snapshot) int {
 	c.newest = next
 	c.olderKept += uint64(kept)
 	return kept
+}
+
+// hintReaders bounds the instance reads of one batch of hints (a wake
+// that skipped many, read back from the ring) made at once.
+const hintReaders = 8
+
+// readHints reads the instances a batch of hints names (for each service
+// ID but own, as its last hint says), up to hintReaders at once, and
+// returns the service IDs whose view changed, sorted.
+func (c *Catalog) readHints(ctx context.Context, own string, hs []Hint) []string {
+	last := make(map[string]Hint, len(hs))
+	n := 0
+	for _, h := range hs {
+		if h.ServiceID != own {
+			last[h.ServiceID] = h
+			n++
+		}
+	}
+	ids := slices.Sorted(maps.Keys(last))
+	if n > len(ids) {
+		c.mu.Lock()
+		c.hints += uint64(n - len(ids)) // the earlier hints of an ID, read as its last
+		c.mu.Unlock()
+	}
+	if len(ids) == 1 {
+		if c.readHint(ctx, last[ids[0]]) {
+			return ids
+		}
+		return nil
+	}
+	changed := make([]bool, len(ids))
+	sem := make(chan struct{}, hintReaders)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			changed[i] = c.readHint(ctx, last[id])
+		})
+	}
+	wg.Wait()
+	var out []string
+	for i, id := range ids {
+		if changed[i] {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // readHint reads the instance a hint names, unless the list already has

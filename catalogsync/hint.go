@@ -36,8 +36,9 @@ import (
 // it lost changes and reads the whole list at once.
 
 // HintRing is how many of the last hints the ring under the hint key
-// keeps.
-const HintRing = 64
+// keeps: a host stopped for a minute while a change a second was made
+// reads them back (one KV read of ~30 KB) instead of the whole list.
+const HintRing = 256
 
 // Hint names one instance: the Consul node it is registered on, its
 // service ID, and the catalog index at which its writer saw the change.
@@ -268,7 +269,7 @@ func Overlay(s *Snapshot, hinted map[string]Hinted) *Snapshot {
 		return s
 	}
 	slices.Sort(ids)
-	out := &Snapshot{Index: s.Index, Entries: make([]peers.Entry, 0, len(s.Entries)+len(ids))}
+	out := &Snapshot{Index: s.Index, ReadAt: s.ReadAt, Entries: make([]peers.Entry, 0, len(s.Entries)+len(ids))}
 	i := 0
 	cmpID := func(e peers.Entry, id string) int { return strings.Compare(e.ServiceID, id) }
 	for _, id := range ids {
@@ -386,10 +387,10 @@ const maxRevocation = 1024
 // RunHints follows the hint key on the local agent until ctx is done,
 // calling deliver with every hint in order: the one there at the first
 // read, then each later one, those a wake skipped read back from the ring
-// (Sequence). lost is called, with why, when hints may have been missed
+// (Sequence) and delivered in one call with the one that woke it. lost is called, with why, when hints may have been missed
 // that the ring cannot give back. It uses the watch's blocking-query loop:
 // the same rate limit and backoff.
-func (w *Watcher) RunHints(ctx context.Context, key string, deliver func(Hint), lost func(why string)) error {
+func (w *Watcher) RunHints(ctx context.Context, key string, deliver func([]Hint), lost func(why string)) error {
 	read := func(q *api.QueryOptions) ([]byte, uint64, error) {
 		pair, meta, err := w.Client.KV().Get(key, q)
 		if err != nil {
@@ -409,6 +410,7 @@ func (w *Watcher) RunHints(ctx context.Context, key string, deliver func(Hint), 
 		}
 		prev := seq.last
 		from, gap := seq.Next(h.Seq)
+		var hs []Hint
 		switch {
 		case gap && err != nil:
 			lost(fmt.Sprintf("the hint key holds something else: %v", err))
@@ -419,36 +421,40 @@ func (w *Watcher) RunHints(ctx context.Context, key string, deliver func(Hint), 
 		case gap:
 			lost(fmt.Sprintf("hint %d came after %d", h.Seq, prev))
 		case from < h.Seq:
-			w.fill(ctx, key, index, from, h.Seq, deliver, lost)
+			hs = w.fill(ctx, key, index, from, h.Seq, lost)
 		}
 		if value != nil && err == nil {
-			deliver(h)
+			deliver(append(hs, h))
+		} else if len(hs) > 0 {
+			deliver(hs)
 		}
 	})
 }
 
-// fill delivers hints from up to but not including to, read from the
-// ring, or calls lost for the first one it no longer holds. index is the
+// fill returns hints from up to but not including to, read from the
+// ring, up to the first one it no longer holds, for which it calls lost. index is the
 // index of the key's read: the ring read waits (briefly) for a lagging
 // server to reach it, as the same transaction wrote both.
-func (w *Watcher) fill(ctx context.Context, key string, index, from, to uint64, deliver func(Hint), lost func(string)) {
+func (w *Watcher) fill(ctx context.Context, key string, index, from, to uint64, lost func(string)) []Hint {
 	q := (&api.QueryOptions{AllowStale: true, Datacenter: w.Datacenter, WaitIndex: index - 1, WaitTime: hintReadWait}).WithContext(ctx)
 	pairs, _, err := w.Client.KV().List(key+"/", q)
 	if err != nil {
 		lost(fmt.Sprintf("hints %d to %d skipped, and the ring could not be read: %v", from, to-1, err))
-		return
+		return nil
 	}
 	ring := make(map[string][]byte, len(pairs))
 	for _, p := range pairs {
 		ring[p.Key] = p.Value
 	}
 	w.setState(func(s *State) { s.RingReads++ })
+	hs := make([]Hint, 0, to-from)
 	for n := from; n < to; n++ {
 		h, err := ParseHint(ring[RingKey(key, n)])
 		if err != nil || h.Seq != n {
 			lost(fmt.Sprintf("hint %d skipped and its ring slot already holds another", n))
-			return
+			break
 		}
-		deliver(h)
+		hs = append(hs, h)
 	}
+	return hs
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,7 +222,11 @@ func TestHints(t *testing.T) {
 	got := make(chan catalogsync.Hint, 10)
 	lost := make(chan string, 10)
 	w := &catalogsync.Watcher{Client: c}
-	go w.RunHints(ctx, key, func(h catalogsync.Hint) { got <- h }, func(why string) { lost <- why })
+	go w.RunHints(ctx, key, func(hs []catalogsync.Hint) {
+		for _, h := range hs {
+			got <- h
+		}
+	}, func(why string) { lost <- why })
 	select {
 	case g := <-got:
 		if diff := cmp.Diff(old, g); diff != "" {
@@ -314,10 +319,18 @@ func TestHintRing(t *testing.T) {
 	got := make(chan catalogsync.Hint, 4*catalogsync.HintRing)
 	lost := make(chan string, 10)
 	w := &catalogsync.Watcher{Client: c, Limiter: rate.NewLimiter(rate.Every(3*time.Second), 1)}
+	var batched atomic.Int32 // deliveries of more than one hint: a wake's and the ring's
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		w.RunHints(ctx, key, func(h catalogsync.Hint) { got <- h }, func(why string) { lost <- why })
+		w.RunHints(ctx, key, func(hs []catalogsync.Hint) {
+			if len(hs) > 1 {
+				batched.Add(1)
+			}
+			for _, h := range hs {
+				got <- h
+			}
+		}, func(why string) { lost <- why })
 	}()
 	defer func() { cancel(); <-done }()
 	if h := <-got; h.ServiceID != "meshd-start" {
@@ -351,12 +364,15 @@ func TestHintRing(t *testing.T) {
 	if w.State().RingReads == 0 {
 		t.Error("no ring read counted")
 	}
+	if batched.Load() == 0 {
+		t.Error("the hints read back from the ring were not delivered with the one that woke the reader")
+	}
 
 	// More than the ring holds between two wakes (the first write wakes
 	// the reader, the rest come within its 3s pause): lost, and the last
 	// hint is still delivered.
 	var last catalogsync.Hint
-	for i := range 2 * catalogsync.HintRing {
+	for i := range catalogsync.HintRing + 8 {
 		last = write(fmt.Sprintf("meshd-x%d", i))
 	}
 	select {

@@ -27,6 +27,11 @@ var ErrStale = errors.New("catalog answer too stale")
 type Snapshot struct {
 	Index   uint64
 	Entries []peers.Entry
+	// ReadAt is when the read of the whole list under this view was sent
+	// (zero when unknown: a view saved on disk). What the view lacks was
+	// not in the catalog as that read saw it: a change made just before
+	// may be missing still (see the agent's registration check).
+	ReadAt time.Time
 	// Revocations are the values under RevocationsPrefix, unverified (the
 	// agent verifies them against its authorities).
 	Revocations [][]byte
@@ -149,12 +154,14 @@ func NextIndex(prev, got uint64) uint64 {
 // content differs from the last one delivered (the first always is).
 // deliver runs on Run's goroutine and must not block for long.
 func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
+	var sent time.Time // when the last read was sent (read and deliver run on this goroutine)
 	read := func(q *api.QueryOptions) ([]peers.Entry, uint64, error) {
 		var (
 			entries []peers.Entry
 			meta    *api.QueryMeta
 			err     error
 		)
+		sent = time.Now()
 		if w.HTTP != nil {
 			entries, meta, err = w.HTTP.Service(q.Context(), w.Service, q)
 		} else {
@@ -174,11 +181,13 @@ func (w *Watcher) Run(ctx context.Context, deliver func(Snapshot)) error {
 		}
 		return entries, meta.LastIndex, nil
 	}
-	if w.ReadEvery > 0 {
-		return w.spaced(ctx, read, func(entries []peers.Entry, index uint64) { deliver(Snapshot{Index: index, Entries: entries}) })
+	got := func(entries []peers.Entry, index uint64) {
+		deliver(Snapshot{Index: index, Entries: entries, ReadAt: sent})
 	}
-	return follow(ctx, w, "service "+w.Service, read, sameEntries,
-		func(entries []peers.Entry, index uint64) { deliver(Snapshot{Index: index, Entries: entries}) })
+	if w.ReadEvery > 0 {
+		return w.spaced(ctx, read, got)
+	}
+	return follow(ctx, w, "service "+w.Service, read, sameEntries, got)
 }
 
 // RunKV watches the KV folder prefix the same way (one blocking query, the

@@ -137,9 +137,11 @@ func (r *Runner) followRecords(ctx context.Context, l *loop.Loop) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.watcher.RunHints(ctx, ChangesKey(r.opts.Node), func(h catalogsync.Hint) {
-			if r.readRecord(ctx, h, miss, &r.recordReads) {
-				l.Mark()
+		r.watcher.RunHints(ctx, ChangesKey(r.opts.Node), func(hs []catalogsync.Hint) {
+			for _, h := range hs {
+				if r.readRecord(ctx, h, miss, &r.recordReads) {
+					l.Mark()
+				}
 			}
 		}, miss)
 	}()
