@@ -94,9 +94,16 @@ func New(opts Options) *Agent {
 		// A first sync writes peers while later entries are verified.
 		a.planner.Prewrite = opts.Link.Apply
 	}
-	a.loop = loop.Loop{Reconcile: a.reconcile, Resync: opts.ResyncInterval, OnResync: a.planner.Forget}
+	a.loop = loop.Loop{Reconcile: a.reconcile, Resync: opts.ResyncInterval, ResyncDelay: resyncDelay, OnResync: a.planner.Forget}
 	return a
 }
+
+// resyncDelay is how long the resync's read of the whole kernel (hundreds
+// of ms at tens of thousands of peers) waits after its tick: a change
+// that came at the same moment is applied first, against the kernel as
+// last read (a host continued after a stop sees every timer fire at
+// once, and its watches' answers a moment later).
+const resyncDelay = 250 * time.Millisecond
 
 // Run runs the loop until ctx is done (returning nil, with everything left
 // in place) or the node leaves (returning ErrLeft, or the leave's errors).

@@ -337,11 +337,12 @@ func TestBench(t *testing.T) {
 		// Missed changes: h1's meshd stopped for -missed-stop while
 		// simulated nodes rotate their keys (each hinted), then continued;
 		// how long until its device holds them all, with no old key left:
-		// once with fewer changes than the hint ring holds (the gap is read
-		// back from it), once with more (the whole list is read).
+		// with fewer changes than the hint ring holds (the gap is read back
+		// from it: 20, and 80, more than its old size of 64), and with more
+		// (the whole list is read).
 		if *missedFlag > 0 && *hintFlag != "" && (n == sizes[len(sizes)-1] || slices.Contains(missedSizes, n)) {
 			var at []string
-			for _, changes := range []int{20, catalogsync.HintRing + 16} {
+			for _, changes := range []int{20, 80, catalogsync.HintRing + 16} {
 				d, how := missedChanges(ctx, t, c, hosts[0], targets[0], sims, changes, *missedFlag)
 				at = append(at, fmt.Sprintf("%d changes while stopped for %s: caught up %s ms after SIGCONT (%s)", changes, missedFlag.String(), ms(d), how))
 				t.Logf("missed changes at N = %d: %s", n, at[len(at)-1])
@@ -923,6 +924,7 @@ func missedChanges(ctx context.Context, t *testing.T, c *api.Client, h *meshHost
 	time.Sleep(time.Until(stopped.Add(stop)))
 	h.proc.Signal(syscall.SIGCONT)
 	cont := time.Now()
+	t.Logf("%s continued at %s after %d changes", h.Name, cont.UTC().Format("15:04:05.000"), changes)
 	var took time.Duration
 	testlab.Eventually(t, 5*time.Minute, h.Name+" holds every change it missed", func() bool {
 		dev, err := ReadUAPI(tg.iface)

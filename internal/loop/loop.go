@@ -18,6 +18,12 @@ type Loop struct {
 	// set, runs first (to forget a model of the kernel, say).
 	Resync   time.Duration
 	OnResync func()
+	// ResyncDelay puts the resync (OnResync and its reconcile) this long
+	// after the tick: what came at the same moment is reconciled first (a
+	// process continued after a stop sees every timer fire at once, and
+	// its watches' answers a moment later). A tick during the delay is
+	// the same resync.
+	ResyncDelay time.Duration
 	// MinBackoff and MaxBackoff bound the wait after a failed reconcile
 	// (defaults 250 ms and 30 s).
 	MinBackoff, MaxBackoff time.Duration
@@ -79,6 +85,7 @@ func (l *Loop) Run(ctx context.Context) error {
 	wake.Stop()
 	defer wake.Stop()
 	failures := 0
+	var resyncWake <-chan time.Time
 	l.Mark()
 	for {
 		select {
@@ -92,10 +99,15 @@ func (l *Loop) Run(ctx context.Context) error {
 			}
 			continue
 		case <-resync:
-			if l.OnResync != nil {
-				l.OnResync()
+			if l.ResyncDelay <= 0 {
+				l.resync()
+			} else if resyncWake == nil {
+				resyncWake = time.After(l.ResyncDelay)
 			}
-			l.Mark()
+			continue
+		case <-resyncWake:
+			resyncWake = nil
+			l.resync()
 			continue
 		case <-wake.C:
 			l.Mark()
@@ -114,6 +126,14 @@ func (l *Loop) Run(ctx context.Context) error {
 			wake.Reset(max(time.Until(next), 0))
 		}
 	}
+}
+
+// resync runs OnResync and marks the loop.
+func (l *Loop) resync() {
+	if l.OnResync != nil {
+		l.OnResync()
+	}
+	l.Mark()
 }
 
 // Earliest is the earliest of deadlines, zero meaning none.

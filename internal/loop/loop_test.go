@@ -152,3 +152,34 @@ func TestEarliest(t *testing.T) {
 		}
 	}
 }
+
+// TestResyncDelay: the resync (OnResync and its reconcile) comes
+// ResyncDelay after the tick, not before, however often it ticks.
+func TestResyncDelay(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	start := time.Now()
+	var ticked atomic.Int64 // UnixNano of the first OnResync
+	var after atomic.Int64  // UnixNano of the first reconcile after it
+	l := &Loop{
+		Resync: 20 * time.Millisecond, ResyncDelay: delay,
+		OnResync: func() { ticked.CompareAndSwap(0, time.Now().UnixNano()) },
+		Reconcile: func(context.Context) (time.Time, error) {
+			if ticked.Load() != 0 {
+				after.CompareAndSwap(0, time.Now().UnixNano())
+			}
+			return time.Time{}, nil
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- l.Run(ctx) }()
+	eventually(t, "a reconcile after a resync tick", func() bool { return after.Load() != 0 })
+	cancel()
+	<-done
+	if d := time.Unix(0, ticked.Load()).Sub(start); d < 20*time.Millisecond+delay {
+		t.Errorf("the first resync came %s after the start, want at least the first tick (20ms) + %s", d, delay)
+	}
+	if after.Load() < ticked.Load() {
+		t.Error("no reconcile after the resync")
+	}
+}
