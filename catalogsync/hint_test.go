@@ -300,7 +300,8 @@ func TestHints(t *testing.T) {
 // TestHintRing: hints a reader's wake skipped come back from the ring, in
 // order; more than the ring holds is reported lost. Concurrent writers
 // each get their own number. The reader is made slow by its limiter (one
-// wake per 3s), so that writes pile up between its wakes.
+// wake per 6s), so that writes pile up between its wakes (HintRing + 8 of
+// them must fit in one pause).
 func TestHintRing(t *testing.T) {
 	testlab.RequireRoot(t)
 	c := testlab.StartDevConsul(t).Client(t)
@@ -318,7 +319,7 @@ func TestHintRing(t *testing.T) {
 	write("meshd-start")
 	got := make(chan catalogsync.Hint, 4*catalogsync.HintRing)
 	lost := make(chan string, 10)
-	w := &catalogsync.Watcher{Client: c, Limiter: rate.NewLimiter(rate.Every(3*time.Second), 1)}
+	w := &catalogsync.Watcher{Client: c, Limiter: rate.NewLimiter(rate.Every(6*time.Second), 1)}
 	var batched atomic.Int32 // deliveries of more than one hint: a wake's and the ring's
 	done := make(chan struct{})
 	go func() {
@@ -354,8 +355,8 @@ func TestHintRing(t *testing.T) {
 			seqs = append(seqs, h.Seq)
 		case why := <-lost:
 			t.Fatalf("lost with 15 hints skipped: %s", why)
-		case <-time.After(15 * time.Second):
-			t.Fatalf("after 15s, delivered %v of 15 hints", seqs)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("after 30s, delivered %v of 15 hints", seqs)
 		}
 	}
 	if want := []uint64{2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}; !slices.Equal(seqs, want) {
@@ -369,7 +370,7 @@ func TestHintRing(t *testing.T) {
 	}
 
 	// More than the ring holds between two wakes (the first write wakes
-	// the reader, the rest come within its 3s pause): lost, and the last
+	// the reader, the rest come within its 6s pause): lost, and the last
 	// hint is still delivered.
 	var last catalogsync.Hint
 	for i := range catalogsync.HintRing + 8 {
@@ -378,10 +379,10 @@ func TestHintRing(t *testing.T) {
 	select {
 	case why := <-lost:
 		t.Logf("lost: %s", why)
-	case <-time.After(15 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("more hints skipped than the ring holds, and nothing reported lost")
 	}
-	testlab.Eventually(t, 10*time.Second, "the last hint delivered", func() bool {
+	testlab.Eventually(t, 15*time.Second, "the last hint delivered", func() bool {
 		for {
 			select {
 			case h := <-got:
