@@ -91,12 +91,12 @@ kernel: deps consul promtool
 # Convergence of meshd against the classic approach (consul-template + wg
 # syncconf) and the floor (a bare blocking query), in one run: writes
 # BENCHMARKS.md and benchmarks-cdf.png; then the host's cost per change and
-# the fleet simulation. About 75 minutes on 2 cores.
+# the fleet simulation. About 110 minutes on 2 cores.
 BENCH_FLAGS ?= -sizes 1000,5000,10000 -events 32 -hosts 2 -idle 10m
 # The host's CPU per change (meshd and its agent), without the floor and
 # classic (the floor's whole-list query would count in the agent's CPU):
 # a second TestBench run, whose costs TestFleet adds up fleet-wide.
-HOST_COST_FLAGS ?= -sizes 1000,5000,10000,25000 -events 60 -pace 1s -hosts 2 -idle 10s -classic=false -floor=false -full-read-interval 10m -missed-sizes 10000
+HOST_COST_FLAGS ?= -sizes 1000,5000,10000,25000 -events 60 -pace 1s -hosts 2 -idle 10s -classic=false -floor=false -full-read-interval 10m -missed-sizes 10000 -cost-rounds 4
 # The servers' side of a fleet (bench/fleet_test.go): W simulated hosts
 # asking one server what meshd asks per change, beside hosts reading the
 # whole list per change; fleet-wide figures use TestBench's host costs.
@@ -106,7 +106,7 @@ bench: deps consul
 	mkdir -p out
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 85m -v . \
 		-args $(BENCH_FLAGS) -out ../BENCHMARKS.md -plot ../benchmarks-cdf.png
-	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 60m -v . \
+	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestBench$$' -timeout 120m -v . \
 		-args $(HOST_COST_FLAGS) -out-section ../out/host-cost.md -host-cost-out ../out/host-cost.json
 	cd bench && MESHD_CONSUL_BIN=$$(../scripts/consul-bin) $(GO) test -count=1 -run '^TestFleet$$' -timeout 60m -v . \
 		-args $(FLEET_FLAGS) -fleet-host-cost ../out/host-cost.json -fleet-out ../out/fleet.md

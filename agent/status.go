@@ -124,9 +124,11 @@ type CatalogStatus struct {
 	// HintRingReads counts reads of the hint ring (a wake skipped hints);
 	// HintGaps the times hints were missed that the ring could not give
 	// back (or a hint could not be read), each answered by a read of the
-	// whole list.
+	// whole list; HintCatchUps the reads of the entries signed since the
+	// last list that came before it (a gap the ring could not give back).
 	HintRingReads uint64 `json:"hint_ring_reads"`
 	HintGaps      uint64 `json:"hint_gaps"`
+	HintCatchUps  uint64 `json:"hint_catch_ups"`
 	// OlderKept counts instance versions a list showed older than an
 	// earlier list had (a lagging server), which were not applied.
 	OlderKept uint64 `json:"older_kept"`
@@ -242,7 +244,7 @@ func (a *Agent) catalogStatus() CatalogStatus {
 	cs.Entries = max(entries, 0)
 	cs.SnapshotInUse, cs.SnapshotSaved = fromDisk, savedAt
 	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsApplied, w.Reads
-	cs.OlderKept, cs.HintRingReads, cs.HintGaps = w.OlderKept, w.RingReads, w.Gaps
+	cs.OlderKept, cs.HintRingReads, cs.HintGaps, cs.HintCatchUps = w.OlderKept, w.RingReads, w.Gaps, w.CatchUps
 	return cs
 }
 

@@ -48,6 +48,9 @@ type Point struct {
 	// hosts). EventsWindow and IdleWindow are the two windows.
 	HostCPUPerChange, HostIdlePerMinute time.Duration
 	EventsWindow, IdleWindow            time.Duration
+	// CostRounds are the host's CPU per change over the pairs of windows
+	// of -cost-rounds (IdleRounds their idle costs per minute).
+	CostRounds, IdleRounds []time.Duration
 	// FullReadCPU is what one read of the whole list, asked for as a gap
 	// asks, cost a host (meshd and its agent; max over hosts).
 	FullReadCPU time.Duration
@@ -124,6 +127,10 @@ func WriteTables(w io.Writer, points []Point) {
 		fmt.Fprintf(w, "meshd CPU per event: %s ms; its Consul agent's: %s ms; host (meshd + agent): %s ms; host per change, minus an idle window as long: %s ms (events over %s, idle %s: %s ms a minute); one read of the whole list: %s ms; meshd peak RSS: %.1f MB. ",
 			ms(p.CPUPerEvent), ms(p.AgentCPUPerEvent), ms(p.HostCPUPerEvent), ms(p.HostCPUPerChange),
 			p.EventsWindow.Round(time.Second), p.IdleWindow.Round(time.Second), ms(p.HostIdlePerMinute), ms(p.FullReadCPU), float64(p.PeakRSS)/(1<<20))
+		if len(p.CostRounds) > 0 {
+			fmt.Fprintf(w, "Host per change over %d more pairs of windows (changes and idle, in turn), median: %s ms (rounds: %s; idle a minute: %s ms). ",
+				len(p.CostRounds), ms(median(p.CostRounds)), msList(p.CostRounds), msList(p.IdleRounds))
+		}
 		var rx []string
 		for _, h := range slices.Sorted(mapKeys(p.RxPerEvent)) {
 			rx = append(rx, fmt.Sprintf("%s %.0f", h, p.RxPerEvent[h]))
@@ -147,4 +154,30 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 			}
 		}
 	}
+}
+
+// PerChange is the host's CPU per change: the median over the rounds when
+// -cost-rounds measured them, else the one pair of windows after the
+// events.
+func (p Point) PerChange() time.Duration {
+	if len(p.CostRounds) > 0 {
+		return median(p.CostRounds)
+	}
+	return p.HostCPUPerChange
+}
+
+func median(l []time.Duration) time.Duration {
+	s := slices.Sorted(slices.Values(l))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func msList(l []time.Duration) string {
+	out := make([]string, len(l))
+	for i, d := range l {
+		out[i] = ms(d)
+	}
+	return strings.Join(out, ", ")
 }

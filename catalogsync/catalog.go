@@ -70,6 +70,7 @@ type Catalog struct {
 	hinted                         map[string]Hinted
 	hints, hintReads, hintsApplied uint64
 	gaps                           uint64                 // hints missed (RunHints' lost)
+	catchUps                       uint64                 // reads of what was signed since the list (catchUp)
 	consulNode                     string                 // the local agent's node, once known
 	send                           func(changed []string) // delivers the view, while Watch runs
 	// newest holds, by service ID, the newest version of each instance a
@@ -173,7 +174,22 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 				if changed := c.readHints(ctx, own, hs); len(changed) > 0 {
 					send(changed)
 				}
-			}, c.missed)
+			}, func(why string, skipped bool) {
+				c.count(why)
+				if !skipped {
+					// No hint there: nothing dates what may be missing.
+					c.watcher.ReadNow()
+					return
+				}
+				// What was signed since the last list first, then the
+				// whole list, the authority, once that is applied.
+				if changed := c.catchUp(ctx, own); len(changed) > 0 {
+					send(changed)
+					time.AfterFunc(catchUpSettle, c.watcher.ReadNow)
+					return
+				}
+				c.watcher.ReadNow()
+			})
 
 		})
 	}
@@ -280,6 +296,9 @@ func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
 	c.mu.Lock()
 	c.hints++
 	known := c.list != nil && h.Index <= c.list.Index
+	if hd, ok := c.hinted[h.ServiceID]; ok && h.Index <= hd.Index {
+		known = true // read since (a catch-up's read, or a later hint's)
+	}
 	c.mu.Unlock()
 	if known {
 		return false // the list already has the change
@@ -310,13 +329,18 @@ func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
 	return true
 }
 
-// missed answers hints missed (or not read) with a read of the whole list.
+// missed answers a hint not read with a read of the whole list.
 func (c *Catalog) missed(why string) {
+	c.count(why)
+	c.watcher.ReadNow()
+}
+
+// count counts and logs hints missed.
+func (c *Catalog) count(why string) {
 	c.mu.Lock()
 	c.gaps++
 	c.mu.Unlock()
 	c.Logger.Info("hints missed; reading the whole list", "why", why)
-	c.watcher.ReadNow()
 }
 
 // State is the list watch's state with the hint counters. With hints on,
@@ -329,7 +353,7 @@ func (c *Catalog) State() State {
 	c.mu.Lock()
 	st.Hints, st.HintReads, st.HintsApplied, st.OlderKept = c.hints, c.hintReads, c.hintsApplied, c.olderKept
 	hs := c.hintWatcher.State()
-	st.Gaps, st.RingReads = c.gaps, hs.RingReads
+	st.Gaps, st.RingReads, st.CatchUps = c.gaps, hs.RingReads, c.catchUps
 	c.mu.Unlock()
 	if c.HintKey != "" {
 		if hs.LastError != "" && !hs.Reachable {

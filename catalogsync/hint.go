@@ -387,10 +387,13 @@ const maxRevocation = 1024
 // RunHints follows the hint key on the local agent until ctx is done,
 // calling deliver with every hint in order: the one there at the first
 // read, then each later one, those a wake skipped read back from the ring
-// (Sequence) and delivered in one call with the one that woke it. lost is called, with why, when hints may have been missed
-// that the ring cannot give back. It uses the watch's blocking-query loop:
-// the same rate limit and backoff.
-func (w *Watcher) RunHints(ctx context.Context, key string, deliver func([]Hint), lost func(why string)) error {
+// (Sequence) and delivered in one call with the one that woke it. lost is
+// called, with why, when hints may have been missed that the ring cannot
+// give back; skipped says numbers were skipped (the reader fell behind),
+// as against a key that holds no hint (deleted, or written by something
+// that is not a meshd). It uses the watch's blocking-query loop: the same
+// rate limit and backoff.
+func (w *Watcher) RunHints(ctx context.Context, key string, deliver func([]Hint), lost func(why string, skipped bool)) error {
 	read := func(q *api.QueryOptions) ([]byte, uint64, error) {
 		pair, meta, err := w.Client.KV().Get(key, q)
 		if err != nil {
@@ -413,13 +416,13 @@ func (w *Watcher) RunHints(ctx context.Context, key string, deliver func([]Hint)
 		var hs []Hint
 		switch {
 		case gap && err != nil:
-			lost(fmt.Sprintf("the hint key holds something else: %v", err))
+			lost(fmt.Sprintf("the hint key holds something else: %v", err), false)
 			return
 		case gap && value == nil:
-			lost("the hint key was deleted")
+			lost("the hint key was deleted", false)
 			return
 		case gap:
-			lost(fmt.Sprintf("hint %d came after %d", h.Seq, prev))
+			lost(fmt.Sprintf("hint %d came after %d", h.Seq, prev), true)
 		case from < h.Seq:
 			hs = w.fill(ctx, key, index, from, h.Seq, lost)
 		}
@@ -435,11 +438,11 @@ func (w *Watcher) RunHints(ctx context.Context, key string, deliver func([]Hint)
 // ring, up to the first one it no longer holds, for which it calls lost. index is the
 // index of the key's read: the ring read waits (briefly) for a lagging
 // server to reach it, as the same transaction wrote both.
-func (w *Watcher) fill(ctx context.Context, key string, index, from, to uint64, lost func(string)) []Hint {
+func (w *Watcher) fill(ctx context.Context, key string, index, from, to uint64, lost func(string, bool)) []Hint {
 	q := (&api.QueryOptions{AllowStale: true, Datacenter: w.Datacenter, WaitIndex: index - 1, WaitTime: hintReadWait}).WithContext(ctx)
 	pairs, _, err := w.Client.KV().List(key+"/", q)
 	if err != nil {
-		lost(fmt.Sprintf("hints %d to %d skipped, and the ring could not be read: %v", from, to-1, err))
+		lost(fmt.Sprintf("hints %d to %d skipped, and the ring could not be read: %v", from, to-1, err), true)
 		return nil
 	}
 	ring := make(map[string][]byte, len(pairs))
@@ -451,7 +454,7 @@ func (w *Watcher) fill(ctx context.Context, key string, index, from, to uint64, 
 	for n := from; n < to; n++ {
 		h, err := ParseHint(ring[RingKey(key, n)])
 		if err != nil || h.Seq != n {
-			lost(fmt.Sprintf("hint %d skipped and its ring slot already holds another", n))
+			lost(fmt.Sprintf("hint %d skipped and its ring slot already holds another", n), true)
 			break
 		}
 		hs = append(hs, h)

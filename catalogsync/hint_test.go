@@ -226,7 +226,7 @@ func TestHints(t *testing.T) {
 		for _, h := range hs {
 			got <- h
 		}
-	}, func(why string) { lost <- why })
+	}, func(why string, _ bool) { lost <- why })
 	select {
 	case g := <-got:
 		if diff := cmp.Diff(old, g); diff != "" {
@@ -331,7 +331,7 @@ func TestHintRing(t *testing.T) {
 			for _, h := range hs {
 				got <- h
 			}
-		}, func(why string) { lost <- why })
+		}, func(why string, _ bool) { lost <- why })
 	}()
 	defer func() { cancel(); <-done }()
 	if h := <-got; h.ServiceID != "meshd-start" {

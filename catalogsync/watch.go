@@ -66,8 +66,9 @@ type State struct {
 	Hints, HintReads, HintsApplied uint64
 	// RingReads counts reads of the hint ring (a wake skipped hints);
 	// Gaps the times hints were missed that the ring could not give back,
-	// each answered by a read of the whole list.
-	RingReads, Gaps uint64
+	// each answered by a read of the whole list, and CatchUps the reads of
+	// what was signed since the last list that came first (Catalog).
+	RingReads, Gaps, CatchUps uint64
 	// OlderKept counts instance versions a list showed older than one an
 	// earlier list had, which the Catalog kept instead.
 	OlderKept uint64

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,8 +20,8 @@ import (
 // rotates its key and a third leaves, then continued, holds exactly the
 // catalog long before its next full read: it reads the hints it skipped
 // back from the ring, without a list read. Stopped again while more hints
-// are written than the ring holds, it knows it lost some and reads the
-// whole list at once.
+// are written than the ring holds, it knows it lost some, reads what was
+// signed since its last list (h4's new key), then the whole list.
 func TestMissedHints(t *testing.T) {
 	const extra = "removal_grace: 2s\ncatalog:\n  full_read_interval: 10m\n"
 	lab, server, nodes := startHosts(t, 3, extra)
@@ -67,11 +68,16 @@ func TestMissedHints(t *testing.T) {
 			after.Reads-before.Reads, after.HintGaps-before.HintGaps, after.HintRingReads-before.HintRingReads)
 	}
 
-	// More hints than the ring holds while h3 is stopped: h4's key
-	// rotation, then 2*HintRing hints naming nothing (h2's agent writes
-	// them, as any host's token may).
+	// More hints than the ring holds while h3 is stopped: h2's key
+	// rotation (it wakes h3's list query, whose answer waits for h3 to
+	// continue), h4's, then 2*HintRing hints naming nothing (h2's agent
+	// writes them, as any host's token may).
 	before = status(h3)
 	h3.proc.Signal(syscall.SIGSTOP)
+	if out, err := h2.Exec(meshd(t), "rotate-key", "--config", h2.config); err != nil {
+		t.Fatalf("meshd rotate-key on h2: %v: %s", err, out)
+	}
+	holds(t, h4, live, 30*time.Second)
 	if out, err := h4.Exec(meshd(t), "rotate-key", "--config", h4.config); err != nil {
 		t.Fatalf("meshd rotate-key on h4: %v: %s", err, out)
 	}
@@ -88,9 +94,21 @@ func TestMissedHints(t *testing.T) {
 	holds(t, h3, live, 20*time.Second)
 	t.Logf("h3, stopped while more hints than the ring holds were written, held the catalog %s after SIGCONT", time.Since(continued).Round(time.Millisecond))
 	after = status(h3)
-	if after.HintGaps == before.HintGaps || after.Reads == before.Reads {
-		t.Errorf("h3 caught up with %d gaps and %d list reads; want a gap answered by a list read", after.HintGaps-before.HintGaps, after.Reads-before.Reads)
+	if after.HintGaps == before.HintGaps {
+		t.Errorf("h3 caught up with %d gaps; want the gap seen", after.HintGaps-before.HintGaps)
 	}
+	// h4's new key came with the read of what was signed since h3's last
+	// list, before the whole list was read again.
+	if after.Reads > before.Reads+1 {
+		t.Errorf("h3 read the whole list %d times before it held the catalog; want only the answer in flight while stopped", after.Reads-before.Reads)
+	}
+	caught := regexp.MustCompile(`msg="caught up" .* changed=([1-9][0-9]*) `)
+	testlab.Eventually(t, 10*time.Second, "h3's catch-up read, with h4's new key", func() bool {
+		return status(h3).HintCatchUps > before.HintCatchUps && caught.MatchString(h3.proc.Log())
+	})
+	testlab.Eventually(t, 20*time.Second, "the whole list read after the catch-up", func() bool {
+		return status(h3).Reads > after.Reads
+	})
 	testlab.Eventually(t, 10*time.Second, "h3 reports the gap in its log", func() bool {
 		return strings.Contains(h3.proc.Log(), "hints missed; reading the whole list")
 	})

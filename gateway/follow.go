@@ -143,7 +143,7 @@ func (r *Runner) followRecords(ctx context.Context, l *loop.Loop) {
 					l.Mark()
 				}
 			}
-		}, miss)
+		}, func(why string, _ bool) { miss(why) })
 	}()
 	defer func() { <-done }()
 	every := orDefault(r.opts.FullReadInterval, DefaultFullReadInterval)
