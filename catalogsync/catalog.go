@@ -71,6 +71,7 @@ type Catalog struct {
 	hints, hintReads, hintsApplied uint64
 	gaps                           uint64                 // hints missed (RunHints' lost)
 	catchUps                       uint64                 // reads of what was signed since the list (catchUp)
+	lastCatchUp                    time.Time              // when the last one was sent
 	consulNode                     string                 // the local agent's node, once known
 	send                           func(changed []string) // delivers the view, while Watch runs
 	// newest holds, by service ID, the newest version of each instance a

@@ -1,6 +1,7 @@
 package catalogsync
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strconv"
@@ -32,13 +33,25 @@ const catchUpSettle = 2 * time.Second
 // is (it never removes anything); it returns the service IDs whose view
 // changed, sorted. Unsigned changes, and those dated further back, come
 // with the whole list.
+//
+// Catch-ups are spaced as the reads of the whole list a gap asks for are
+// (Watcher.ReadNowEvery): a writer that floods the hint key with skipped
+// numbers costs every host at most one of each per 5 s.
 func (c *Catalog) catchUp(ctx context.Context, own string) []string {
 	c.mu.Lock()
 	var since time.Time
 	if c.list != nil {
 		since = c.list.ReadAt
 	}
+	now := time.Now()
+	spaced := now.Sub(c.lastCatchUp) >= cmp.Or(c.watcher.ReadNowEvery, 5*time.Second)
+	if spaced && !since.IsZero() {
+		c.lastCatchUp = now
+	}
 	c.mu.Unlock()
+	if !spaced {
+		return nil
+	}
 	floor := since.Add(-catchUpMargin).UnixNano()
 	if since.IsZero() || floor <= 0 {
 		return nil // no list read yet: the whole list comes next

@@ -139,4 +139,22 @@ func TestCatchUp(t *testing.T) {
 	if st := reader.State(); st.Gaps != 1 || st.CatchUps != 1 {
 		t.Errorf("gaps %d, catch-ups %d; want 1 and 1", st.Gaps, st.CatchUps)
 	}
+
+	// A second gap within 5 s: no second catch-up (a writer flooding the
+	// hint key with skipped numbers costs one per 5 s); the whole list,
+	// as spaced, brings the change.
+	register("meshd-c", map[string]string{peers.MetaSerial: strconv.FormatInt(time.Now().UnixNano(), 10)})
+	n = len(seen())
+	gap.Seq += 10 * HintRing
+	if _, err := c.KV().Put(&api.KVPair{Key: "meshd/hint", Value: gap.Value()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testlab.Eventually(t, 15*time.Second, "meshd-c in a whole list", func() bool {
+		return slices.ContainsFunc(seen()[n:], func(s Snapshot) bool {
+			return !s.Delta && slices.ContainsFunc(s.Entries, func(e peers.Entry) bool { return e.ServiceID == "meshd-c" })
+		})
+	})
+	if st := reader.State(); st.Gaps != 2 || st.CatchUps != 1 {
+		t.Errorf("after a second gap at once: gaps %d, catch-ups %d; want 2 and 1", st.Gaps, st.CatchUps)
+	}
 }
