@@ -56,6 +56,12 @@ func TestBench(t *testing.T) {
 	lab := testlab.NewLab(t)
 	server := lab.StartConsulServer("consul")
 	c := server.Client(t)
+	if *folderFlag {
+		// As the fleet's setup does (meshd authority revoke --init).
+		if _, err := catalogsync.EnsureRevocationsFolder(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
 	bin := buildMeshd(t)
 
 	var hosts []*meshHost

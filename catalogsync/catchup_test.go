@@ -158,3 +158,60 @@ func TestCatchUp(t *testing.T) {
 		t.Errorf("after a second gap at once: gaps %d, catch-ups %d; want 2 and 1", st.Gaps, st.CatchUps)
 	}
 }
+
+// TestRevocationsFolder: against a real Consul, a host's watch of an empty
+// revocations folder returns at every KV write (here, hints); once the
+// folder key is there, hints no longer wake it, and the folder key is not
+// taken for a revocation.
+func TestRevocationsFolder(t *testing.T) {
+	c := testlab.StartDevConsul(t).Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Watcher{Client: c}
+	var mu sync.Mutex
+	var delivered [][][]byte
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		w.RunRevocations(ctx, func(v [][]byte) {
+			mu.Lock()
+			delivered = append(delivered, v)
+			mu.Unlock()
+		})
+	})
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	testlab.Eventually(t, 10*time.Second, "the first read", func() bool { return w.State().Reads > 0 })
+	hints := func() uint64 {
+		t.Helper()
+		before := w.State().Reads
+		for i := range 5 {
+			if _, err := WriteHint(ctx, c, "meshd/hint", Hint{ConsulNode: "n", ServiceID: "meshd-x" + strconv.Itoa(i), Index: 1}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond)
+		return w.State().Reads - before
+	}
+	if n := hints(); n < 5 {
+		t.Fatalf("without the folder key, 5 hints woke the watch %d times; want every one (Consul answers an empty prefix with the store's index)", n)
+	}
+	for i, want := range []bool{true, false} {
+		created, err := EnsureRevocationsFolder(ctx, c)
+		if err != nil || created != want {
+			t.Fatalf("EnsureRevocationsFolder call %d = %v, %v; want %v", i+1, created, err, want)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // the folder's own write wakes it once
+	if n := hints(); n != 0 {
+		t.Errorf("with the folder key, 5 hints woke the watch %d times; want none", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, v := range delivered {
+		if len(v) != 0 {
+			t.Errorf("delivered revocations %q; want none (the folder key is not one)", v)
+		}
+	}
+}

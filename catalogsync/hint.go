@@ -362,11 +362,19 @@ func Prune(hinted map[string]Hinted, index uint64) {
 // RevocationsPrefix, sorted by key) until ctx is done, calling deliver with
 // every new set. It uses the watch's blocking-query loop: revocations are
 // rare, so the query costs one idle long poll.
+//
+// Without the folder key (EnsureRevocationsFolder) the query returns at
+// every KV write in the datacenter; it says so once in the log.
 func (w *Watcher) RunRevocations(ctx context.Context, deliver func([][]byte)) error {
+	warned := false
 	read := func(q *api.QueryOptions) ([][]byte, uint64, error) {
 		pairs, meta, err := w.Client.KV().List(RevocationsPrefix, q)
 		if err != nil {
 			return nil, 0, err
+		}
+		if pairs == nil && !warned && w.Logger != nil {
+			warned = true
+			w.Logger.Warn("the revocations folder is missing in Consul KV: every KV write wakes this host's watch of it; create it once with `meshd authority revoke --init`", "folder", RevocationsPrefix)
 		}
 		var values [][]byte
 		for _, p := range pairs {
@@ -378,6 +386,20 @@ func (w *Watcher) RunRevocations(ctx context.Context, deliver func([][]byte)) er
 	}
 	same := func(a, b [][]byte) bool { return slices.EqualFunc(a, b, bytes.Equal) }
 	return follow(ctx, w, "revocations", read, same, func(values [][]byte, _ uint64) { deliver(values) })
+}
+
+// EnsureRevocationsFolder creates the key RevocationsPrefix itself (the
+// folder, empty), unless it is there, and reports whether it created it.
+// Consul answers a list of an empty prefix with the whole KV store's index,
+// so while the folder holds no key, every host's blocking query on it
+// returns at every KV write in the datacenter (each hint): the folder key
+// keeps the folder's own index. RunRevocations skips it (no value).
+func EnsureRevocationsFolder(ctx context.Context, c *api.Client) (bool, error) {
+	created, _, err := c.KV().CAS(&api.KVPair{Key: RevocationsPrefix, ModifyIndex: 0}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil {
+		return false, fmt.Errorf("create the revocations folder %s: %w", RevocationsPrefix, err)
+	}
+	return created, nil
 }
 
 // maxRevocation bounds a revocation's size (the largest is well under

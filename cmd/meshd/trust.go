@@ -229,7 +229,7 @@ func installCredential(cfg *config.Config, credential []byte, node string, prefi
 func newAuthorityRevokeCmd() *cobra.Command {
 	var (
 		keyFile, node, identity string
-		remove                  bool
+		remove, initFolder      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "revoke",
@@ -238,12 +238,34 @@ func newAuthorityRevokeCmd() *cobra.Command {
 			"publish it in Consul KV under " + catalogsync.RevocationsPrefix + ", where every host reads it\n" +
 			"within seconds: the node's peer and route go at once (no grace), and its entries are\n" +
 			"refused until the revocation is withdrawn (--remove). Needs a Consul token with write\n" +
-			"on that folder (hosts' tokens have read only).",
+			"on that folder (hosts' tokens have read only).\n\n" +
+			"--init only creates the folder (run it once per datacenter when setting up the fleet;\n" +
+			"every revoke does it too): while the folder holds no key, Consul answers every host's\n" +
+			"watch of it at every KV write in the datacenter.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
 			if err != nil {
 				return err
+			}
+			if initFolder {
+				if node != "" || identity != "" || remove {
+					return usage(errors.New("--init: takes no --node, --identity or --remove"))
+				}
+				consul, err := consulClient(cfg)
+				if err != nil {
+					return err
+				}
+				created, err := catalogsync.EnsureRevocationsFolder(cmd.Context(), consul)
+				if err != nil {
+					return err
+				}
+				if created {
+					fmt.Fprintf(cmd.OutOrStdout(), "created %s\n", catalogsync.RevocationsPrefix)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s is already there\n", catalogsync.RevocationsPrefix)
+				}
+				return nil
 			}
 			if (node == "") == (identity == "") {
 				return usage(errors.New("--node or --identity: give exactly one"))
@@ -260,6 +282,9 @@ func newAuthorityRevokeCmd() *cobra.Command {
 			}
 			consul, err := consulClient(cfg)
 			if err != nil {
+				return err
+			}
+			if _, err := catalogsync.EnsureRevocationsFolder(cmd.Context(), consul); err != nil {
 				return err
 			}
 			if remove {
@@ -288,6 +313,7 @@ func newAuthorityRevokeCmd() *cobra.Command {
 	cmd.Flags().StringVar(&node, "node", "", "the node to revoke")
 	cmd.Flags().StringVar(&identity, "identity", "", "the identity public key (base64) to revoke")
 	cmd.Flags().BoolVar(&remove, "remove", false, "withdraw the revocation instead")
+	cmd.Flags().BoolVar(&initFolder, "init", false, "only create the revocations folder (once per datacenter)")
 	return cmd
 }
 
