@@ -110,6 +110,21 @@ func TestAuthority(t *testing.T) {
 		t.Errorf("catalog after publish --remove: %v, %v", svcs, err)
 	}
 
+	// revoke --init creates the revocations folder, once; with --node it
+	// is refused.
+	for _, want := range []string{"created " + catalogsync.RevocationsPrefix, catalogsync.RevocationsPrefix + " is already there"} {
+		out, err := exec.Command(bin, "authority", "revoke", "--config", cfg, "--init").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != want {
+			t.Errorf("authority revoke --init: %v: %q; want %q", err, out, want)
+		}
+	}
+	if pair, _, err := cl.KV().Get(catalogsync.RevocationsPrefix, nil); err != nil || pair == nil || len(pair.Value) != 0 {
+		t.Errorf("the revocations folder key after --init: %+v, %v; want it, empty", pair, err)
+	}
+	if out, err := exec.Command(bin, "authority", "revoke", "--config", cfg, "--init", "--node", "h1").CombinedOutput(); err == nil || !strings.Contains(string(out), "--init: takes no") {
+		t.Errorf("authority revoke --init --node: %v: %s; want a refusal", err, out)
+	}
+
 	// init --authority-key: credential and trust.authorities at once.
 	h3 := newInitHost(t, "h3", consul.HTTPAddr)
 	if _, err := h3.init(t, bin, "--authority-key", trusttest.KeyFile(t, t.TempDir())); err != nil {
