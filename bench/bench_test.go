@@ -49,7 +49,8 @@ var (
 	logLevelFlag      = flag.String("meshd-log-level", "warn", "log_level of the meshd hosts (their logs stay in the lab directory)")
 	roundsFlag        = flag.Int("cost-rounds", 0, "after the events of each size, measure the host's CPU per change again over this many pairs of windows (changes, then idle as long; the next pair idle first), and report their median")
 	folderFlag        = flag.Bool("revocations-folder", true, "create the revocations folder in KV first, as a fleet's setup does (meshd authority revoke --init); without it every KV write, each hint, wakes every host's watch of it")
-	roundsChangesFlag = flag.Int("cost-round-changes", 60, "changes per window of -cost-rounds, -pace apart (at least 1s)")
+	roundsChangesFlag = flag.Int("cost-round-changes", 60, "changes per window of -cost-rounds")
+	roundsPaceFlag    = flag.Duration("cost-round-pace", time.Second, "changes of -cost-rounds start this far apart (more changes a window average the machine's noise over more)")
 )
 
 func TestMain(m *testing.M) { testlab.Main(m) }
