@@ -294,26 +294,8 @@ func TestWatchDeltas(t *testing.T) {
 	writer := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint"}
 	reader := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint", FullReadInterval: time.Hour}
 
-	var mu sync.Mutex
-	var views []Snapshot
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-	wg.Go(func() {
-		reader.Watch(ctx, ServiceID("h1"), func(s Snapshot) {
-			mu.Lock()
-			views = append(views, s)
-			mu.Unlock()
-		})
-	})
-	seen := func() []Snapshot {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(views)
-	}
+	ctx := t.Context()
+	seen := watchViews(t, reader, "h1")
 	testlab.Eventually(t, 10*time.Second, "the first list", func() bool { return len(seen()) > 0 })
 	if first := seen()[0]; first.Delta {
 		t.Fatalf("the first view is a delta: %+v", first)
@@ -340,4 +322,29 @@ func TestWatchDeltas(t *testing.T) {
 	testlab.Eventually(t, 10*time.Second, "a read of the whole list", func() bool {
 		return slices.ContainsFunc(seen()[n:], func(s Snapshot) bool { return !s.Delta })
 	})
+}
+
+// watchViews runs reader.Watch as host node until the test ends and
+// returns what it has delivered so far.
+func watchViews(t *testing.T, reader *Catalog, node string) (seen func() []Snapshot) {
+	var mu sync.Mutex
+	var views []Snapshot
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		reader.Watch(ctx, ServiceID(node), func(s Snapshot) {
+			mu.Lock()
+			views = append(views, s)
+			mu.Unlock()
+		})
+	})
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	return func() []Snapshot {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(views)
+	}
 }

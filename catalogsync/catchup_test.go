@@ -64,14 +64,6 @@ func TestAtLeast(t *testing.T) {
 func TestCatchUp(t *testing.T) {
 	c := testlab.StartDevConsul(t).Client(t)
 	reader := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint", FullReadInterval: time.Hour}
-	var mu sync.Mutex
-	var views []Snapshot
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
 	register := func(id string, meta map[string]string) {
 		t.Helper()
 		if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: "meshd", Meta: meta}); err != nil {
@@ -83,18 +75,7 @@ func TestCatchUp(t *testing.T) {
 		got, _, err := c.Health().Service("meshd", "", false, nil)
 		return err == nil && len(got) == 1
 	})
-	wg.Go(func() {
-		reader.Watch(ctx, ServiceID("h1"), func(s Snapshot) {
-			mu.Lock()
-			views = append(views, s)
-			mu.Unlock()
-		})
-	})
-	seen := func() []Snapshot {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(views)
-	}
+	seen := watchViews(t, reader, "h1")
 	testlab.Eventually(t, 10*time.Second, "the first list", func() bool { return len(seen()) > 0 })
 
 	// Changes whose hints are lost: two signed now, one signed long ago,
