@@ -369,8 +369,9 @@ func TestBench(t *testing.T) {
 	// The packets see the kernel and nothing else: with the first meshd
 	// host's agent stopped (its device runs on, in a process of its own),
 	// no event shows on that host within the window while every other
-	// target shows it, and once meshd runs again the host's device holds
-	// it. The window is 5 s: at 10,000 entries classic and the floor take
+	// target shows it (but a new endpoint, which WireGuard's roaming may
+	// bring), and once meshd runs again the host's device holds it. The
+	// window is 5 s: at 10,000 entries classic and the floor take
 	// up to a couple of seconds for any event, and every system takes that
 	// long for a leave (applied from the whole list: no hint removes).
 	for range 4 {
@@ -388,7 +389,15 @@ func TestBench(t *testing.T) {
 		}
 		for i, tg := range targets {
 			stopped := i == 0
-			if stopped != (ev.errs[i] != nil) {
+			switch {
+			case stopped && kind == "endpoint" && ev.errs[i] == nil:
+				// WireGuard roaming, not meshd: the probe's device may
+				// send from its new port (a rekey's initiation, a
+				// keepalive) within the window, and the stopped host's
+				// device then takes that endpoint. A join, a rotation
+				// and a leave have no such path.
+				t.Logf("%s with %s's meshd stopped: %s showed it after %s (the probe's device reached it from its new port)", kind, hosts[0].Name, tg.name, ev.done[i].Sub(ev.acked))
+			case stopped != (ev.errs[i] != nil):
 				t.Errorf("%s with %s's meshd stopped: %s showed it after %s (error: %v); want it shown: %t", kind, hosts[0].Name, tg.name, ev.done[i].Sub(ev.acked), ev.errs[i], !stopped)
 			}
 			if ok, _ := verify(tg, kind, ev.old, ev.s); !ok {
