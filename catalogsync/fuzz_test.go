@@ -1,12 +1,15 @@
 package catalogsync
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/hashicorp/consul/api"
 
@@ -23,6 +26,14 @@ func FuzzHTTPDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		h := &HTTP{}
 		first, err := h.decode(body)
+		// The response read through a tiny window, a byte at a time (values
+		// cut by the window's end everywhere), decodes the same, or fails
+		// the same.
+		tiny := &HTTP{win: 3}
+		bytewise, bErr := tiny.decodeFrom(iotest.OneByteReader(bytes.NewReader(body)))
+		if fmt.Sprint(err) != fmt.Sprint(bErr) || !reflect.DeepEqual(first, bytewise) {
+			t.Fatalf("read through a tiny window: %+v, %v; whole: %+v, %v", bytewise, bErr, first, err)
+		}
 		if err != nil {
 			return
 		}

@@ -1,6 +1,8 @@
 package catalogsync
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"hash/maphash"
@@ -22,13 +24,17 @@ import (
 // thousands of instances the response is megabytes of JSON per change;
 // decoding it into the API client's types costs more than everything else
 // meshd does with a change. HTTP asks for it uncompressed (the agent is
-// local) and decodes only the fields meshd uses, reusing the entry of every
-// instance whose ModifyIndex did not change.
+// local) and decodes only the fields meshd uses, as it arrives, a window
+// at a time (the response is never held whole), reusing the entry of every
+// instance whose bytes did not change.
 type HTTP struct {
 	client *http.Client
 	base   url.URL
 	token  string
-	buf    []byte
+	// buf is the read window, kept between reads; win is its size (zero:
+	// window; tests make it tiny, to cut values everywhere).
+	buf []byte
+	win int
 	// elems are the elements of the last response decoded; seed hashes
 	// them.
 	elems  []element
@@ -46,9 +52,12 @@ func NewHTTP(cfg *api.Config) *HTTP {
 // maxResponse bounds a health response: far above 100,000 instances.
 const maxResponse = 1 << 30
 
-// keptBuffer is how much larger than four times the last response the
-// read buffer may stay.
-const keptBuffer = 1 << 20
+// window is the size of the read window: many instances (about 1.5 KB
+// each when signed). It grows only for an instance larger than half of it.
+const window = 64 << 10
+
+// maxErrorBody bounds what is kept of an error response's body.
+const maxErrorBody = 4 << 10
 
 // Service reads the instances of service as q asks, returning them sorted
 // by service ID with the response's index.
@@ -83,18 +92,11 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	// One buffer serves every read: decode copies out what it keeps. After
-	// a read far smaller than the buffer (the fleet shrank, or one huge
-	// answer passed), it is dropped: the next read grows a new one to fit.
-	body, err := readAll(h.buf[:0], io.LimitReader(resp.Body, maxResponse))
-	h.buf = body
-	if cap(body) > 4*len(body)+keptBuffer {
-		h.buf = nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read %s: %w", u.Path, err)
-	}
 	if resp.StatusCode != http.StatusOK {
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		if err != nil {
+			return nil, nil, fmt.Errorf("read %s: %w", u.Path, err)
+		}
 		return nil, nil, api.StatusError{Code: resp.StatusCode, Body: strings.TrimSpace(string(body))}
 	}
 	index, err := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
@@ -108,28 +110,97 @@ func (h *HTTP) Service(ctx context.Context, service string, q *api.QueryOptions)
 		meta.LastContact = time.Duration(ms) * time.Millisecond
 	}
 	meta.KnownLeader = resp.Header.Get("X-Consul-KnownLeader") == "true"
-	entries, err := h.decode(body)
+	entries, err := h.decodeFrom(io.LimitReader(resp.Body, maxResponse))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", u.Path, err)
 	}
 	return entries, meta, nil
 }
 
-// readAll reads r to its end into buf, growing it by a quarter when full
-// (a response of megabytes would otherwise keep twice its size: a
-// bytes.Buffer doubles).
-func readAll(buf []byte, r io.Reader) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, max(cap(buf)/4, 64<<10))
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
+// stream is a window on a response being read: buf[i:] is what is read
+// and not yet taken, base the response offset of buf[0].
+type stream struct {
+	r    io.Reader
+	buf  []byte
+	i    int
+	base int64
+	err  error // the read that ended the response (io.EOF: its end)
+}
+
+// fill reads more of the response, keeping buf[keep:] (moved to the
+// front: i and keep's data shift with it), and reports whether it read
+// anything. It reads until the window is full, so that an instance
+// scanned again after a fill is scanned at most a few times; the window
+// doubles when what is kept fills half of it.
+func (st *stream) fill(keep int) bool {
+	if st.err != nil {
+		return false
+	}
+	n := copy(st.buf[:cap(st.buf)], st.buf[keep:])
+	st.base += int64(keep)
+	st.i -= keep
+	st.buf = st.buf[:n]
+	if n > cap(st.buf)/2 {
+		st.buf = slices.Grow(st.buf, max(cap(st.buf), 16))
+	}
+	read := false
+	for len(st.buf) < cap(st.buf) {
+		k, err := st.r.Read(st.buf[len(st.buf):cap(st.buf)])
+		st.buf = st.buf[:len(st.buf)+k]
+		read = read || k > 0
 		if err != nil {
-			return buf, err
+			st.err = err
+			break
+		}
+	}
+	return read
+}
+
+// need makes the window hold n bytes from i, reading more if needed; false
+// if the response ends first.
+func (st *stream) need(n int) bool {
+	for len(st.buf)-st.i < n {
+		if !st.fill(st.i) {
+			return false
+		}
+	}
+	return true
+}
+
+// readErr is the error that ended the response, if it did not just end.
+func (st *stream) readErr() error {
+	if st.err == io.EOF {
+		return nil
+	}
+	return st.err
+}
+
+// scan runs f on a scanner over the window from i, reading more and
+// running f again when it ran into the window's end (a value cut by it),
+// and moves i past what f read. f must read one whole value; a value at
+// the very end counts as whole only at the response's end (a number may
+// go on).
+func (st *stream) scan(f func(s *scanner) error) error {
+	for {
+		s := &scanner{b: st.buf, i: st.i, base: st.base}
+		err := f(s)
+		// An error this close to the end may be a value cut short (even
+		// "nu" of null): read more first.
+		cut := s.i > len(st.buf)-8
+		if err == nil && s.i < len(st.buf) || !cut {
+			if err == nil {
+				st.i = s.i
+			}
+			return err
+		}
+		took := s.i - st.i // fill moves the window's data
+		if !st.fill(st.i) {
+			if err == nil {
+				st.i += took
+			} else if rerr := st.readErr(); rerr != nil {
+				return rerr
+			}
+			return err
 		}
 	}
 }
@@ -146,18 +217,29 @@ type element struct {
 	meta, tags uint64
 }
 
-// decode parses a health response. Between two reads most of the response
-// is the same bytes: Consul writes the instances in the same order, and an
-// unchanged instance the same way. decode therefore walks the response
-// element by element and takes the entry of every element whose bytes hash
-// as those of the next elements of the last read did (within a few, so
-// that added and removed instances resync), scanning only the others (see
-// scanner): a change costs a hash of the response, not a parse of every
-// instance, and the last response need not be kept. Meta and tags of an
-// instance scanned again are taken from the last read when their bytes did
-// not change.
+// decode parses a whole health response (see decodeFrom).
 func (h *HTTP) decode(body []byte) ([]peers.Entry, error) {
-	elems, err := h.elements(body)
+	return h.decodeFrom(bytes.NewReader(body))
+}
+
+// decodeFrom parses a health response as it is read. Between two reads
+// most of the response is the same bytes: Consul writes the instances in
+// the same order, and an unchanged instance the same way. decodeFrom
+// therefore walks the response element by element and takes the entry of
+// every element whose bytes hash as those of the next elements of the
+// last read did (within a few, so that added and removed instances
+// resync), scanning only the others (see scanner): a change costs a hash
+// of the response, not a parse of every instance, and neither the last
+// response nor this one is kept. Meta and tags of an instance scanned
+// again are taken from the last read when their bytes did not change.
+func (h *HTTP) decodeFrom(r io.Reader) ([]peers.Entry, error) {
+	win := cmp.Or(h.win, window)
+	if cap(h.buf) < win || cap(h.buf) > 4*win {
+		h.buf = make([]byte, 0, win)
+	}
+	st := &stream{r: r, buf: h.buf[:0]}
+	elems, err := h.elements(st)
+	h.buf = st.buf[:0]
 	if err != nil {
 		h.elems = nil
 		return nil, err
@@ -178,32 +260,51 @@ func (h *HTTP) decode(body []byte) ([]peers.Entry, error) {
 // two reads without losing the reuse of the rest.
 const resyncWindow = 8
 
-// elements scans body's top-level array, reusing the elements of the last
-// read (h.elems) it still has.
-func (h *HTTP) elements(body []byte) ([]element, error) {
+// elements scans the response's top-level array, reusing the elements of
+// the last read (h.elems) it still has.
+func (h *HTTP) elements(st *stream) ([]element, error) {
 	if !h.seeded {
 		h.seed, h.seeded = maphash.MakeSeed(), true
 	}
 	last := h.elems
 	hash := func(b []byte) uint64 { return maphash.Bytes(h.seed, b) }
-	s := &scanner{b: body}
-	if err := s.expect('['); err != nil {
+	var sep byte // what follows an element: ',' or ']'
+	punct := func(want byte) func(s *scanner) error {
+		return func(s *scanner) error {
+			switch c := s.peek(); {
+			case c == want || want == ',' && c == ']':
+				s.i++
+				sep = c
+				return nil
+			case want == ',':
+				return fmt.Errorf("%w at byte %d: want ',' or ']'", errSyntax, s.at(s.i))
+			default:
+				return s.expect(want)
+			}
+		}
+	}
+	if err := st.scan(punct('[')); err != nil {
 		return nil, err
 	}
 	elems := make([]element, 0, len(last)+1)
-	if s.peek() == ']' {
-		s.i++
-		return elems, s.end()
+	var empty bool
+	if err := st.scan(func(s *scanner) error { empty = s.peek() == ']'; return nil }); err != nil {
+		return nil, err
+	}
+	if empty {
+		st.i++
+		return elems, st.end()
 	}
 	var byID map[string]*element
 	next, scanned := 0, 0 // next: the element of the last read expected here
 	for {
-		s.ws()
-		at := s.i
+		if err := st.scan(func(s *scanner) error { s.ws(); return nil }); err != nil {
+			return nil, err
+		}
 		reused := false
 		for k := next; k < len(last) && k < next+resyncWindow; k++ {
-			if e := last[k]; at+e.size <= len(body) && hash(body[at:at+e.size]) == e.hash {
-				elems, s.i, next, reused = append(elems, e), at+e.size, k+1, true
+			if e := last[k]; st.need(e.size) && hash(st.buf[st.i:st.i+e.size]) == e.hash {
+				elems, st.i, next, reused = append(elems, e), st.i+e.size, k+1, true
 				break
 			}
 		}
@@ -218,31 +319,41 @@ func (h *HTTP) elements(body []byte) ([]element, error) {
 					}
 				}
 			}
-			e, err := scanElement(s, hash, byID)
+			var e element
+			err := st.scan(func(s *scanner) error {
+				at := s.i
+				var err error
+				if e, err = scanElement(s, hash, byID); err == nil {
+					e.size, e.hash = s.i-at, hash(s.b[at:s.i])
+				}
+				return err
+			})
 			if err != nil {
 				return nil, err
 			}
-			e.size, e.hash = s.i-at, hash(body[at:s.i])
 			elems = append(elems, e)
 		}
-		switch s.peek() {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			return elems, s.end()
-		default:
-			return nil, fmt.Errorf("%w at byte %d: want ',' or ']'", errSyntax, s.i)
+		if err := st.scan(punct(',')); err != nil {
+			return nil, err
+		}
+		if sep == ']' {
+			return elems, st.end()
 		}
 	}
 }
 
 // end checks that nothing but white space follows the response.
-func (s *scanner) end() error {
-	if s.peek() != 0 {
-		return fmt.Errorf("%w: data after the response", errSyntax)
+func (st *stream) end() error {
+	for {
+		s := &scanner{b: st.buf, i: st.i, base: st.base}
+		if s.ws(); s.i < len(s.b) {
+			return fmt.Errorf("%w at byte %d: data after the response", errSyntax, s.at(s.i))
+		}
+		st.i = len(st.buf)
+		if !st.fill(st.i) {
+			return st.readErr()
+		}
 	}
-	return nil
 }
 
 // scanElement reads one element of the response: an instance, with its

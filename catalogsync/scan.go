@@ -24,7 +24,13 @@ type scanner struct {
 	b     []byte
 	i     int
 	depth int // objects and arrays open around the position
+	// base is where b starts in the response, for the offsets errors
+	// give (a response is read a window at a time).
+	base int64
 }
+
+// at is the response offset of b[i].
+func (s *scanner) at(i int) int64 { return s.base + int64(i) }
 
 func (s *scanner) ws() {
 	for s.i < len(s.b) {
@@ -48,7 +54,7 @@ func (s *scanner) peek() byte {
 
 func (s *scanner) expect(c byte) error {
 	if s.peek() != c {
-		return fmt.Errorf("%w at byte %d: want %q", errSyntax, s.i, c)
+		return fmt.Errorf("%w at byte %d: want %q", errSyntax, s.at(s.i), c)
 	}
 	s.i++
 	return nil
@@ -71,7 +77,7 @@ func (s *scanner) str() (raw []byte, escaped bool, err error) {
 			escaped = true
 			s.i += 2
 		case c < 0x20:
-			return nil, false, fmt.Errorf("%w at byte %d: control character in string", errSyntax, s.i)
+			return nil, false, fmt.Errorf("%w at byte %d: control character in string", errSyntax, s.at(s.i))
 		default:
 			s.i++
 		}
@@ -116,7 +122,7 @@ func (s *scanner) uint() (uint64, error) {
 	}
 	n, err := strconv.ParseUint(string(s.b[start:s.i]), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%w at byte %d: want an unsigned integer", errSyntax, start)
+		return 0, fmt.Errorf("%w at byte %d: want an unsigned integer", errSyntax, s.at(start))
 	}
 	return n, nil
 }
@@ -147,7 +153,7 @@ func (s *scanner) skip() error {
 			return nil
 		}
 		if _, err := strconv.ParseFloat(lit, 64); err != nil || lit == "" {
-			return fmt.Errorf("%w at byte %d: bad literal %q", errSyntax, start, clipBytes(lit))
+			return fmt.Errorf("%w at byte %d: bad literal %q", errSyntax, s.at(start), clipBytes(lit))
 		}
 		return nil
 	}
@@ -164,7 +170,7 @@ func (s *scanner) each(open byte, f func(key []byte) error) error {
 		return err
 	}
 	if s.depth++; s.depth > maxDepth {
-		return fmt.Errorf("%w at byte %d: nested deeper than %d", errSyntax, s.i, maxDepth)
+		return fmt.Errorf("%w at byte %d: nested deeper than %d", errSyntax, s.at(s.i), maxDepth)
 	}
 	defer func() { s.depth-- }()
 	if s.peek() == closing {
@@ -193,7 +199,7 @@ func (s *scanner) each(open byte, f func(key []byte) error) error {
 			s.i++
 			return nil
 		default:
-			return fmt.Errorf("%w at byte %d: want ',' or %q", errSyntax, s.i, closing)
+			return fmt.Errorf("%w at byte %d: want ',' or %q", errSyntax, s.at(s.i), closing)
 		}
 	}
 }

@@ -46,26 +46,27 @@ func (l *Link) Observe() (peers.Observed, error) {
 // table. Routes of other protocols, even to mesh prefixes, are not listed.
 func (l *Link) routes(idx int) ([]netip.Prefix, error) {
 	filter := &netlink.Route{LinkIndex: idx, Protocol: RouteProtocol}
-	var rs []netlink.Route
+	// The dump is taken route by route: a list of 10,000 netlink.Route
+	// values would be megabytes, held for the length of the dump.
+	var out []netip.Prefix
 	var err error
 	// A dump interrupted by a concurrent change may be inconsistent; ask again.
 	for range 5 {
-		rs, err = l.nh.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL)
+		out = out[:0]
+		err = l.nh.RouteListFilteredIter(netlink.FAMILY_V6, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL, func(r netlink.Route) bool {
+			if r.Dst != nil {
+				if p, ok := prefixOf(*r.Dst); ok {
+					out = append(out, p)
+				}
+			}
+			return true
+		})
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list routes of %s: %w", l.opts.Name, err)
-	}
-	out := make([]netip.Prefix, 0, len(rs))
-	for _, r := range rs {
-		if r.Dst == nil {
-			continue
-		}
-		if p, ok := prefixOf(*r.Dst); ok {
-			out = append(out, p)
-		}
 	}
 	return out, nil
 }
