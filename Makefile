@@ -116,10 +116,14 @@ bench: deps consul
 	  echo 'applied by a gateway holding N (`gateway`, incremental and full reconcile); real userspace'; \
 	  echo 'devices in a network namespace of their own. Then the planning cost of trust (`peers`):'; \
 	  echo 'a first plan of 10,000 entries, each parsed and, when signed, verified (two ed25519'; \
-	  echo 'verifications, spread over the CPUs), and one changed entry planned incrementally.'; echo; echo '```'; \
+	  echo 'verifications, spread over the CPUs), and one changed entry planned incrementally.'; \
+	  echo 'Last, a health response of 10,000 instances decoded as it is read (`catalogsync`): a first'; \
+	  echo 'read, and the same response again (B/op: the response is never held whole).'; echo; echo '```'; \
 	  $(GO) test -run '^$$' -bench 'BenchmarkApplyOneChanged|BenchmarkApplyOnePeer' -benchtime 50x ./netlinkx ./gateway \
 	    | grep -E '^(Benchmark|goos|goarch|cpu|ok)'; \
 	  $(GO) test -run '^$$' -bench 'BenchmarkInitialPlan|BenchmarkChangedEntry' -benchtime 20x ./peers \
+	    | grep -E '^(Benchmark|ok)'; \
+	  $(GO) test -run '^$$' -bench 'BenchmarkHTTPDecode' -benchtime 20x ./catalogsync \
 	    | grep -E '^(Benchmark|ok)'; \
 	  echo '```'; } >> BENCHMARKS.md
 	$(MAKE) --no-print-directory bench-kernel >> BENCHMARKS.md

@@ -125,6 +125,7 @@ type stream struct {
 	i    int
 	base int64
 	err  error // the read that ended the response (io.EOF: its end)
+	sc   scanner // scan's, kept here so that a scan does not allocate one
 }
 
 // fill reads more of the response, keeping buf[keep:] (moved to the
@@ -182,7 +183,8 @@ func (st *stream) readErr() error {
 // go on).
 func (st *stream) scan(f func(s *scanner) error) error {
 	for {
-		s := &scanner{b: st.buf, i: st.i, base: st.base}
+		s := &st.sc
+		*s = scanner{b: st.buf, i: st.i, base: st.base}
 		err := f(s)
 		// An error this close to the end may be a value cut short (even
 		// "nu" of null): read more first.
