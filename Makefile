@@ -53,6 +53,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzMetaRoundTrip$$' -fuzztime $(FUZZTIME) ./peers
 	$(GO) test -run '^$$' -fuzz '^FuzzSignedEntry$$' -fuzztime $(FUZZTIME) ./peers
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./snapshot
+	$(GO) test -run '^$$' -fuzz '^FuzzAppendEntry$$' -fuzztime $(FUZZTIME) ./snapshot
 	$(GO) test -run '^$$' -fuzz '^FuzzDesire$$' -fuzztime $(FUZZTIME) ./gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecode$$' -fuzztime $(FUZZTIME) ./catalogsync
 	$(GO) test -run '^$$' -fuzz '^FuzzHTTPDecodeMatchesAPI$$' -fuzztime $(FUZZTIME) ./catalogsync

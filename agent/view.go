@@ -196,7 +196,7 @@ func (a *Agent) loadSnapshot() {
 // a read is still unsaved.
 func (a *Agent) saveSnapshots(ctx context.Context, saves <-chan struct{}) {
 	var gen uint64
-	var enc snapshot.Encoder // marshals only the entries that changed
+	var enc snapshot.Encoder
 	spacing := perNodeSpacing(0)
 	save := func() {
 		var s *catalogsync.Snapshot

@@ -73,19 +73,10 @@ func encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
 	return (*Encoder)(nil).encode(w, s, savedAt)
 }
 
-// Encoder writes snapshots and keeps each entry's JSON while its
-// ModifyIndex and health stay the same, so that saving a catalog of
-// thousands of entries of which one changed marshals one (an entry is
-// about a kilobyte of JSON with its credential). Use one Encoder from one
-// goroutine; the zero value is ready.
+// Encoder writes snapshots, reusing one buffer for the entries' JSON.
+// Use one Encoder from one goroutine; the zero value is ready.
 type Encoder struct {
-	prev map[string]encoded
-}
-
-type encoded struct {
-	modify uint64
-	health string
-	b      []byte
+	buf []byte
 }
 
 // Save is the package's Save through the encoder.
@@ -98,27 +89,11 @@ func (enc *Encoder) Save(path string, s catalogsync.Snapshot, savedAt time.Time)
 	})
 }
 
-// marshal is an entry's JSON, from the cache when unchanged (a nil
-// encoder marshals every time).
-func (enc *Encoder) marshal(e peers.Entry, next map[string]encoded) ([]byte, error) {
-	if enc != nil && e.ModifyIndex != 0 {
-		if c, ok := enc.prev[e.ServiceID]; ok && c.modify == e.ModifyIndex && c.health == e.Health {
-			next[e.ServiceID] = c
-			return c.b, nil
-		}
-	}
-	b, err := json.Marshal(toFile(e))
-	if err == nil && enc != nil && e.ModifyIndex != 0 {
-		next[e.ServiceID] = encoded{e.ModifyIndex, e.Health, b}
-	}
-	return b, err
-}
-
 func (enc *Encoder) encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Time) error {
-	var next map[string]encoded
+	var buf []byte
 	if enc != nil {
-		next = make(map[string]encoded, len(s.Entries))
-		defer func() { enc.prev = next }()
+		buf = enc.buf[:0]
+		defer func() { enc.buf = buf[:0] }()
 	}
 	head, err := json.Marshal(file{Version: Version, SavedAt: savedAt.UTC(), Index: s.Index, Revocations: s.Revocations, Entries: []entry{}})
 	if err != nil {
@@ -130,16 +105,12 @@ func (enc *Encoder) encode(w io.Writer, s catalogsync.Snapshot, savedAt time.Tim
 		return err
 	}
 	for i, e := range s.Entries {
-		b, err := enc.marshal(e, next)
-		if err != nil {
-			return err
-		}
+		buf = buf[:0]
 		if i > 0 {
-			if _, err := w.Write([]byte{','}); err != nil {
-				return err
-			}
+			buf = append(buf, ',')
 		}
-		if _, err := w.Write(b); err != nil {
+		buf = appendEntry(buf, e)
+		if _, err := w.Write(buf); err != nil {
 			return err
 		}
 	}

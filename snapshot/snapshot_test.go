@@ -148,40 +148,44 @@ func TestSaveRefusesWhatLoadCannotRead(t *testing.T) {
 	}
 }
 
-// TestEncoderReuses: an Encoder writes the same bytes as Save, and after
-// one entry changed, marshals that one only (the others come from its
-// cache, keyed by ModifyIndex and health).
-func TestEncoderReuses(t *testing.T) {
-	at := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
-	s := sample
-	s.Entries = slices.Clone(sample.Entries)
-	for i := range s.Entries {
-		s.Entries[i].ModifyIndex = uint64(100 + i)
+// TestAppendEntryIsMarshal: appendEntry writes exactly json.Marshal's
+// bytes for entries with every optional field set or not, and strings that
+// need escaping (HTML characters, quotes, control characters, invalid
+// UTF-8, U+2028).
+func TestAppendEntryIsMarshal(t *testing.T) {
+	entries := append(slices.Clone(sample.Entries),
+		peers.Entry{},
+		peers.Entry{ServiceID: "meshd-x", Meta: map[string]string{}, Tags: []string{}},
+		peers.Entry{ServiceID: "a<b>&\"c\\", Meta: map[string]string{"k\n": "v\x00\xff\u2028é", "": ""}, Tags: []string{"t1", "<t2>"},
+			CreateIndex: 1<<64 - 1, ModifyIndex: 7, Health: "critical"},
+	)
+	for _, e := range entries {
+		want, err := json.Marshal(toFile(e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(string(want), string(appendEntry(nil, e))); diff != "" {
+			t.Errorf("entry %q (-marshal +appendEntry):\n%s", e.ServiceID, diff)
+		}
 	}
-	var enc Encoder
-	var got, want bytes.Buffer
-	if err := enc.encode(&got, s, at); err != nil {
-		t.Fatal(err)
-	}
-	if err := encode(&want, s, at); err != nil {
-		t.Fatal(err)
-	}
-	if got.String() != want.String() {
-		t.Fatalf("encoder output differs:\n%s\n%s", got.String(), want.String())
-	}
-	cached := enc.prev[s.Entries[1].ServiceID].b
-	s.Entries[0].Meta = map[string]string{"node": "changed"}
-	s.Entries[0].ModifyIndex = 999
-	got.Reset()
-	want.Reset()
-	if err := enc.encode(&got, s, at); err != nil {
-		t.Fatal(err)
-	}
-	encode(&want, s, at)
-	if got.String() != want.String() {
-		t.Fatalf("after a change, encoder output differs:\n%s\n%s", got.String(), want.String())
-	}
-	if &enc.prev[s.Entries[1].ServiceID].b[0] != &cached[0] {
-		t.Error("an unchanged entry was marshalled again")
-	}
+}
+
+// FuzzAppendEntry: for any strings and indexes, appendEntry writes exactly
+// what json.Marshal writes.
+func FuzzAppendEntry(f *testing.F) {
+	f.Add("meshd-h1", "public_key", "k\u00e9y\"\\/<>&\u2028", "gateway", "passing", uint64(3), uint64(9))
+	f.Add("", "", "", "", "", uint64(0), uint64(0))
+	f.Fuzz(func(t *testing.T, id, key, val, tag, health string, create, modify uint64) {
+		e := peers.Entry{ServiceID: id, Meta: map[string]string{key: val, "v": "1"}, CreateIndex: create, ModifyIndex: modify, Health: health}
+		if tag != "" {
+			e.Tags = []string{tag, tag + "x"}
+		}
+		want, err := json.Marshal(toFile(e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendEntry([]byte("x"), e); string(got) != "x"+string(want) {
+			t.Fatalf("appendEntry = %s, want %s", got[1:], want)
+		}
+	})
 }
