@@ -124,7 +124,7 @@ type stream struct {
 	buf  []byte
 	i    int
 	base int64
-	err  error // the read that ended the response (io.EOF: its end)
+	err  error   // the read that ended the response (io.EOF: its end)
 	sc   scanner // scan's, kept here so that a scan does not allocate one
 }
 
