@@ -30,6 +30,16 @@ type registrar struct {
 	// host); status reports both.
 	foreign   []string
 	rewritten uint64
+	// matched is the last entry of this node's ID found to say what the
+	// registration does (see matchesOwn).
+	matched ownMatch
+}
+
+// ownMatch is an entry of this node's ID, by its ModifyIndex, that matched
+// the registration under a serial and key.
+type ownMatch struct {
+	modify, serial uint64
+	key            wgtypes.Key
 }
 
 // rotation is the state of the last key rotation.
@@ -69,7 +79,7 @@ func (a *Agent) ensureRegistered(ctx context.Context, snap *catalogsync.Snapshot
 		for i := idRange(snap.Entries, reg.ID()); i < len(snap.Entries) && snap.Entries[i].ServiceID == reg.ID(); i++ {
 			// The same entry signed before a restart, under its serial,
 			// is this host's own: adopted, a restart writes nothing.
-			if e := snap.Entries[i]; !matched && (reg.Matches(e) || reg.Adopt(e)) {
+			if e := snap.Entries[i]; !matched && (a.matchesOwn(e) || reg.Adopt(e)) {
 				matched = true
 				continue
 			}
@@ -217,6 +227,27 @@ func (a *Agent) kickStalePeers() {
 	if err := a.opts.Link.ResetPeers(reset); err != nil {
 		a.logger.Warn("reset stale sessions after key rotation", "err", err)
 	}
+}
+
+// matchesOwn is Registration.Matches, remembered: an entry with the
+// ModifyIndex of the one that matched last is the same entry (the catalog
+// changes the index with every write to it), and it matches again while
+// the registration's serial and key are those it matched (nothing else of
+// a registration changes while meshd runs). Matching signs the entry, an
+// ed25519 signature at every reconcile otherwise.
+func (a *Agent) matchesOwn(e peers.Entry) bool {
+	reg := &a.opts.Registration
+	m := ownMatch{modify: e.ModifyIndex, serial: reg.Serial, key: reg.PublicKey}
+	if e.ModifyIndex != 0 && a.reg.matched == m {
+		return true
+	}
+	if !reg.Matches(e) {
+		return false
+	}
+	if e.ModifyIndex != 0 {
+		a.reg.matched = m
+	}
+	return true
 }
 
 // idRange is the index of the first entry of service ID id in entries
