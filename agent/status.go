@@ -116,10 +116,12 @@ type CatalogStatus struct {
 	Reads uint64 `json:"reads"`
 	// Hints counts the hints that named another node's entry; HintReads
 	// the instances they made this node read (a hint the list already has
-	// is not read); HintsApplied the reads newer than the list they went
-	// into.
+	// is not read); HintsCarried the hints whose entry came in the hint
+	// (not read); HintsApplied the reads and carried entries newer than
+	// the list they went into.
 	Hints        uint64 `json:"hints"`
 	HintReads    uint64 `json:"hint_reads"`
+	HintsCarried uint64 `json:"hints_carried"`
 	HintsApplied uint64 `json:"hints_applied"`
 	// HintRingReads counts reads of the hint ring (a wake skipped hints);
 	// HintGaps the times hints were missed that the ring could not give
@@ -243,7 +245,7 @@ func (a *Agent) catalogStatus() CatalogStatus {
 	entries, fromDisk, savedAt := a.view.info()
 	cs.Entries = max(entries, 0)
 	cs.SnapshotInUse, cs.SnapshotSaved = fromDisk, savedAt
-	cs.Hints, cs.HintReads, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsApplied, w.Reads
+	cs.Hints, cs.HintReads, cs.HintsCarried, cs.HintsApplied, cs.Reads = w.Hints, w.HintReads, w.HintsCarried, w.HintsApplied, w.Reads
 	cs.OlderKept, cs.HintRingReads, cs.HintGaps, cs.HintCatchUps = w.OlderKept, w.RingReads, w.Gaps, w.CatchUps
 	return cs
 }

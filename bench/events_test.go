@@ -97,15 +97,16 @@ func runEvent(ctx context.Context, c *api.Client, pb *probe, targets []*target, 
 	}
 	ev.acked = time.Now()
 	if *hintFlag != "" {
-		// As meshd on the changed node does (agent.writeHint): read the
-		// instance until the catalog shows the change (here at once: the
-		// write is acknowledged), then write the hint with that index.
-		// A leave carries the node's signed withdrawal, as meshd's does.
+		// As meshd on the changed node does (catalogsync.Announce): read
+		// the instance until the catalog shows the change (here at once:
+		// the write is acknowledged), then write the hint with that index,
+		// carrying the entry. A leave carries the node's signed
+		// withdrawal instead, as meshd's does.
 		h := catalogsync.Hint{ConsulNode: ev.s.Name(), ServiceID: ev.s.Registration().ID()}
 		if kind == "leave" {
 			h.Withdrawal = ev.s.Registration().Withdrawal()
 		}
-		if _, h.Index, err = catalogsync.ReadInstance(ctx, c, "meshd", h, nil); err != nil {
+		if h, err = hintFor(ctx, c, h); err != nil {
 			return ev, err
 		}
 		ev.hinted = time.Now() // the key may wake its watchers before the write returns

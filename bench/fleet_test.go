@@ -84,8 +84,9 @@ func (d *countingDialer) bytes() int64 { return d.rx.Load() + d.tx.Load() }
 
 // simHost is one simulated watching host: it asks the server exactly what
 // meshd asks through its agent per change (a blocking query on the hint
-// key, then the one instance the hint names, on the same connection), or,
-// for the comparison, a blocking query on the whole list.
+// key, and the one instance the hint names when the hint does not carry
+// it, on the same connection), or, for the comparison, a blocking query on
+// the whole list.
 type simHost struct {
 	client *http.Client
 	base   string
@@ -138,6 +139,10 @@ func (h *simHost) runHints(ctx context.Context, key string) {
 		}
 		hint, err := catalogsync.ParseHint(pairs[0].Value)
 		if err != nil || hint.Seq <= h.done.Load() {
+			continue
+		}
+		if hint.Carried != nil {
+			h.done.Store(hint.Seq) // nothing more to read
 			continue
 		}
 		// What catalogsync.ReadInstance asks: the node's services, waiting
@@ -236,8 +241,8 @@ func TestFleet(t *testing.T) {
 	const hintKey = "meshd/hint"
 	next := 0
 	// change rewrites one node's entry (a key rotation) and returns the
-	// catalog index that shows it.
-	change := func() (Sim, uint64) {
+	// catalog index that shows it, and the entry as it shows it.
+	change := func() (Sim, uint64, *peers.Entry) {
 		s := sims[next%len(sims)]
 		next++
 		k, err := wgtypes.GeneratePrivateKey()
@@ -250,13 +255,15 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 		h := catalogsync.Hint{ConsulNode: s.Name(), ServiceID: s.Registration().ID()}
+		var seen *peers.Entry
 		index, err := catalogsync.WaitInstance(ctx, c, "meshd", h, func(e *peers.Entry) bool {
+			seen = e
 			return e != nil && e.Meta[peers.MetaPublicKey] == s.Key.String()
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return s, index
+		return s, index, seen
 	}
 	cpu := func() time.Duration {
 		ps, err := readProc(server.Pid())
@@ -329,8 +336,9 @@ func TestFleet(t *testing.T) {
 	var hintPoints []fleetPoint
 	for _, w := range counts {
 		p := measure(w, *fleetChangesFlag, func(h *simHost, ctx context.Context) { h.runHints(ctx, hintKey) }, func() uint64 {
-			s, index := change()
-			h, err := catalogsync.WriteHint(ctx, c, hintKey, catalogsync.Hint{ConsulNode: s.Name(), ServiceID: s.Registration().ID(), Index: index})
+			s, index, e := change()
+			// As catalogsync.Announce writes it: carrying the entry.
+			h, err := catalogsync.WriteHint(ctx, c, hintKey, catalogsync.Hint{ConsulNode: s.Name(), ServiceID: s.Registration().ID(), Index: index, Carried: catalogsync.Carry(*e)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -341,7 +349,7 @@ func TestFleet(t *testing.T) {
 		hintPoints = append(hintPoints, p)
 	}
 	list := measure(*fleetListFlag, *fleetListChanges, func(h *simHost, ctx context.Context) { h.runList(ctx) }, func() uint64 {
-		_, index := change()
+		_, index, _ := change()
 		return index
 	})
 	t.Logf("W=%d whole list per change: server %s per change, %.0f B per change, %d errors", list.W, list.ServerPerChange, list.BytesPerChange, list.Errors)

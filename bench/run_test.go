@@ -967,13 +967,28 @@ func rotate(ctx context.Context, t *testing.T, c *api.Client, s *Sim) {
 	if *hintFlag == "" {
 		return
 	}
-	hint := catalogsync.Hint{ConsulNode: s.Name(), ServiceID: s.Registration().ID()}
-	if _, hint.Index, err = catalogsync.ReadInstance(ctx, c, "meshd", hint, nil); err != nil {
+	hint, err := hintFor(ctx, c, catalogsync.Hint{ConsulNode: s.Name(), ServiceID: s.Registration().ID()})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := catalogsync.WriteHint(ctx, c, *hintFlag, hint); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// hintFor is h as catalogsync.Announce writes it, with the index of a read
+// of its instance and, but for a leave (h carries a withdrawal), the entry
+// that read found.
+func hintFor(ctx context.Context, c *api.Client, h catalogsync.Hint) (catalogsync.Hint, error) {
+	e, index, err := catalogsync.ReadInstance(ctx, c, "meshd", h, nil)
+	if err != nil {
+		return h, err
+	}
+	h.Index = index
+	if e != nil && h.Withdrawal == nil {
+		h.Carried = catalogsync.Carry(*e)
+	}
+	return h, nil
 }
 
 // costRounds measures the host's CPU per change again over rounds pairs

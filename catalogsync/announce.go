@@ -19,14 +19,23 @@ const announceTimeout = 15 * time.Second
 // announceTimeout: peers woken by the hint read the catalog, so it must
 // have the change by then. consulNode is the local agent's node, where reg
 // is registered. w, for a leave, is reg's signed withdrawal, carried in the
-// hint.
+// hint; otherwise the hint carries the entry the catalog showed (Carry),
+// so that readers need not read it.
 func Announce(ctx context.Context, c *api.Client, key, consulNode string, reg Registration, shown func(*peers.Entry) bool, w *peers.Withdrawal) (Hint, error) {
 	ctx, cancel := context.WithTimeout(ctx, announceTimeout)
 	defer cancel()
 	h := Hint{ConsulNode: consulNode, ServiceID: reg.ID(), Withdrawal: w}
+	var seen *peers.Entry
 	var err error
-	if h.Index, err = WaitInstance(ctx, c, reg.Service, h, shown); err != nil {
+	h.Index, err = WaitInstance(ctx, c, reg.Service, h, func(e *peers.Entry) bool {
+		seen = e
+		return shown(e)
+	})
+	if err != nil {
 		return h, fmt.Errorf("the catalog did not show the change of %s: %w", reg.ID(), err)
+	}
+	if seen != nil && w == nil {
+		h.Carried = Carry(*seen)
 	}
 	return WriteHint(ctx, c, key, h)
 }

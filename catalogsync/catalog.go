@@ -69,6 +69,7 @@ type Catalog struct {
 	// is at least as new (Overlay, Prune).
 	hinted                         map[string]Hinted
 	hints, hintReads, hintsApplied uint64
+	hintsCarried                   uint64                 // hints whose entry came in the hint (takeCarried)
 	gaps                           uint64                 // hints missed (RunHints' lost)
 	catchUps                       uint64                 // reads of what was signed since the list (catchUp)
 	lastCatchUp                    time.Time              // when the last one was sent
@@ -152,7 +153,7 @@ func (c *Catalog) Watch(ctx context.Context, own string, deliver func(Snapshot))
 				c.Logger.Warn("the catalog answered with older versions of instances; keeping the newer ones", "instances", kept, "index", s.Index)
 			}
 			c.list = &s
-			Prune(c.hinted, s.Index)
+			Prune(c.hinted, s.Index, s.ReadAt, c.window())
 			c.mu.Unlock()
 			send(nil)
 		})
@@ -216,7 +217,7 @@ type seenEntry struct {
 // believed.
 func (c *Catalog) keepNewest(s *Snapshot) int {
 	now := time.Now()
-	window := max(2*c.MaxStale, time.Minute)
+	window := c.window()
 	next := make(map[string]seenEntry, len(s.Entries))
 	kept := 0
 	for i, e := range s.Entries {
@@ -241,6 +242,10 @@ func (c *Catalog) keepNewest(s *Snapshot) int {
 	return kept
 }
 
+// window is how far behind its leader a server answering a list may be:
+// twice MaxStale, at least a minute.
+func (c *Catalog) window() time.Duration { return max(2*c.MaxStale, time.Minute) }
+
 // hintReaders bounds the instance reads of one batch of hints (a wake
 // that skipped many, read back from the ring) made at once.
 const hintReaders = 8
@@ -253,6 +258,12 @@ func (c *Catalog) readHints(ctx context.Context, own string, hs []Hint) []string
 	n := 0
 	for _, h := range hs {
 		if h.ServiceID != own {
+			if _, twice := last[h.ServiceID]; twice {
+				// Which of two carried versions is the catalog's now is
+				// the catalog's to say (a writer may carry an older one
+				// after the newer): read it.
+				h.Carried = nil
+			}
 			last[h.ServiceID] = h
 			n++
 		}
@@ -294,15 +305,25 @@ func (c *Catalog) readHints(ctx context.Context, own string, hs []Hint) []string
 // whether the view changed. A read that fails makes the list be read
 // (missed).
 func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
+	if h.Carried != nil && h.Written != 0 {
+		// The hint's own index is the writer's word; Consul's index for
+		// the hint's write is above any honest one (the writer saw the
+		// change before it wrote), so the lower of the two dates the
+		// carried entry: a hint cannot keep it over the list for longer.
+		h.Index = min(h.Index, h.Written)
+	}
 	c.mu.Lock()
 	c.hints++
 	known := c.list != nil && h.Index <= c.list.Index
-	if hd, ok := c.hinted[h.ServiceID]; ok && h.Index <= hd.Index {
+	if hd, ok := c.hinted[h.ServiceID]; ok && !hd.Carried && h.Index <= hd.Index {
 		known = true // read since (a catch-up's read, or a later hint's)
 	}
 	c.mu.Unlock()
 	if known {
 		return false // the list already has the change
+	}
+	if h.Carried != nil && h.Written != 0 {
+		return c.takeCarried(h)
 	}
 	// A server answering stale reads may lag the one the writer read:
 	// wait (briefly) until it has the hint's index.
@@ -330,6 +351,36 @@ func (c *Catalog) readHint(ctx context.Context, h Hint) bool {
 	return true
 }
 
+// takeCarried keeps the entry h carries, as readHint keeps an instance it
+// read, and reports whether the view changed. h.Index is already no
+// higher than h.Written.
+//
+// Nothing the entry's signatures do not cover comes from the hint: its
+// ModifyIndex is the hint's write (a Consul index no catalog write has, so
+// the entry is parsed and verified as a new version and no parse of
+// another version is taken for it), and its CreateIndex is that of the
+// instance of the same ID the list has, else again the hint's write
+// (younger than every instance the list has: it loses every conflict over
+// a node name, key or prefix to them). Health comes from the list
+// (Overlay).
+func (c *Catalog) takeCarried(h Hint) bool {
+	e := &peers.Entry{ServiceID: h.ServiceID, Meta: h.Carried.Meta, Tags: h.Carried.Tags, CreateIndex: h.Written, ModifyIndex: h.Written}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.list != nil && h.Index <= c.list.Index {
+		return false // the list caught up meanwhile
+	}
+	if c.list != nil {
+		if i, j := idRange(c.list.Entries, h.ServiceID); i < j {
+			e.CreateIndex = c.list.Entries[i].CreateIndex
+		}
+	}
+	c.hinted[h.ServiceID] = Hinted{Entry: e, Index: h.Index, Carried: true, Taken: time.Now()}
+	c.hintsCarried++
+	c.hintsApplied++
+	return true
+}
+
 // missed answers a hint not read with a read of the whole list.
 func (c *Catalog) missed(why string) {
 	c.count(why)
@@ -352,7 +403,7 @@ func (c *Catalog) State() State {
 	c.init()
 	st := c.watcher.State()
 	c.mu.Lock()
-	st.Hints, st.HintReads, st.HintsApplied, st.OlderKept = c.hints, c.hintReads, c.hintsApplied, c.olderKept
+	st.Hints, st.HintReads, st.HintsCarried, st.HintsApplied, st.OlderKept = c.hints, c.hintReads, c.hintsCarried, c.hintsApplied, c.olderKept
 	hs := c.hintWatcher.State()
 	st.Gaps, st.RingReads, st.CatchUps = c.gaps, hs.RingReads, c.catchUps
 	c.mu.Unlock()

@@ -103,7 +103,7 @@ func (c *Catalog) newer(e peers.Entry) bool {
 	case j-i == 1 && c.list.Entries[i].ModifyIndex >= e.ModifyIndex:
 		return false
 	}
-	if h, ok := c.hinted[e.ServiceID]; ok && h.Entry != nil && h.Entry.ModifyIndex >= e.ModifyIndex {
+	if h, ok := c.hinted[e.ServiceID]; ok && !h.Carried && h.Entry != nil && h.Entry.ModifyIndex >= e.ModifyIndex {
 		return false
 	}
 	return true

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -35,6 +36,14 @@ import (
 // overwritten, or the key holds something that is not a hint), it knows
 // it lost changes and reads the whole list at once.
 
+// A hint may carry the changed entry itself (Carried): its Meta and Tags
+// as the writer saw them in the catalog, which is all the entry's
+// signatures cover. A reader then takes the entry from the hint and reads
+// nothing more, which saves the instance read through its agent at every
+// change. The carried entry is as untrusted as the catalog: the planner
+// verifies it like any other, and nothing in it dates or ranks it (see
+// Catalog.readHint: its indexes are Consul's own for the hint's write).
+
 // HintRing is how many of the last hints the ring under the hint key
 // keeps: a host stopped for a minute while a change a second was made
 // reads them back (one KV read of ~30 KB) instead of the whole list.
@@ -52,28 +61,66 @@ type Hint struct {
 	// withdrawal: the one thing the delta path may take out (Planner
 	// verifies it against the entry itself).
 	Withdrawal *peers.Withdrawal
+	// Carried, when set, is the changed entry as its writer saw it in the
+	// catalog (never with a withdrawal: that hint's instance is gone).
+	Carried *Carried
+	// Written is the index at which Consul wrote the key (or ring slot)
+	// the hint was read from: set by the reader, not part of the value.
+	Written uint64
+}
+
+// Carried is what a hint carries of an entry: its Meta and Tags.
+type Carried struct {
+	Meta map[string]string `json:"meta"`
+	Tags []string          `json:"tags,omitempty"`
+}
+
+// maxCarried bounds a carried entry's JSON (a meshd entry's is under 1.5
+// KB): a larger entry is not carried, and readers read it instead.
+const maxCarried = 6 << 10
+
+// maxHintLine bounds a hint's first line.
+const maxHintLine = 512
+
+// Carry is e as a hint carries it, or nil when it is too large to carry.
+func Carry(e peers.Entry) *Carried {
+	c := &Carried{Meta: e.Meta, Tags: e.Tags}
+	if c.Meta == nil {
+		c.Meta = map[string]string{}
+	}
+	if b, err := json.Marshal(c); err != nil || len(b) > maxCarried {
+		return nil
+	}
+	return c
 }
 
 // Value is the hint key's value: "<seq> <consul node> <service id>
 // <index>", and for a leave " <serial> <base64 signature>" of the
-// withdrawal.
+// withdrawal; with a carried entry, a newline and the entry's JSON
+// ({"meta":{...},"tags":[...]}).
 func (h Hint) Value() []byte {
 	v := strconv.FormatUint(h.Seq, 10) + " " + h.ConsulNode + " " + h.ServiceID + " " + strconv.FormatUint(h.Index, 10)
 	if w := h.Withdrawal; w != nil {
 		v += " " + strconv.FormatUint(w.Serial, 10) + " " + base64.StdEncoding.EncodeToString(w.Signature)
+	}
+	if h.Carried != nil {
+		b, _ := json.Marshal(h.Carried) // strings and a map of strings: cannot fail
+		v += "\n" + string(b)
 	}
 	return []byte(v)
 }
 
 // ParseHint reads a hint key's value: a sequence number, a Consul node
 // name, a service ID and a catalog index, and optionally a withdrawal's
-// serial and signature, separated by single spaces.
+// serial and signature, separated by single spaces; then optionally a
+// newline and a carried entry's JSON.
 func ParseHint(b []byte) (Hint, error) {
-	f := strings.Split(string(b), " ")
+	line, body, carried := bytes.Cut(b, []byte("\n"))
+	f := strings.Split(string(line), " ")
 	bad := func() (Hint, error) {
-		return Hint{}, fmt.Errorf("hint %.64q: want \"<seq> <consul node> <service id> <catalog index> [<withdrawal serial> <signature>]\"", b)
+		return Hint{}, fmt.Errorf("hint %.64q: want \"<seq> <consul node> <service id> <catalog index> [<withdrawal serial> <signature>]\", then optionally a newline and {\"meta\":{...},\"tags\":[...]} of at most %d bytes", b, maxCarried)
 	}
-	if (len(f) != 4 && len(f) != 6) || f[1] == "" || f[2] == "" || strings.ContainsAny(string(b), "\n\r\t") || len(b) > 512 {
+	if (len(f) != 4 && len(f) != 6) || f[1] == "" || f[2] == "" || bytes.ContainsAny(line, "\r\t") || len(line) > maxHintLine {
 		return bad()
 	}
 	number := func(s string) (uint64, bool) {
@@ -94,7 +141,24 @@ func ParseHint(b []byte) (Hint, error) {
 		}
 		h.Withdrawal = &peers.Withdrawal{Serial: serial, Signature: sig}
 	}
+	if carried {
+		if h.Withdrawal != nil || len(body) > maxCarried {
+			return bad()
+		}
+		var c Carried
+		d := json.NewDecoder(bytes.NewReader(body))
+		d.DisallowUnknownFields()
+		if err := d.Decode(&c); err != nil || c.Meta == nil || d.More() || !onlySpace(body[d.InputOffset():]) {
+			return bad()
+		}
+		h.Carried = &c
+	}
 	return h, nil
+}
+
+// onlySpace reports whether b holds nothing but JSON white space.
+func onlySpace(b []byte) bool {
+	return len(bytes.TrimLeft(b, " \t\r\n")) == 0
 }
 
 // RingKey is the key of the ring slot that keeps hint number seq.
@@ -240,6 +304,10 @@ type Hinted struct {
 	// Withdrawal is the leaving host's, when the hint carried one and the
 	// read found the instance gone.
 	Withdrawal *peers.Withdrawal
+	// Carried says Entry came in the hint, not from a read; Taken is when
+	// it was taken (Prune drops it after a list read sent a while later).
+	Carried bool
+	Taken   time.Time
 }
 
 // Overlay is s with the hinted instances (by service ID) that are newer
@@ -349,10 +417,15 @@ func idRange(entries []peers.Entry, id string) (i, j int) {
 }
 
 // Prune drops from hinted the reads no newer than index (the whole list
-// has caught up with them).
-func Prune(hinted map[string]Hinted, index uint64) {
+// has caught up with them), and the carried entries taken window or more
+// before readAt, the time the list's read was sent: a carried entry's
+// index is only as good as its writer's word (up to the index of the
+// hint's write, which need not be a catalog index at all), while a list
+// read sent that much later is newer than the hint, whatever its index,
+// from any server close enough to its leader to be believed (MaxStale).
+func Prune(hinted map[string]Hinted, index uint64, readAt time.Time, window time.Duration) {
 	for id, h := range hinted {
-		if h.Index <= index {
+		if h.Index <= index || h.Carried && !readAt.IsZero() && readAt.Sub(h.Taken) >= window {
 			delete(hinted, id)
 		}
 	}
@@ -416,22 +489,28 @@ const maxRevocation = 1024
 // that is not a meshd). It uses the watch's blocking-query loop: the same
 // rate limit and backoff.
 func (w *Watcher) RunHints(ctx context.Context, key string, deliver func([]Hint), lost func(why string, skipped bool)) error {
-	read := func(q *api.QueryOptions) ([]byte, uint64, error) {
+	read := func(q *api.QueryOptions) (*api.KVPair, uint64, error) {
 		pair, meta, err := w.Client.KV().Get(key, q)
 		if err != nil {
 			return nil, 0, err
 		}
-		if pair == nil {
-			return nil, meta.LastIndex, nil
-		}
-		return pair.Value, meta.LastIndex, nil
+		return pair, meta.LastIndex, nil
+	}
+	same := func(a, b *api.KVPair) bool {
+		return a == nil && b == nil || a != nil && b != nil && a.ModifyIndex == b.ModifyIndex && bytes.Equal(a.Value, b.Value)
 	}
 	var seq Sequence
-	return follow(ctx, w, "hints "+key, read, bytes.Equal, func(value []byte, index uint64) {
+	return follow(ctx, w, "hints "+key, read, same, func(pair *api.KVPair, index uint64) {
 		var h Hint
 		var err error
-		if value != nil {
+		var value []byte
+		if pair != nil {
+			value = pair.Value
+			if value == nil {
+				value = []byte{} // a key without a value is not a hint
+			}
 			h, err = ParseHint(value)
+			h.Written = pair.ModifyIndex
 		}
 		prev := seq.last
 		from, gap := seq.Next(h.Seq)
@@ -467,14 +546,19 @@ func (w *Watcher) fill(ctx context.Context, key string, index, from, to uint64, 
 		lost(fmt.Sprintf("hints %d to %d skipped, and the ring could not be read: %v", from, to-1, err), true)
 		return nil
 	}
-	ring := make(map[string][]byte, len(pairs))
+	ring := make(map[string]*api.KVPair, len(pairs))
 	for _, p := range pairs {
-		ring[p.Key] = p.Value
+		ring[p.Key] = p
 	}
 	w.setState(func(s *State) { s.RingReads++ })
 	hs := make([]Hint, 0, to-from)
 	for n := from; n < to; n++ {
-		h, err := ParseHint(ring[RingKey(key, n)])
+		var h Hint
+		err := errors.New("no slot")
+		if p := ring[RingKey(key, n)]; p != nil {
+			h, err = ParseHint(p.Value)
+			h.Written = p.ModifyIndex
+		}
 		if err != nil || h.Seq != n {
 			lost(fmt.Sprintf("hint %d skipped and its ring slot already holds another", n), true)
 			break

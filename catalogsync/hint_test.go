@@ -53,6 +53,22 @@ func TestParseHint(t *testing.T) {
 		{in: "7 node-1 meshd-h1 42 77 " + sig64[:84] + "==", wantErr: true},
 		{in: "7 node-1 meshd-h1 42 77 not-base64!", wantErr: true},
 		{in: "7 node-1 meshd-h1 42 77 " + sig64 + " x", wantErr: true},
+		// A carried entry: a newline, then its Meta and Tags as JSON.
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":{"node":"h1","v":"1"},"tags":["gw"]}`, want: catalogsync.Hint{Seq: 7, ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42,
+			Carried: &catalogsync.Carried{Meta: map[string]string{"node": "h1", "v": "1"}, Tags: []string{"gw"}}}},
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":{}}` + "\n", want: catalogsync.Hint{Seq: 7, ConsulNode: "node-1", ServiceID: "meshd-h1", Index: 42,
+			Carried: &catalogsync.Carried{Meta: map[string]string{}}}},
+		{in: "7 node-1 meshd-h1 42\n", wantErr: true},                                                         // nothing carried after the newline
+		{in: "7 node-1 meshd-h1 42\n" + `{"tags":["gw"]}`, wantErr: true},                                     // no meta
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":null}`, wantErr: true},                                       // no meta
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":{"v":1}}`, wantErr: true},                                    // a value not a string
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":{},"health":"passing"}`, wantErr: true},                      // a field not carried
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":{}} {"meta":{}}`, wantErr: true},                             // two entries
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":{}}x`, wantErr: true},                                        // data after it
+		{in: "7 node-1 meshd-h1 42\n" + `["meta"]`, wantErr: true},                                            // not an object
+		{in: "7 node-1 meshd-h1 42 77 " + sig64 + "\n" + `{"meta":{}}`, wantErr: true},                        // an entry with a withdrawal
+		{in: "7 node-1 meshd-h1 42\n" + `{"meta":{"k":"` + strings.Repeat("x", 6<<10) + `"}}`, wantErr: true}, // too large
+		{in: "7 node-1\r meshd-h1 42", wantErr: true},
 	} {
 		got, err := catalogsync.ParseHint([]byte(tc.in))
 		if (err != nil) != tc.wantErr {
@@ -70,18 +86,25 @@ func TestParseHint(t *testing.T) {
 	}
 }
 
-// FuzzParseHint: a value that parses is a hint whose value is itself.
+// FuzzParseHint: a value that parses is a hint whose value parses back
+// to the same hint, and is the value itself when it carries no entry
+// (JSON may be written more than one way).
 func FuzzParseHint(f *testing.F) {
 	f.Add([]byte("1 node-1 meshd-h1 42"))
 	f.Add([]byte("a b c d"))
 	f.Add([]byte("9 node-1 meshd-h1 42 77 " + sig64))
+	f.Add([]byte("9 node-1 meshd-h1 42\n" + `{"meta":{"node":"h1","a\u0000":"\ud800"},"tags":["x",""]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := catalogsync.ParseHint(b)
 		if err != nil {
 			return
 		}
-		if h.Seq == 0 || h.ConsulNode == "" || h.ServiceID == "" || h.Index == 0 || string(h.Value()) != string(b) {
+		if h.Seq == 0 || h.ConsulNode == "" || h.ServiceID == "" || h.Index == 0 || h.Carried == nil && string(h.Value()) != string(b) {
 			t.Fatalf("ParseHint(%q) = %+v, value %q", b, h, h.Value())
+		}
+		back, err := catalogsync.ParseHint(h.Value())
+		if err != nil || !cmp.Equal(back, h) {
+			t.Fatalf("ParseHint(%q) = %+v; its value %q parses to %+v, %v", b, h, h.Value(), back, err)
 		}
 	})
 }
@@ -193,11 +216,22 @@ func TestOverlay(t *testing.T) {
 	}
 }
 
+// TestPrune: a list drops the reads no newer than its index, and the
+// carried entries taken a window or more before the list's read was sent,
+// whatever their index.
 func TestPrune(t *testing.T) {
-	hinted := map[string]catalogsync.Hinted{"a": {Index: 5}, "b": {Index: 10}, "c": {Index: 11}}
-	catalogsync.Prune(hinted, 10)
-	if diff := cmp.Diff(map[string]catalogsync.Hinted{"c": {Index: 11}}, hinted); diff != "" {
-		t.Errorf("after Prune(10) (-want +got):\n%s", diff)
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	hinted := map[string]catalogsync.Hinted{"a": {Index: 5}, "b": {Index: 10}, "c": {Index: 11},
+		"d": {Index: 1 << 40, Carried: true, Taken: t0}, "e": {Index: 1 << 40, Carried: true, Taken: t0.Add(time.Second)},
+		"f": {Index: 1 << 40, Taken: t0}}
+	catalogsync.Prune(hinted, 10, t0.Add(time.Minute), time.Minute)
+	want := map[string]catalogsync.Hinted{"c": {Index: 11}, "e": {Index: 1 << 40, Carried: true, Taken: t0.Add(time.Second)}, "f": {Index: 1 << 40, Taken: t0}}
+	if diff := cmp.Diff(want, hinted); diff != "" {
+		t.Errorf("after Prune(10, a minute after) (-want +got):\n%s", diff)
+	}
+	catalogsync.Prune(hinted, 10, time.Time{}, time.Minute)
+	if diff := cmp.Diff(want, hinted); diff != "" {
+		t.Errorf("after Prune(10) of a list read at an unknown time (-want +got):\n%s", diff)
 	}
 }
 
@@ -227,6 +261,16 @@ func TestHints(t *testing.T) {
 			got <- h
 		}
 	}, func(why string, _ bool) { lost <- why })
+	// A delivered hint is dated by Consul's write of the key.
+	written := func() uint64 {
+		t.Helper()
+		p, _, err := c.KV().Get(key, nil)
+		if err != nil || p == nil {
+			t.Fatalf("read %s: %v", key, err)
+		}
+		return p.ModifyIndex
+	}
+	old.Written = written()
 	select {
 	case g := <-got:
 		if diff := cmp.Diff(old, g); diff != "" {
@@ -260,6 +304,7 @@ func TestHints(t *testing.T) {
 	if h, err = catalogsync.WriteHint(ctx, c, key, h); err != nil || h.Seq != 1 {
 		t.Fatalf("WriteHint over a value that is not a hint = %+v, %v; want number 1", h, err)
 	}
+	h.Written = written()
 	select {
 	case g := <-got:
 		if diff := cmp.Diff(h, g); diff != "" {

@@ -61,9 +61,10 @@ type State struct {
 	Reads, Delivered uint64
 	// Hints counts the hints that named another node's entry (Catalog);
 	// HintReads the instances they made this node read (a hint the list
-	// already has is not read); HintsApplied the reads newer than the list
-	// they went into.
-	Hints, HintReads, HintsApplied uint64
+	// already has is not read); HintsCarried the hints whose entry came in
+	// the hint itself (not read); HintsApplied the reads and carried
+	// entries newer than the list they went into.
+	Hints, HintReads, HintsCarried, HintsApplied uint64
 	// RingReads counts reads of the hint ring (a wake skipped hints);
 	// Gaps the times hints were missed that the ring could not give back,
 	// each answered by a read of the whole list, and CatchUps the reads of

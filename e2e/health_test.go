@@ -206,6 +206,7 @@ func checkMetrics(t *testing.T, n *node, peers int) {
 		{`meshd_catalog_registrations_total`, func(v float64) bool { return v == 1 }, "1"},
 		{`meshd_catalog_hints_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{`meshd_catalog_hint_reads_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
+		{`meshd_catalog_hints_carried_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{`meshd_catalog_hints_applied_total`, func(v float64) bool { return v >= 0 }, ">= 0"},
 		{`meshd_breaker_tripped`, func(v float64) bool { return v == 0 }, "0"},
 		{`meshd_snapshot_age_seconds`, func(v float64) bool { return v >= 0 && v < 600 }, "0 to 600"},

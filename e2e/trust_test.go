@@ -122,6 +122,96 @@ func TestTrustAttacks(t *testing.T) {
 		checkH3("after the rewrite")
 	})
 
+	t.Run("entries carried in hints", func(t *testing.T) {
+		// h1 writes hints that carry h2's entry themselves, claiming an
+		// index far ahead of the catalog's: forged (h1's key and
+		// endpoint), then h2's own, signed by h2 at a serial below the one
+		// h3 holds (captured earlier, say). Neither verifies as new.
+		holdsH2 := func() bool {
+			st, err := h3.status(t)
+			if err != nil {
+				return false
+			}
+			for _, p := range st.Peers {
+				if p.ServiceID == "meshd-h2" && p.State == agent.PeerRejected {
+					return false
+				}
+			}
+			return true
+		}
+		testlab.Eventually(t, 30*time.Second, "h3 holds h2's own entry, nothing of it rejected", holdsH2)
+		cur := instance(t, mgmt, "h2", "meshd-h2")
+		if cur == nil {
+			t.Fatal("h2's instance is not in the catalog")
+		}
+		before, err := h3.status(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		carry := func(meta map[string]string) {
+			t.Helper()
+			h := catalogsync.Hint{ConsulNode: "h2", ServiceID: "meshd-h2", Index: 1 << 40, Carried: &catalogsync.Carried{Meta: meta, Tags: cur.Service.Tags}}
+			if _, err := catalogsync.WriteHint(ctx, c, "meshd/hint", h); err != nil {
+				t.Fatalf("h1 writing a hint: %v", err)
+			}
+		}
+		forged := maps.Clone(cur.Service.Meta)
+		forged[peers.MetaPublicKey] = fake.PublicKey().String()
+		forged[peers.MetaEndpoint] = h1.Addr.String() + ":51820"
+		carry(forged)
+		testlab.Eventually(t, 10*time.Second, "h3 shows the carried forgery rejected for its signature", func() bool {
+			return rejected(t, h3, "meshd-h2", "signature")
+		})
+		checkH3("after a forged entry carried in a hint")
+
+		p, err := peers.ParseEntry(peers.Entry{ServiceID: cur.Service.ID, Meta: cur.Service.Meta, Tags: cur.Service.Tags}, meshRules)
+		if err != nil {
+			t.Fatalf("h2's own entry: %v", err)
+		}
+		id, err := keystore.Load(filepath.Join(h2.Dir, "state", "identity.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		credential, err := base64.StdEncoding.DecodeString(cur.Service.Meta[peers.MetaCredential])
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed := id.WG()
+		signer, err := trust.NewSigner(seed[:], credential)
+		if err != nil {
+			t.Fatal(err)
+		}
+		older, err := peers.Sign(cur.Service.Meta, p, signer, p.Serial-1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := peers.ParseEntry(peers.Entry{ServiceID: cur.Service.ID, Meta: older, Tags: cur.Service.Tags}, meshRules); err != nil {
+			t.Fatalf("h2's entry signed at serial %d does not verify: %v", p.Serial-1, err)
+		}
+		carry(older)
+		testlab.Eventually(t, 10*time.Second, "h3 shows the carried older entry rejected as a replay", func() bool {
+			return rejected(t, h3, "meshd-h2", peers.CodeReplay)
+		})
+		checkH3("after h2's older entry carried in a hint")
+		if st, err := h3.status(t); err != nil || st.Catalog.HintsCarried < before.Catalog.HintsCarried+2 {
+			t.Errorf("h3 counted %d carried hints during the attack (%v); want 2 at least", st.Catalog.HintsCarried-before.Catalog.HintsCarried, err)
+		}
+
+		// The whole list is the authority again once it is past the
+		// hints: a catalog change (h1 registers and removes an instance on
+		// its own agent, all its token may write), and h3 holds h2's own
+		// entry with nothing rejected.
+		if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "meshd-decoy-carried", Name: "meshd"}); err != nil {
+			t.Fatalf("h1 registering a decoy: %v", err)
+		}
+		time.Sleep(2 * time.Second) // the agent syncs it to the servers
+		if err := c.Agent().ServiceDeregister("meshd-decoy-carried"); err != nil {
+			t.Fatal(err)
+		}
+		testlab.Eventually(t, 30*time.Second, "h3 holds h2's own entry again, nothing of it rejected", holdsH2)
+		checkH3("after the carried entries")
+	})
+
 	t.Run("a wider prefix over everyone", func(t *testing.T) {
 		evil := maps.Clone(h2Entry.Service.Meta)
 		evil[peers.MetaNode] = "aaa-evil"
