@@ -46,7 +46,8 @@ import (
 
 // HintRing is how many of the last hints the ring under the hint key
 // keeps: a host stopped for a minute while a change a second was made
-// reads them back (one KV read of ~30 KB) instead of the whole list.
+// reads them back (one KV read of up to ~300 KB, the entries carried) instead
+// of the whole list.
 const HintRing = 256
 
 // Hint names one instance: the Consul node it is registered on, its
