@@ -24,15 +24,7 @@ import (
 // and is gone at the next list newer than the hint; two carried versions
 // of one instance in one batch make the reader read the catalog's.
 func TestCarriedHints(t *testing.T) {
-	c := testlab.StartDevConsul(t).Client(t)
-	consulNode, err := c.Agent().NodeName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := wgtypes.GeneratePrivateKey()
-	reg := Registration{Service: "meshd", Node: "h2", PublicKey: key.PublicKey(),
-		Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), Prefix: netip.MustParsePrefix("fdaa:0:2::/48")}
-	writer := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint"}
+	c, consulNode, reg, writer := h2Writer(t)
 	reader := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint", FullReadInterval: time.Hour}
 	ctx := t.Context()
 	seen := watchViews(t, reader, "h1")

@@ -29,15 +29,7 @@ import (
 // the hint written after each change; the Watch ends with its context and
 // waits for its hint writers.
 func TestCatalog(t *testing.T) {
-	c := testlab.StartDevConsul(t).Client(t)
-	node, err := c.Agent().NodeName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := wgtypes.GeneratePrivateKey()
-	reg := Registration{Service: "meshd", Node: "h2", PublicKey: key.PublicKey(),
-		Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), Prefix: netip.MustParsePrefix("fdaa:0:2::/48")}
-	writer := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint"}
+	c, node, reg, writer := h2Writer(t)
 	reader := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint"}
 
 	var mu sync.Mutex
@@ -287,11 +279,7 @@ func TestKeepNewestWindow(t *testing.T) {
 // as a delta naming the one changed service ID; a read of the whole list
 // is not a delta.
 func TestWatchDeltas(t *testing.T) {
-	c := testlab.StartDevConsul(t).Client(t)
-	key, _ := wgtypes.GeneratePrivateKey()
-	reg := Registration{Service: "meshd", Node: "h2", PublicKey: key.PublicKey(),
-		Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), Prefix: netip.MustParsePrefix("fdaa:0:2::/48")}
-	writer := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint"}
+	c, _, reg, writer := h2Writer(t)
 	reader := &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint", FullReadInterval: time.Hour}
 
 	ctx := t.Context()
@@ -322,6 +310,22 @@ func TestWatchDeltas(t *testing.T) {
 	testlab.Eventually(t, 10*time.Second, "a read of the whole list", func() bool {
 		return slices.ContainsFunc(seen()[n:], func(s Snapshot) bool { return !s.Delta })
 	})
+}
+
+// h2Writer starts a dev Consul and returns its client, its agent's node
+// name, a registration of mesh node h2 and a catalog to publish it with
+// (hints on, at meshd/hint).
+func h2Writer(t *testing.T) (*api.Client, string, Registration, *Catalog) {
+	t.Helper()
+	c := testlab.StartDevConsul(t).Client(t)
+	node, err := c.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := wgtypes.GeneratePrivateKey()
+	reg := Registration{Service: "meshd", Node: "h2", PublicKey: key.PublicKey(),
+		Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), Prefix: netip.MustParsePrefix("fdaa:0:2::/48")}
+	return c, node, reg, &Catalog{Client: c, Service: "meshd", HintKey: "meshd/hint"}
 }
 
 // watchViews runs reader.Watch as host node until the test ends and

@@ -152,6 +152,9 @@ func ParseHint(b []byte) (Hint, error) {
 		if err := d.Decode(&c); err != nil || c.Meta == nil || d.More() || !onlySpace(body[d.InputOffset():]) {
 			return bad()
 		}
+		if len(c.Tags) == 0 {
+			c.Tags = nil // as Value writes it: no tags
+		}
 		h.Carried = &c
 	}
 	return h, nil
