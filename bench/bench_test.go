@@ -107,15 +107,17 @@ func (d device) same(o device) bool {
 var deviceReads sync.Mutex
 
 // read reads the target's device from outside, then pauses as long as the
-// read took (at most 200 ms), leaving the CPU to the systems measured.
+// read took (at most 200 ms), leaving the CPU to the systems measured. It
+// returns when the device answered (readUAPI): it held what the read shows
+// by then.
 func (tg *target) read() (device, time.Time, error) {
 	deviceReads.Lock()
 	start := time.Now()
-	d, err := ReadUAPI(tg.iface)
+	d, answered, err := readUAPI(tg.iface)
 	end := time.Now()
 	deviceReads.Unlock()
 	time.Sleep(min(end.Sub(start), 200*time.Millisecond))
-	return d, end, err
+	return d, answered, err
 }
 
 // pollRoutes looks up the route of the pending event's condition every

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -21,15 +22,41 @@ import (
 // is held until the text is read, so a slow reader also delays the writes
 // of the system measured.
 func ReadUAPI(iface string) (map[wgtypes.Key]wgtypes.Peer, error) {
+	peers, _, err := readUAPI(iface)
+	return peers, err
+}
+
+// readUAPI is ReadUAPI, and also says when the device answered: when the
+// first byte of its answer came. The device takes its configuration lock
+// before it writes the answer, so every write made before the read was
+// done by then; the rest of the read is the answer's own length (10,000
+// peers are 2 MB of text), which the device's writes do not wait for.
+func readUAPI(iface string) (map[wgtypes.Key]wgtypes.Peer, time.Time, error) {
 	c, err := net.DialTimeout("unix", netlinkx.UAPISocket(iface), time.Second)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	defer c.Close()
 	if _, err := c.Write([]byte("get=1\n\n")); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	return parseUAPI(bufio.NewReaderSize(c, 1<<20))
+	fr := &firstRead{r: c}
+	peers, err := parseUAPI(bufio.NewReaderSize(fr, 1<<20))
+	return peers, fr.at, err
+}
+
+// firstRead notes when its first read returned data.
+type firstRead struct {
+	r  io.Reader
+	at time.Time
+}
+
+func (f *firstRead) Read(b []byte) (int, error) {
+	n, err := f.r.Read(b)
+	if n > 0 && f.at.IsZero() {
+		f.at = time.Now()
+	}
+	return n, err
 }
 
 func parseUAPI(r *bufio.Reader) (map[wgtypes.Key]wgtypes.Peer, error) {

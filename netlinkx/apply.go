@@ -74,22 +74,19 @@ func (l *Link) routes(idx int) ([]netip.Prefix, error) {
 // Apply writes a plan: peers first, then new routes, then stale routes go,
 // then removed peers, so that a changed peer is never without a path. It
 // keeps going after a failed step and returns every failure.
+//
+// A plan that only adds, and many (a first sync's writes, thousands of
+// peers at a time: addsOnly), adds its routes while the device takes its
+// peers: they are routes to prefixes no peer of the device had, and each
+// is one netlink request, so that after the peers they would add about a
+// tenth of the device's own time to a first sync.
 func (l *Link) Apply(plan peers.Plan) error {
-	var errs []error
-	if len(plan.Upsert) > 0 {
-		cfgs := make([]wgtypes.PeerConfig, 0, len(plan.Upsert))
-		for _, p := range plan.Upsert {
-			cfgs = append(cfgs, peerConfig(p))
-		}
-		if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
-			errs = append(errs, fmt.Errorf("configure %d peers on %s: %w", len(cfgs), l.opts.Name, err))
-		} else {
-			l.logEach(len(plan.Upsert), "configured peers", func(level slog.Level, i int) {
-				p := plan.Upsert[i]
-				l.opts.Logger.Log(context.Background(), level, "configured peer", "node", p.Node, "public_key", p.PublicKey, "endpoint", p.Endpoint, "prefix", p.Prefix)
-			})
+	if addsOnly(plan) {
+		if idx, err := l.linkIndex(); err == nil {
+			return l.applyAdds(plan, idx)
 		}
 	}
+	errs := l.upsert(plan.Upsert)
 	if len(plan.AddRoutes)+len(plan.DelRoutes) == 0 {
 		return l.removePeers(plan.Remove, errs)
 	}
@@ -97,10 +94,64 @@ func (l *Link) Apply(plan peers.Plan) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	added := make([]netip.Prefix, 0, len(plan.AddRoutes))
-	for _, r := range plan.AddRoutes {
+	errs = append(errs, l.addRoutes(idx, plan.AddRoutes)...)
+	l.read = nil
+	errs = append(errs, l.delRoutes(idx, plan.DelRoutes)...)
+	return l.removePeers(plan.Remove, errs)
+}
+
+// overlapAdds is the fewest peers of a plan that only adds for Apply to
+// add its routes beside the device's write.
+const overlapAdds = 256
+
+// addsOnly says whether plan only adds peers and routes, at least
+// overlapAdds peers.
+func addsOnly(plan peers.Plan) bool {
+	return len(plan.Upsert) >= overlapAdds && len(plan.AddRoutes) > 0 && len(plan.DelRoutes)+len(plan.Remove) == 0
+}
+
+// applyAdds is Apply for a plan that only adds: its routes are added
+// through link idx on another goroutine while the device takes the peers.
+func (l *Link) applyAdds(plan peers.Plan, idx int) error {
+	routes := make(chan []error, 1)
+	go func() { routes <- l.addRoutes(idx, plan.AddRoutes) }()
+	errs := l.upsert(plan.Upsert)
+	errs = append(errs, <-routes...)
+	l.read = nil // the device as last read is not the device now
+	return errors.Join(errs...)
+}
+
+// upsert configures peers in one device write and returns its error.
+func (l *Link) upsert(ps []peers.Peer) []error {
+	if len(ps) == 0 {
+		return nil
+	}
+	cfgs := make([]wgtypes.PeerConfig, 0, len(ps))
+	for _, p := range ps {
+		cfgs = append(cfgs, peerConfig(p))
+	}
+	if err := l.count(l.wg.ConfigureDevice(l.opts.Name, wgtypes.Config{Peers: cfgs})); err != nil {
+		return []error{fmt.Errorf("configure %d peers on %s: %w", len(cfgs), l.opts.Name, err)}
+	}
+	l.logEach(len(ps), "configured peers", func(level slog.Level, i int) {
+		p := ps[i]
+		l.opts.Logger.Log(context.Background(), level, "configured peer", "node", p.Node, "public_key", p.PublicKey, "endpoint", p.Endpoint, "prefix", p.Prefix)
+	})
+	return nil
+}
+
+// addRoutes adds meshd's routes to rs through link idx. It counts its
+// writes but leaves the device as last read (count) to its caller: it may
+// run beside a device write.
+func (l *Link) addRoutes(idx int, rs []netip.Prefix) []error {
+	var errs []error
+	added := make([]netip.Prefix, 0, len(rs))
+	for _, r := range rs {
 		route := &netlink.Route{LinkIndex: idx, Dst: ipNet(r), Protocol: RouteProtocol, Family: netlink.FAMILY_V6}
-		err := l.count(l.nh.RouteAdd(route))
+		err := l.nh.RouteAdd(route)
+		if err == nil {
+			l.writes.Add(1)
+		}
 		switch {
 		case errors.Is(err, unix.EEXIST):
 			errs = append(errs, fmt.Errorf("add route %s: a route meshd did not install is in the way: %w", r, err))
@@ -113,8 +164,7 @@ func (l *Link) Apply(plan peers.Plan) error {
 	l.logEach(len(added), "added routes", func(level slog.Level, i int) {
 		l.opts.Logger.Log(context.Background(), level, "added route", "prefix", added[i], "interface", l.opts.Name)
 	})
-	errs = append(errs, l.delRoutes(idx, plan.DelRoutes)...)
-	return l.removePeers(plan.Remove, errs)
+	return errs
 }
 
 // removePeers is Apply's last step: the peers to remove, in one write; it

@@ -3,10 +3,12 @@ package netlinkx_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -315,6 +317,68 @@ func TestApplyObserveIncremental(t *testing.T) {
 	}
 	if !found {
 		t.Error("foreign route to fdaa:0:9::/48 is gone")
+	}
+}
+
+// TestApplyManyAdds checks a plan that only adds, and many (a first
+// sync's write: the routes go in beside the device's write): every peer
+// and route is in the kernel after it, each counted once, and a route in
+// the way is reported while the rest is written.
+func TestApplyManyAdds(t *testing.T) {
+	testlab.RequireRoot(t)
+	l, _ := openLink(t, "wgt3")
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	link, err := netlink.LinkByName("wgt3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 600
+	var ps []peers.Peer
+	var want peers.Observed
+	for i := range n {
+		p := peers.Peer{
+			Node:      fmt.Sprintf("h%d", i),
+			PublicKey: mustKey(t).PublicKey(),
+			Endpoint:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 51820),
+			Prefix:    netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0xaa, 0, 1, byte(i >> 8), byte(i)}), 48),
+		}
+		ps = append(ps, p)
+		want.Peers = append(want.Peers, peers.KernelPeer{PublicKey: p.PublicKey, Endpoint: p.Endpoint, AllowedIPs: []netip.Prefix{p.Prefix}})
+		want.Routes = append(want.Routes, p.Prefix)
+	}
+	// A route meshd did not install, in the way of the last peer's.
+	last := ps[n-1].Prefix
+	foreign := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &net.IPNet{IP: last.Addr().AsSlice(), Mask: net.CIDRMask(48, 128)}, Protocol: 4}
+	if err := netlink.RouteAdd(foreign); err != nil {
+		t.Fatal(err)
+	}
+	obs, err := l.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := peers.Diff(ps, obs, peers.Removal{Now: time.Now()})
+	if len(plan.Upsert) != n || len(plan.AddRoutes) != n || len(plan.Remove)+len(plan.DelRoutes) != 0 {
+		t.Fatalf("plan: %d upserts, %d routes to add, %d removals, %d routes to delete; want %d, %d, 0, 0",
+			len(plan.Upsert), len(plan.AddRoutes), len(plan.Remove), len(plan.DelRoutes), n, n)
+	}
+	before := l.Writes()
+	err = l.Apply(plan)
+	if err == nil || !strings.Contains(err.Error(), "add route "+last.String()+": a route meshd did not install is in the way") {
+		t.Errorf("Apply: %v; want the route in the way of %s reported", err, last)
+	}
+	if got := l.Writes() - before; got != n {
+		t.Errorf("Apply made %d writes, want %d (one peer configuration, %d routes)", got, n, n-1)
+	}
+	if obs, err = l.Observe(); err != nil {
+		t.Fatal(err)
+	}
+	want.Routes = want.Routes[:n-1] // the foreign route is not meshd's
+	sortPeers := cmpopts.SortSlices(func(x, y peers.KernelPeer) bool { return x.Endpoint.Compare(y.Endpoint) < 0 })
+	sortPrefixes := cmpopts.SortSlices(func(x, y netip.Prefix) bool { return x.Compare(y) < 0 })
+	if diff := cmp.Diff(want, obs, netipOpts, sortPeers, sortPrefixes); diff != "" {
+		t.Errorf("Observe after a plan of %d adds (-want +got):\n%s", n, diff)
 	}
 }
 
