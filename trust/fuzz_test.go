@@ -75,3 +75,32 @@ func FuzzParseRevocation(f *testing.F) {
 		}
 	})
 }
+
+// FuzzBatch: a batch of good signatures and the input's verifies exactly
+// when the input's signature verifies alone, so a host never judges an
+// entry differently for having verified it among others. Two of the good
+// ones are by the seeds' key: an input by it shares their term.
+func FuzzBatch(f *testing.F) {
+	signer := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32))
+	pub := signer.Public().(ed25519.PublicKey)
+	f.Add([]byte(pub), []byte("m"), ed25519.Sign(signer, []byte("m")))
+	f.Add([]byte(pub), []byte("m"), ed25519.Sign(signer, []byte("n")))
+	pubs, sigs := zip215(f)
+	for i := 0; i < len(pubs); i += 20 {
+		f.Add(pubs[i], []byte("Zcash"), sigs[i])
+		f.Add(pubs[i], []byte("Zcash?"), sigs[i])
+	}
+	other := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{4}, 32))
+	f.Fuzz(func(t *testing.T, pub, msg, sig []byte) {
+		alone := (Single{}).Check(pub, msg, sig)
+		b := NewBatch(4)
+		b.Check(pub, msg, sig)
+		for i, k := range []ed25519.PrivateKey{signer, other, signer} {
+			m := []byte{byte(i)}
+			b.Check(k.Public().(ed25519.PublicKey), m, ed25519.Sign(k, m))
+		}
+		if got := b.Verify(); got != alone {
+			t.Fatalf("batch says %t, alone %t (key %x, message %q, signature %x)", got, alone, pub, msg, sig)
+		}
+	})
+}

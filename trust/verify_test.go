@@ -4,7 +4,11 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
+
+	"github.com/hdevalence/ed25519consensus"
 )
 
 // rfc8032 are the first three test vectors of RFC 8032, section 7.1
@@ -106,4 +110,164 @@ func TestBatchAgreesWithSingle(t *testing.T) {
 			t.Errorf("signatures %d to %d: batch says %t, one by one %t", span[0], span[1]-1, got, all)
 		}
 	}
+}
+
+// zip215 reads testdata/zip215.txt: ZIP 215's cases, each valid under its
+// rules (most of them only there: small-order keys and R, non-canonical
+// point encodings), over the message "Zcash".
+func zip215(t testing.TB) (pubs, sigs [][]byte) {
+	b, err := os.ReadFile("testdata/zip215.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		pub, err1 := hex.DecodeString(f[0])
+		sig, err2 := hex.DecodeString(f[1])
+		if len(f) != 2 || err1 != nil || err2 != nil {
+			t.Fatalf("testdata/zip215.txt: bad line %q", line)
+		}
+		pubs, sigs = append(pubs, pub), append(sigs, sig)
+	}
+	if len(pubs) != 196 {
+		t.Fatalf("testdata/zip215.txt: %d cases, want 196", len(pubs))
+	}
+	return pubs, sigs
+}
+
+// TestZIP215: every one of ZIP 215's cases verifies alone and in one
+// batch (where many share a key, gathered into one term), so a batch and
+// a single check never judge an entry differently; each with its message
+// changed fails alone, and makes a batch of all the others fail.
+func TestZIP215(t *testing.T) {
+	pubs, sigs := zip215(t)
+	all := NewBatch(len(pubs))
+	for i := range pubs {
+		if !(Single{}).Check(pubs[i], []byte("Zcash"), sigs[i]) {
+			t.Errorf("case %d does not verify alone", i)
+		}
+		all.Check(pubs[i], []byte("Zcash"), sigs[i])
+	}
+	if len(all.enc) >= len(pubs) {
+		t.Errorf("a batch of %d cases holds %d keys: the shared keys are not gathered", len(pubs), len(all.enc))
+	}
+	if !all.Verify() {
+		t.Error("the batch of ZIP 215's cases does not verify")
+	}
+	// A small-order key's signature verifies over any message; the others
+	// must not.
+	for _, i := range []int{0, 50, 100, 195} {
+		msg := []byte("Zcash!")
+		alone := (Single{}).Check(pubs[i], msg, sigs[i])
+		b := NewBatch(len(pubs))
+		for j := range pubs {
+			if j != i {
+				b.Check(pubs[j], []byte("Zcash"), sigs[j])
+			}
+		}
+		b.Check(pubs[i], msg, sigs[i])
+		if got := b.Verify(); got != alone {
+			t.Errorf("case %d over another message: batch says %t, alone %t", i, got, alone)
+		}
+	}
+}
+
+// TestBatchSharedKey: with one key signing most of a batch (a fleet's
+// authority signs every credential), one bad signature by that key, or by
+// another, fails the batch; all good ones pass.
+func TestBatchSharedKey(t *testing.T) {
+	authority := ed25519.NewKeyFromSeed(make([]byte, 32))
+	const n = 100
+	type sig struct {
+		pub      ed25519.PublicKey
+		msg, sig []byte
+	}
+	var sigs []sig
+	for i := range n {
+		m := []byte(fmt.Sprintf("credential %d", i))
+		sigs = append(sigs, sig{authority.Public().(ed25519.PublicKey), m, ed25519.Sign(authority, m)})
+		seed := make([]byte, 32)
+		seed[0], seed[1] = byte(i), 9
+		id := ed25519.NewKeyFromSeed(seed)
+		m = []byte(fmt.Sprintf("entry %d", i))
+		sigs = append(sigs, sig{id.Public().(ed25519.PublicKey), m, ed25519.Sign(id, m)})
+	}
+	verify := func(bad int) bool {
+		b := NewBatch(len(sigs))
+		for i, s := range sigs {
+			sg := s.sig
+			if i == bad {
+				sg = append([]byte(nil), sg...)
+				sg[33] ^= 1
+			}
+			b.Check(s.pub, s.msg, sg)
+		}
+		if len(b.enc) != n+1 {
+			t.Errorf("%d keys in the batch, want %d", len(b.enc), n+1)
+		}
+		return b.Verify()
+	}
+	if !verify(-1) {
+		t.Error("a batch of good signatures does not verify")
+	}
+	for _, bad := range []int{0, 1, 2*n - 2, 2*n - 1, 77} {
+		if verify(bad) {
+			t.Errorf("a batch with signature %d changed verifies", bad)
+		}
+	}
+}
+
+// BenchmarkBatch verifies the signatures of 256 entries (each a
+// credential by the one authority and an entry by its own identity), as
+// the planner's chunks do: with the authority's terms gathered (Batch)
+// and, for comparison, one by one (Single) and in ed25519consensus's
+// batch, which has a term for every signature's key.
+func BenchmarkBatch(b *testing.B) {
+	authority := ed25519.NewKeyFromSeed(make([]byte, 32))
+	const n = 256
+	var pubs []ed25519.PublicKey
+	var msgs, sigs [][]byte
+	for i := range n {
+		m := []byte(fmt.Sprintf("credential %d", i))
+		pubs, msgs, sigs = append(pubs, authority.Public().(ed25519.PublicKey)), append(msgs, m), append(sigs, ed25519.Sign(authority, m))
+		seed := make([]byte, 32)
+		seed[0], seed[1] = byte(i), 9
+		id := ed25519.NewKeyFromSeed(seed)
+		m = []byte(fmt.Sprintf("entry %d", i))
+		pubs, msgs, sigs = append(pubs, id.Public().(ed25519.PublicKey)), append(msgs, m), append(sigs, ed25519.Sign(id, m))
+	}
+	b.Run("gathered", func(b *testing.B) {
+		for b.Loop() {
+			v := NewBatch(len(sigs))
+			for i := range sigs {
+				v.Check(pubs[i], msgs[i], sigs[i])
+			}
+			if !v.Verify() {
+				b.Fatal("does not verify")
+			}
+		}
+	})
+	b.Run("single", func(b *testing.B) {
+		for b.Loop() {
+			for i := range sigs {
+				if !(Single{}).Check(pubs[i], msgs[i], sigs[i]) {
+					b.Fatal("does not verify")
+				}
+			}
+		}
+	})
+	b.Run("ed25519consensus", func(b *testing.B) {
+		for b.Loop() {
+			v := ed25519consensus.NewPreallocatedBatchVerifier(len(sigs))
+			for i := range sigs {
+				v.Add(pubs[i], msgs[i], sigs[i])
+			}
+			if !v.Verify() {
+				b.Fatal("does not verify")
+			}
+		}
+	})
 }
