@@ -812,9 +812,10 @@ const method = `- One Consul server (dev mode) and, on every host, its own Consu
   2 minutes; scaled to the events' length), divided by the events: periodic full reads fall in
   both windows, and the idle cost per minute is given beside it. Peak RSS is meshd's VmHWM. Bytes per event: what the host's underlay link received over the
   events, divided by the events (Consul RPC, gossip and everything else on that host).
-- Initial sync: a fresh meshd host with its own agent, started after the events, until the end
-  of the first device read (UAPI) that shows every node (a read waits for a write in progress:
-  the end of that read is after the last write); its floor: the first read of the whole list
+- Initial sync: a fresh meshd host with its own agent, started after the events, until its
+  device answered (the first byte of the answer) the first read (UAPI) that shows every node,
+  made once the host's kernel announced a route of meshd's for every node (the device takes
+  its lock before it answers: every write before the read was done by then); its floor: the first read of the whole list
   through an agent started just before (as the host's was, right before meshd), plus one bare
   ConfigureDevice of the same peers (replacing them) on the same device after the sync; a
   second read through the host's own, warm agent is shown beside it; the host then leaves.
